@@ -1,0 +1,10 @@
+//! Config sources: where the mesh model comes from. Each source feeds the one translation in
+//! [`crate::model::translate`] and publishes snapshots to a [`crate::model::MeshStore`].
+//!
+//! - [`FileSource`]: a local multi-document YAML file, watched and hot-reloaded; a bad edit is
+//!   rejected and the last good snapshot stays in force.
+
+pub mod file_source;
+
+pub use crate::model::ConfigError;
+pub use file_source::{FileSource, ReloadStats};

@@ -1,0 +1,34 @@
+//! HBONE: HTTP/2 CONNECT over mutual TLS 1.3, wire-compatible with Istio's ztunnel.
+//!
+//! `client` opens CONNECT streams over pooled h2 connections; `server` accepts them on 15008
+//! and hands each authorised stream to an [`server::InboundTarget`]; `stream` adapts an h2
+//! stream to tokio's `AsyncRead`/`AsyncWrite` so the proxy can copy bytes through it.
+
+pub mod client;
+pub mod server;
+pub mod stream;
+
+pub use client::{ConnectRequest, HboneClient, HboneClientConfig};
+pub use server::{HboneServer, HboneServerConfig, InboundTarget, ServerStats};
+pub use stream::H2Stream;
+
+/// The HBONE port, inside every enrolled pod and on hosts.
+pub const HBONE_PORT: u16 = 15008;
+
+/// HTTP/2 flow-control windows: MiB-sized so a single stream can carry multiple Gbit/s.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest DATA frame we send (the peer's SETTINGS may lower it).
+pub const MAX_FRAME_SIZE: u32 = 256 * 1024;
+/// Largest header block a server accepts; anything larger gets 431.
+pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+
+/// Ports weft itself listens on: a CONNECT to any of them is refused (no loops).
+pub const OWN_PORTS: [u16; 7] = [15001, 15006, 15008, 15053, 15000, 15020, 15021];
+
+/// Sets TCP_NODELAY; a failure only costs latency, so it is logged, not fatal.
+pub(crate) fn set_nodelay(stream: &tokio::net::TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "could not set TCP_NODELAY");
+    }
+}

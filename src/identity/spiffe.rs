@@ -1,0 +1,147 @@
+//! SPIFFE IDs of the form `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`,
+//! the only identity format the mesh issues or accepts.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Trust domain used when none is configured (the same default as Istio).
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// A workload identity: trust domain, namespace and service account.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(into = "String")]
+pub struct SpiffeId {
+    trust_domain: String,
+    namespace: String,
+    service_account: String,
+}
+
+/// Why a string is not a mesh SPIFFE ID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpiffeIdError {
+    #[error("{0:?} is not a SPIFFE ID: it must start with spiffe://")]
+    MissingScheme(String),
+    #[error("{0:?} is not a mesh SPIFFE ID: expected spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>")]
+    BadPath(String),
+    #[error("{value:?} has an invalid {part}: {reason}")]
+    BadSegment {
+        value: String,
+        part: &'static str,
+        reason: &'static str,
+    },
+}
+
+impl SpiffeId {
+    /// Builds an ID from its parts, checking each one.
+    pub fn new(
+        trust_domain: &str,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<Self, SpiffeIdError> {
+        let whole = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
+        check_segment(&whole, "trust domain", trust_domain)?;
+        check_segment(&whole, "namespace", namespace)?;
+        check_segment(&whole, "service account", service_account)?;
+        Ok(Self {
+            trust_domain: trust_domain.to_owned(),
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+        })
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn service_account(&self) -> &str {
+        &self.service_account
+    }
+
+    /// The ID without its scheme, as Istio writes principals (`td/ns/x/sa/y`).
+    pub fn principal(&self) -> String {
+        format!(
+            "{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+}
+
+fn check_segment(whole: &str, part: &'static str, segment: &str) -> Result<(), SpiffeIdError> {
+    let bad = |reason| SpiffeIdError::BadSegment {
+        value: whole.to_owned(),
+        part,
+        reason,
+    };
+    if segment.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if segment.len() > 253 {
+        return Err(bad("it is longer than 253 characters"));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+    if !segment.chars().all(allowed) {
+        return Err(bad("only letters, digits, '-', '.' and '_' are allowed"));
+    }
+    Ok(())
+}
+
+impl FromStr for SpiffeId {
+    type Err = SpiffeIdError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let rest = value
+            .strip_prefix("spiffe://")
+            .ok_or_else(|| SpiffeIdError::MissingScheme(value.to_owned()))?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            [td, "ns", ns, "sa", sa] => SpiffeId::new(td, ns, sa),
+            _ => Err(SpiffeIdError::BadPath(value.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+}
+
+impl From<SpiffeId> for String {
+    fn from(id: SpiffeId) -> String {
+        id.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_text() {
+        let id: SpiffeId = "spiffe://cluster.local/ns/shop/sa/order".parse().unwrap();
+        assert_eq!(id.namespace(), "shop");
+        assert_eq!(id.service_account(), "order");
+        assert_eq!(id.to_string(), "spiffe://cluster.local/ns/shop/sa/order");
+        assert_eq!(id.principal(), "cluster.local/ns/shop/sa/order");
+    }
+
+    #[test]
+    fn rejects_malformed_ids_with_the_reason() {
+        let err = "cluster.local/ns/a/sa/b".parse::<SpiffeId>().unwrap_err();
+        assert!(err.to_string().contains("spiffe://"), "{err}");
+        let err = "spiffe://td/ns/a".parse::<SpiffeId>().unwrap_err();
+        assert!(matches!(err, SpiffeIdError::BadPath(_)));
+        let err = "spiffe://td/ns//sa/b".parse::<SpiffeId>().unwrap_err();
+        assert!(err.to_string().contains("namespace"), "{err}");
+        let err = "spiffe://td/ns/a b/sa/b".parse::<SpiffeId>().unwrap_err();
+        assert!(err.to_string().contains("only letters"), "{err}");
+    }
+}

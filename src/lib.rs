@@ -1,0 +1,14 @@
+//! weft: the data-plane engine of a sidecarless (ambient) service mesh.
+//!
+//! The library holds every piece both binaries share: the mesh model and its config
+//! sources, identities and the mesh CA, TLS, the HBONE tunnel (client and server), the L4
+//! proxy logic and the SOCKS5 entry point. `weft-node` (node-agent/) wires them into a
+//! daemon; the `weft` CLI exposes the CA for operators.
+
+pub mod config;
+pub mod model;
+pub mod identity;
+pub mod tls;
+pub mod hbone;
+pub mod proxy;
+pub mod socks5;

@@ -1,0 +1,353 @@
+//! The mesh model: namespaces, workloads and services as one immutable [`MeshSnapshot`],
+//! indexed by IP for the data path, and the [`MeshStore`] that publishes snapshots atomically
+//! (readers never lock).
+//!
+//! Snapshots are built by exactly one translation from Kubernetes-shaped objects
+//! ([`translate`]); [`parse_and_build`] is the entry point for multi-document YAML.
+
+pub mod k8s;
+pub mod translate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+use serde::ser::SerializeStruct;
+use serde::Serialize;
+use tokio::sync::watch;
+
+pub use translate::{build, parse_and_build, parse_documents, ConfigError, ParsedObject};
+
+/// Label that enrolls workloads: `ambient` on a Namespace enrolls its pods; `none` on a Pod
+/// opts that pod out.
+pub const DATAPLANE_MODE_LABEL: &str = "weft.dev/dataplane-mode";
+/// Label naming the waypoint of a pod, a service or (inherited) a whole namespace. The value
+/// `none` on a pod or service opts it out of its namespace's waypoint.
+pub const USE_WAYPOINT_LABEL: &str = "weft.dev/use-waypoint";
+
+/// A Kubernetes namespace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A workload (a pod).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Workload {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    /// `default` when the pod does not name one.
+    pub service_account: String,
+    pub node: Option<String>,
+    pub ips: Vec<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+    pub host_network: bool,
+    /// Whether weft captures this pod's traffic (see DESIGN.md §6).
+    pub enrolled: bool,
+    pub waypoint: Option<String>,
+    /// `spec.containers[].ports[]` name → containerPort.
+    pub named_ports: BTreeMap<String, u16>,
+}
+
+/// A Service `targetPort`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum TargetPort {
+    Number(u16),
+    /// A container port name, resolved per endpoint.
+    Name(String),
+}
+
+/// One port of a Service.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    /// Defaults to `port`.
+    pub target_port: TargetPort,
+    pub app_protocol: Option<String>,
+    /// `TCP` by default.
+    pub protocol: String,
+}
+
+/// One ready endpoint (one IP) of a Service.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    pub workload_uid: Option<String>,
+    /// Service port → port on this endpoint. A service port missing here is not served by
+    /// this endpoint.
+    pub target_ports: BTreeMap<u16, u16>,
+}
+
+/// A Kubernetes Service with its resolved endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    /// Cluster IPs; empty for a headless service.
+    pub vips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    pub selector: Option<BTreeMap<String, String>>,
+    pub endpoints: Vec<Endpoint>,
+    pub waypoint: Option<String>,
+}
+
+impl Service {
+    /// The service port with number `port`, if any.
+    pub fn port(&self, port: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == port)
+    }
+
+    /// `name.namespace.svc.cluster.local`.
+    pub fn hostname(&self) -> String {
+        format!("{}.{}.svc.cluster.local", self.name, self.namespace)
+    }
+}
+
+/// One immutable, consistent view of the mesh, indexed for the data path.
+#[derive(Clone, PartialEq, Default)]
+pub struct MeshSnapshot {
+    namespaces: BTreeMap<String, Namespace>,
+    /// namespace → name → workload.
+    workloads: BTreeMap<String, BTreeMap<String, Arc<Workload>>>,
+    /// namespace → name → service.
+    services: BTreeMap<String, BTreeMap<String, Arc<Service>>>,
+    workloads_by_ip: HashMap<IpAddr, Arc<Workload>>,
+    workloads_by_uid: HashMap<String, Arc<Workload>>,
+    workloads_by_node: HashMap<String, Vec<Arc<Workload>>>,
+    services_by_vip: HashMap<IpAddr, Arc<Service>>,
+    /// Assigned by [`MeshStore::publish`]; 0 for a snapshot never published.
+    pub generation: u64,
+}
+
+impl MeshSnapshot {
+    /// A snapshot with nothing in it.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Builds the indexes. The inputs must already be validated by the translation (unique
+    /// names, uids, pod IPs and VIPs); on a conflict the later entry wins.
+    pub(crate) fn from_parts(
+        namespaces: Vec<Namespace>,
+        workloads: Vec<Workload>,
+        services: Vec<Service>,
+    ) -> Self {
+        let mut snapshot = Self::empty();
+        for ns in namespaces {
+            snapshot.namespaces.insert(ns.name.clone(), ns);
+        }
+        for w in workloads {
+            let w = Arc::new(w);
+            snapshot
+                .workloads
+                .entry(w.namespace.clone())
+                .or_default()
+                .insert(w.name.clone(), Arc::clone(&w));
+        }
+        // Secondary indexes are filled in (namespace, name) order so that per-node lists
+        // come out sorted.
+        for w in snapshot.workloads.values().flat_map(BTreeMap::values) {
+            snapshot
+                .workloads_by_uid
+                .insert(w.uid.clone(), Arc::clone(w));
+            if !w.host_network {
+                for ip in &w.ips {
+                    snapshot.workloads_by_ip.insert(*ip, Arc::clone(w));
+                }
+            }
+            if let Some(node) = &w.node {
+                snapshot
+                    .workloads_by_node
+                    .entry(node.clone())
+                    .or_default()
+                    .push(Arc::clone(w));
+            }
+        }
+        for s in services {
+            let s = Arc::new(s);
+            for vip in &s.vips {
+                snapshot.services_by_vip.insert(*vip, Arc::clone(&s));
+            }
+            snapshot
+                .services
+                .entry(s.namespace.clone())
+                .or_default()
+                .insert(s.name.clone(), s);
+        }
+        snapshot
+    }
+
+    /// The workload (never a host-network one) that owns `ip`.
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
+        self.workloads_by_ip.get(&ip)
+    }
+
+    pub fn workload_by_uid(&self, uid: &str) -> Option<&Arc<Workload>> {
+        self.workloads_by_uid.get(uid)
+    }
+
+    /// The service with cluster IP `ip`.
+    pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Arc<Service>> {
+        self.services_by_vip.get(&ip)
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
+        self.services.get(namespace)?.get(name)
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespaces.get(name)
+    }
+
+    /// All namespaces, sorted by name.
+    pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
+        self.namespaces.values()
+    }
+
+    /// All workloads, sorted by (namespace, name).
+    pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
+        self.workloads.values().flat_map(BTreeMap::values)
+    }
+
+    /// All services, sorted by (namespace, name).
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values().flat_map(BTreeMap::values)
+    }
+
+    /// Workloads scheduled on `node`, sorted by (namespace, name).
+    pub fn workloads_on_node<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<Workload>> {
+        self.workloads_by_node.get(node).into_iter().flatten()
+    }
+}
+
+/// Shows the content, not the (redundant) indexes.
+impl fmt::Debug for MeshSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeshSnapshot")
+            .field("generation", &self.generation)
+            .field("namespaces", &self.namespaces.values().collect::<Vec<_>>())
+            .field("workloads", &self.workloads().collect::<Vec<_>>())
+            .field("services", &self.services().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Serializes as `{generation, namespaces: [..], workloads: [..], services: [..]}`, each list
+/// sorted by (namespace, name).
+impl Serialize for MeshSnapshot {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let namespaces: Vec<&Namespace> = self.namespaces.values().collect();
+        let workloads: Vec<&Workload> = self.workloads().map(|w| &**w).collect();
+        let services: Vec<&Service> = self.services().map(|s| &**s).collect();
+        let mut st = serializer.serialize_struct("MeshSnapshot", 4)?;
+        st.serialize_field("generation", &self.generation)?;
+        st.serialize_field("namespaces", &namespaces)?;
+        st.serialize_field("workloads", &workloads)?;
+        st.serialize_field("services", &services)?;
+        st.end()
+    }
+}
+
+/// Holds the current snapshot. Readers `load()` without locking; publishers swap in a new
+/// snapshot and notify subscribers of its generation.
+#[derive(Debug)]
+pub struct MeshStore {
+    current: ArcSwap<MeshSnapshot>,
+    generation_tx: watch::Sender<u64>,
+    /// Serializes publishers so generations are assigned and stored in order.
+    publish_lock: Mutex<()>,
+}
+
+impl MeshStore {
+    /// A store holding `initial` (its generation is kept as is).
+    pub fn new(initial: MeshSnapshot) -> Self {
+        let (generation_tx, _) = watch::channel(initial.generation);
+        Self {
+            current: ArcSwap::from_pointee(initial),
+            generation_tx,
+            publish_lock: Mutex::new(()),
+        }
+    }
+
+    /// The current snapshot (lock-free).
+    pub fn load(&self) -> Arc<MeshSnapshot> {
+        self.current.load_full()
+    }
+
+    /// Replaces the current snapshot, assigning it the next generation, which is returned and
+    /// sent to subscribers.
+    pub fn publish(&self, mut snapshot: MeshSnapshot) -> u64 {
+        // Nothing the lock protects can be left inconsistent by a panic; recover from poison.
+        let _guard = self
+            .publish_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let generation = self.current.load().generation + 1;
+        snapshot.generation = generation;
+        self.current.store(Arc::new(snapshot));
+        self.generation_tx.send_replace(generation);
+        generation
+    }
+
+    /// A receiver of the generation of every published snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation_tx.subscribe()
+    }
+}
+
+impl Default for MeshStore {
+    fn default() -> Self {
+        Self::new(MeshSnapshot::empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE_POD: &str =
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nstatus: {podIP: 10.0.0.1}\n";
+
+    #[tokio::test]
+    async fn store_publishes_generations_to_subscribers() {
+        let store = MeshStore::new(MeshSnapshot::empty());
+        assert_eq!(store.load().generation, 0);
+        let mut rx = store.subscribe();
+        assert_eq!(*rx.borrow(), 0);
+
+        let first = store.load();
+        assert_eq!(store.publish(parse_and_build(ONE_POD).unwrap()), 1);
+        rx.changed().await.unwrap();
+        assert_eq!(*rx.borrow_and_update(), 1);
+        let current = store.load();
+        assert_eq!(current.generation, 1);
+        assert!(current
+            .workload_by_ip("10.0.0.1".parse().unwrap())
+            .is_some());
+        // Readers holding the old snapshot keep a consistent view.
+        assert!(first.workload_by_ip("10.0.0.1".parse().unwrap()).is_none());
+
+        assert_eq!(store.publish(MeshSnapshot::empty()), 2);
+        assert_eq!(*rx.borrow_and_update(), 2);
+        assert_eq!(store.load().workloads().count(), 0);
+    }
+
+    #[test]
+    fn snapshot_debug_and_json_show_content() {
+        let snap = parse_and_build(ONE_POD).unwrap();
+        assert!(format!("{snap:?}").contains("10.0.0.1"));
+        let json = serde_json::to_value(&snap).unwrap();
+        assert_eq!(json["workloads"][0]["ips"][0], "10.0.0.1");
+        assert_eq!(json["generation"], 0);
+        assert_eq!(snap.workloads_on_node("nowhere").count(), 0);
+    }
+}

@@ -1,0 +1,101 @@
+//! Inbound side of host mode: the workloads whose IPs sit on this network namespace's own
+//! interfaces are served here, each with its own identity, and CONNECT streams reach the
+//! application by a plain local TCP connection.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpStream;
+
+use crate::hbone::server::{BoxFuture, InboundTarget};
+use crate::identity::SpiffeId;
+use crate::model::{MeshStore, Workload};
+
+/// The workloads of one host (VM or bare metal).
+pub struct HostWorkloads {
+    store: Arc<MeshStore>,
+    local_ips: ArcSwap<HashSet<IpAddr>>,
+    trust_domain: String,
+}
+
+impl HostWorkloads {
+    pub fn new(store: Arc<MeshStore>, trust_domain: String) -> Arc<Self> {
+        let host = Arc::new(HostWorkloads {
+            store,
+            local_ips: ArcSwap::from_pointee(HashSet::new()),
+            trust_domain,
+        });
+        host.refresh_local_ips();
+        host
+    }
+
+    /// Re-reads the addresses of this network namespace's interfaces.
+    pub fn refresh_local_ips(&self) {
+        match local_interface_ips() {
+            Ok(ips) => self.local_ips.store(Arc::new(ips)),
+            Err(error) => tracing::warn!(%error, "cannot list interface addresses; keeping the previous list"),
+        }
+    }
+
+    /// The workloads this host serves right now (in the model and with a local IP).
+    pub fn served(&self) -> Vec<Arc<Workload>> {
+        let snapshot = self.store.load();
+        let ips = self.local_ips.load();
+        snapshot
+            .workloads()
+            .filter(|w| !w.host_network && w.ips.iter().any(|ip| ips.contains(ip)))
+            .cloned()
+            .collect()
+    }
+
+    fn local_workload(&self, ip: IpAddr) -> Option<Arc<Workload>> {
+        if !self.local_ips.load().contains(&ip) {
+            return None;
+        }
+        self.store.load().workload_by_ip(ip).cloned()
+    }
+
+    /// The SPIFFE ID of a workload in this trust domain.
+    pub fn identity_of(&self, workload: &Workload) -> Option<SpiffeId> {
+        SpiffeId::new(&self.trust_domain, &workload.namespace, &workload.service_account).ok()
+    }
+}
+
+impl InboundTarget for HostWorkloads {
+    fn identity_for(&self, local: SocketAddr) -> Option<SpiffeId> {
+        let workload = self.local_workload(local.ip())?;
+        self.identity_of(&workload)
+    }
+
+    fn serves(&self, local: SocketAddr, authority: SocketAddr) -> bool {
+        // Only the workload whose identity this connection proved may be reached through it.
+        match (self.local_workload(local.ip()), self.local_workload(authority.ip())) {
+            (Some(dialled), Some(target)) => dialled.uid == target.uid,
+            _ => false,
+        }
+    }
+
+    fn connect_upstream(
+        &self,
+        _client_ip: Option<IpAddr>,
+        authority: SocketAddr,
+    ) -> BoxFuture<'_, std::io::Result<TcpStream>> {
+        Box::pin(TcpStream::connect(authority))
+    }
+}
+
+/// Addresses on this network namespace's interfaces.
+pub fn local_interface_ips() -> Result<HashSet<IpAddr>, nix::Error> {
+    let mut ips = HashSet::new();
+    for interface in nix::ifaddrs::getifaddrs()? {
+        let Some(address) = interface.address else { continue };
+        if let Some(v4) = address.as_sockaddr_in() {
+            ips.insert(IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = address.as_sockaddr_in6() {
+            ips.insert(IpAddr::V6(v6.ip()));
+        }
+    }
+    Ok(ips)
+}

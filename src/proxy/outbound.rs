@@ -1,0 +1,231 @@
+//! Outbound: decides where a connection to an original destination goes, and opens it.
+//!
+//! A Service VIP is load-balanced across the service's endpoints; an enrolled endpoint (or
+//! an enrolled workload addressed directly) is reached over HBONE at `ip:15008` with the
+//! authority `ip:targetPort`; a known but not enrolled one by plain TCP; an address the
+//! model does not know is passed through untouched.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::hbone::client::HboneError;
+use crate::hbone::{ConnectRequest, H2Stream, HboneClient, HBONE_PORT};
+use crate::identity::SpiffeId;
+use crate::model::{MeshSnapshot, Workload};
+
+/// Where one outbound connection goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    /// Through the mesh tunnel.
+    Hbone(Box<ConnectRequestPlan>),
+    /// A known workload outside the mesh: plain TCP to the chosen address.
+    Direct(SocketAddr),
+    /// An address the mesh knows nothing about: plain TCP, unchanged.
+    Passthrough(SocketAddr),
+}
+
+/// The parts of an HBONE connect decided by routing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectRequestPlan {
+    pub destination_identity: SpiffeId,
+    pub hbone_addr: SocketAddr,
+    pub authority: SocketAddr,
+    pub destination_workload: String,
+    pub service: Option<String>,
+}
+
+/// Why an outbound connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("service {service} has no port {port}")]
+    NoServicePort { service: String, port: u16 },
+    #[error("service {service} port {port} has no ready endpoints")]
+    NoEndpoints { service: String, port: u16 },
+    #[error("destination workload {workload} has an invalid identity: {reason}")]
+    BadIdentity { workload: String, reason: String },
+    #[error(transparent)]
+    Hbone(#[from] HboneError),
+    #[error("plain TCP connect to {addr} failed: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+}
+
+/// An opened outbound connection of either kind.
+pub enum Upstream {
+    Tunnel(H2Stream),
+    Plain(TcpStream),
+}
+
+/// Routes and opens outbound connections against the current mesh snapshot.
+pub struct OutboundProxy {
+    hbone: Arc<HboneClient>,
+    trust_domain: String,
+    next_endpoint: AtomicUsize,
+}
+
+impl OutboundProxy {
+    pub fn new(hbone: Arc<HboneClient>, trust_domain: String) -> Arc<Self> {
+        Arc::new(OutboundProxy {
+            hbone,
+            trust_domain,
+            next_endpoint: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn hbone(&self) -> &Arc<HboneClient> {
+        &self.hbone
+    }
+
+    /// Decides where a connection to `dst` goes.
+    pub fn route(&self, snapshot: &MeshSnapshot, dst: SocketAddr) -> Result<Route, ProxyError> {
+        let (target, workload, service) = match snapshot.service_by_vip(dst.ip()) {
+            Some(service) => {
+                let name = format!("{}/{}", service.namespace, service.name);
+                if service.port(dst.port()).is_none() {
+                    return Err(ProxyError::NoServicePort {
+                        service: name,
+                        port: dst.port(),
+                    });
+                }
+                let candidates: Vec<(SocketAddr, Option<&String>)> = service
+                    .endpoints
+                    .iter()
+                    .filter_map(|ep| {
+                        ep.target_ports
+                            .get(&dst.port())
+                            .map(|port| (SocketAddr::new(ep.ip, *port), ep.workload_uid.as_ref()))
+                    })
+                    .collect();
+                if candidates.is_empty() {
+                    return Err(ProxyError::NoEndpoints {
+                        service: name,
+                        port: dst.port(),
+                    });
+                }
+                // Round robin across endpoints: spreads load evenly and predictably.
+                let pick = self.next_endpoint.fetch_add(1, Ordering::Relaxed) % candidates.len();
+                let (target, uid) = candidates[pick];
+                let workload = uid
+                    .and_then(|uid| snapshot.workload_by_uid(uid))
+                    .or_else(|| snapshot.workload_by_ip(target.ip()))
+                    .cloned();
+                (target, workload, Some(name))
+            }
+            None => match snapshot.workload_by_ip(dst.ip()) {
+                Some(workload) => (dst, Some(workload.clone()), None),
+                None => return Ok(Route::Passthrough(dst)),
+            },
+        };
+        match workload {
+            Some(workload) if workload.enrolled => {
+                let destination_identity = SpiffeId::new(
+                    &self.trust_domain,
+                    &workload.namespace,
+                    &workload.service_account,
+                )
+                .map_err(|e| ProxyError::BadIdentity {
+                    workload: format!("{}/{}", workload.namespace, workload.name),
+                    reason: e.to_string(),
+                })?;
+                Ok(Route::Hbone(Box::new(ConnectRequestPlan {
+                    destination_identity,
+                    hbone_addr: SocketAddr::new(target.ip(), HBONE_PORT),
+                    authority: target,
+                    destination_workload: format!("{}/{}", workload.namespace, workload.name),
+                    service,
+                })))
+            }
+            _ => Ok(Route::Direct(target)),
+        }
+    }
+
+    /// Opens the connection a route describes, on behalf of `source`.
+    pub async fn open(
+        &self,
+        source: &Workload,
+        route: &Route,
+    ) -> Result<Upstream, ProxyError> {
+        match route {
+            Route::Hbone(plan) => {
+                let source_id = SpiffeId::new(
+                    &self.trust_domain,
+                    &source.namespace,
+                    &source.service_account,
+                )
+                .map_err(|e| ProxyError::BadIdentity {
+                    workload: format!("{}/{}", source.namespace, source.name),
+                    reason: e.to_string(),
+                })?;
+                let request = ConnectRequest {
+                    source: source_id,
+                    destination_identity: plan.destination_identity.clone(),
+                    hbone_addr: plan.hbone_addr,
+                    authority: plan.authority,
+                    forwarded_for: same_family_ip(source, plan.authority.ip()),
+                };
+                Ok(Upstream::Tunnel(self.hbone.connect(&request).await?))
+            }
+            Route::Direct(addr) | Route::Passthrough(addr) => {
+                let stream = TcpStream::connect(addr)
+                    .await
+                    .map_err(|source| ProxyError::Connect { addr: *addr, source })?;
+                let _ = stream.set_nodelay(true);
+                Ok(Upstream::Plain(stream))
+            }
+        }
+    }
+}
+
+fn same_family_ip(workload: &Workload, like: IpAddr) -> Option<IpAddr> {
+    workload
+        .ips
+        .iter()
+        .find(|ip| ip.is_ipv4() == like.is_ipv4())
+        .copied()
+}
+
+impl AsyncRead for Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tunnel(s) => Pin::new(s).poll_read(cx, buf),
+            Upstream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Tunnel(s) => Pin::new(s).poll_write(cx, buf),
+            Upstream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tunnel(s) => Pin::new(s).poll_flush(cx),
+            Upstream::Plain(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tunnel(s) => Pin::new(s).poll_shutdown(cx),
+            Upstream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
