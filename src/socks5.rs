@@ -6,6 +6,7 @@
 //! upstream connection is open, so a failure reaches the client as a SOCKS error code.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,9 +67,15 @@ pub struct Socks5Server {
     outbound: Arc<OutboundProxy>,
     store: Arc<MeshStore>,
     host: Arc<HostWorkloads>,
+    sessions_open: Arc<AtomicU64>,
 }
 
 impl Socks5Server {
+    /// SOCKS5 sessions in progress.
+    pub fn sessions_open(&self) -> u64 {
+        self.sessions_open.load(Ordering::Relaxed)
+    }
+
     pub fn new(
         outbound: Arc<OutboundProxy>,
         store: Arc<MeshStore>,
@@ -78,6 +85,7 @@ impl Socks5Server {
             outbound,
             store,
             host,
+            sessions_open: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -91,8 +99,12 @@ impl Socks5Server {
             match accepted {
                 Ok((client, remote)) => {
                     let server = self.clone();
+                    let open = server.sessions_open.clone();
+                    open.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(async move {
-                        if let Err(error) = server.serve_client(client).await {
+                        let result = server.serve_client(client).await;
+                        open.fetch_sub(1, Ordering::Relaxed);
+                        if let Err(error) = result {
                             tracing::info!(%remote, %error, "SOCKS5 session failed");
                         }
                     });

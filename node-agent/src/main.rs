@@ -1,1 +1,92 @@
-fn main() {}
+//! `weft-node`: the per-node weft daemon. Parses flags, sets up logging and runs the
+//! selected mode; `host` serves the workloads on this host (a VM or bare-metal machine).
+
+mod host;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Serve the workloads whose IPs are on this network namespace's interfaces.
+    Host,
+    /// Serve enrolled pods through the CNI plugin (not available yet).
+    Pods,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// weft-node: the per-node weft daemon.
+#[derive(Debug, Parser)]
+#[command(name = "weft-node", version)]
+pub struct Args {
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// Mesh config: multi-document YAML of Namespace, Pod, Service, EndpointSlice. Hot-reloaded.
+    #[arg(long)]
+    config: PathBuf,
+    /// Mesh CA directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem).
+    #[arg(long)]
+    ca_dir: PathBuf,
+    /// This node's name (matches spec.nodeName of its pods).
+    #[arg(long)]
+    node_name: String,
+    #[arg(long, default_value = weft::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Also accept outbound connections as a SOCKS5 proxy on this address (host mode).
+    #[arg(long)]
+    socks5: Option<SocketAddr>,
+    /// Where the HBONE server listens (host mode).
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    hbone_listen: SocketAddr,
+    /// Lifetime of workload certificates (renewed at half-life).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    cert_ttl: Duration,
+    /// On SIGTERM, how long open connections may take to finish.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    grace_period: Duration,
+    /// Idle HBONE connections are closed after this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pool_idle_timeout: Duration,
+    #[arg(long, value_enum, default_value = "plain")]
+    log_format: LogFormat,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("weft-node: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = match args.mode {
+        Mode::Host => runtime.block_on(host::run(args)),
+        Mode::Pods => Err(anyhow::anyhow!(
+            "--mode pods is not available in this build yet; use --mode host"
+        )),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("weft-node: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

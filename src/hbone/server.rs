@@ -57,11 +57,14 @@ pub struct HboneServerConfig {
     pub handshake_timeout: Duration,
     pub max_concurrent_streams: u32,
     pub keepalive_interval: Duration,
+    /// Clients must hold an identity in this trust domain.
+    pub trust_domain: String,
 }
 
 impl Default for HboneServerConfig {
     fn default() -> Self {
         HboneServerConfig {
+            trust_domain: crate::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
             handshake_timeout: Duration::from_secs(10),
             max_concurrent_streams: 1000,
             keepalive_interval: Duration::from_secs(30),
@@ -203,6 +206,12 @@ impl<T: InboundTarget> HboneServer<T> {
                 return;
             }
         };
+        if peer.trust_domain() != self.config.trust_domain {
+            tracing::info!(%remote, %peer, trust_domain = %self.config.trust_domain,
+                "refusing HBONE client from another trust domain");
+            self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let mut connection = match h2::server::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)

@@ -23,6 +23,16 @@ pub struct H2Stream {
     _guard: Option<Box<dyn Send + Sync>>,
 }
 
+impl std::fmt::Debug for H2Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Stream")
+            .field("stream_id", &self.send.stream_id())
+            .field("read_closed", &self.read_closed)
+            .field("write_closed", &self.write_closed)
+            .finish()
+    }
+}
+
 impl H2Stream {
     pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
         H2Stream {

@@ -78,6 +78,8 @@ pub struct IssuedLeaf {
     /// Leaf first, then the intermediates a verifier needs.
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivatePkcs8KeyDer<'static>,
+    /// When it was signed (renewal timing counts from here, not from the backdated start).
+    pub issued_at: SystemTime,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
 }
@@ -307,6 +309,7 @@ impl MeshCa {
             id: id.clone(),
             chain,
             key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            issued_at: now,
             not_before,
             not_after,
         })

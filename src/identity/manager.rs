@@ -42,6 +42,7 @@ impl Default for RenewalPolicy {
 pub struct LeafCert {
     pub id: SpiffeId,
     pub chain: Vec<CertificateDer<'static>>,
+    pub issued_at: SystemTime,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     pub certified_key: Arc<CertifiedKey>,
@@ -200,6 +201,7 @@ pub fn leaf_from_issued(issued: IssuedLeaf) -> Result<LeafCert, CaError> {
         certified_key: Arc::new(CertifiedKey::new(issued.chain.clone(), signing_key)),
         id: issued.id,
         chain: issued.chain,
+        issued_at: issued.issued_at,
         not_before: issued.not_before,
         not_after: issued.not_after,
     })
@@ -213,9 +215,9 @@ async fn renew_forever(manager: Weak<CertManager>, slot: Arc<IdentityCert>) {
         };
         let lifetime = leaf
             .not_after
-            .duration_since(leaf.not_before)
+            .duration_since(leaf.issued_at)
             .unwrap_or_default();
-        let renew_at = leaf.not_before + lifetime.mul_f64(policy.renew_at_fraction);
+        let renew_at = leaf.issued_at + lifetime.mul_f64(policy.renew_at_fraction);
         let wait = renew_at
             .duration_since(SystemTime::now())
             .unwrap_or_default();

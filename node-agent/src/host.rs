@@ -1,0 +1,140 @@
+//! Host mode: one daemon for a VM or bare-metal host. It serves the workloads whose IPs are
+//! on its own interfaces (HBONE inbound on 15008) and, with `--socks5`, takes outbound
+//! connections from local clients and sends them through the mesh.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use weft::config::FileSource;
+use weft::hbone::{HboneClient, HboneClientConfig, HboneServer, HboneServerConfig};
+use weft::identity::{CertManager, RenewalPolicy, SpiffeId};
+use weft::model::{MeshSnapshot, MeshStore};
+use weft::proxy::{HostWorkloads, OutboundProxy};
+use weft::socks5::Socks5Server;
+
+use crate::Args;
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    SpiffeId::new(&args.trust_domain, "x", "x")
+        .with_context(|| format!("--trust-domain {:?} is not valid", args.trust_domain))?;
+    let policy = RenewalPolicy {
+        ttl: args.cert_ttl,
+        ..RenewalPolicy::default()
+    };
+    let certs = CertManager::new(args.ca_dir.clone(), policy).context("loading the mesh CA")?;
+    let store = Arc::new(MeshStore::new(MeshSnapshot::empty()));
+    let source = FileSource::load_initial(&args.config, store.clone())
+        .with_context(|| format!("loading mesh config {}", args.config.display()))?;
+    source.spawn_watch(Duration::from_millis(200));
+
+    let host = HostWorkloads::new(store.clone(), args.trust_domain.clone());
+    announce_workloads(&host, &certs, &args.node_name);
+    let mut changes = store.subscribe();
+    {
+        let host = host.clone();
+        let certs = certs.clone();
+        let node = args.node_name.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                host.refresh_local_ips();
+                announce_workloads(&host, &certs, &node);
+            }
+        });
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = HboneServer::new(
+        host.clone(),
+        certs.clone(),
+        HboneServerConfig {
+            trust_domain: args.trust_domain.clone(),
+            ..HboneServerConfig::default()
+        },
+    );
+    let listener = bind(args.hbone_listen).await?;
+    tracing::info!(addr = %args.hbone_listen, "HBONE listener up");
+    tokio::spawn(server.clone().serve(listener, stop_rx.clone()));
+
+    let client = HboneClient::new(
+        certs.clone(),
+        HboneClientConfig {
+            idle_timeout: args.pool_idle_timeout,
+            ..HboneClientConfig::default()
+        },
+    );
+    let outbound = OutboundProxy::new(client, args.trust_domain.clone());
+    let socks = match args.socks5 {
+        Some(addr) => {
+            let socks = Socks5Server::new(outbound.clone(), store.clone(), host.clone());
+            let listener = bind(addr).await?;
+            tracing::info!(%addr, "SOCKS5 listener up");
+            tokio::spawn(socks.clone().serve(listener, stop_rx.clone()));
+            Some(socks)
+        }
+        None => None,
+    };
+    tracing::info!(node = %args.node_name, "weft-node ready (host mode)");
+
+    wait_for_signal().await?;
+    tracing::info!(grace = ?args.grace_period, "shutting down: no new connections; letting open ones finish");
+    let _ = stop_tx.send(true);
+    let deadline = Instant::now() + args.grace_period;
+    loop {
+        let open = server.stats().connections_open.load(Ordering::Relaxed)
+            + socks.as_ref().map_or(0, |s| s.sessions_open());
+        if open == 0 {
+            tracing::info!("all connections finished; exiting");
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(open, "grace period over; closing remaining connections");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Logs which workloads this host serves and gets their certificates ready.
+fn announce_workloads(host: &HostWorkloads, certs: &Arc<CertManager>, node: &str) {
+    let served = host.served();
+    if served.is_empty() {
+        tracing::warn!(node, "no workload in the mesh config has an IP on this host's interfaces");
+    }
+    for workload in served {
+        let Some(id) = host.identity_of(&workload) else { continue };
+        match certs.get_or_issue(&id) {
+            Ok(_) => tracing::info!(workload = %format!("{}/{}", workload.namespace, workload.name), identity = %id, ips = ?workload.ips, "serving workload"),
+            Err(error) => tracing::error!(identity = %id, %error, "cannot issue a certificate"),
+        }
+    }
+}
+
+async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .context("creating a socket")?;
+    socket.set_reuseaddr(true).context("SO_REUSEADDR")?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("binding {addr} (is another weft-node running?)"))?;
+    socket.listen(1024).with_context(|| format!("listening on {addr}"))
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
