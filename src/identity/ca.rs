@@ -164,7 +164,10 @@ impl MeshCa {
         let key_pem = read_file(dir, CA_KEY_FILE)?.ok_or_else(|| CaError::BadFile {
             dir: dir.to_owned(),
             file: CA_KEY_FILE,
-            reason: "file is missing; the signing key is required (PKCS#8 PEM)".into(),
+            reason: format!(
+                "file is missing; the signing key is required (PKCS#8 PEM). To start a new mesh CA, run `weft ca init --dir {}`",
+                dir.display()
+            ),
         })?;
         let signing_key = KeyPair::from_pem(&key_pem).map_err(|e| CaError::BadFile {
             dir: dir.to_owned(),
