@@ -6,9 +6,9 @@
 //! daemon; the `weft` CLI exposes the CA for operators.
 
 pub mod config;
-pub mod model;
-pub mod identity;
-pub mod tls;
 pub mod hbone;
+pub mod identity;
+pub mod model;
 pub mod proxy;
 pub mod socks5;
+pub mod tls;

@@ -54,7 +54,9 @@ pub enum Socks5Error {
     Command(u8),
     #[error("unsupported address type {0}")]
     AddressType(u8),
-    #[error("cannot resolve {0:?}: only IP addresses and <service>.<namespace>.svc names are served")]
+    #[error(
+        "cannot resolve {0:?}: only IP addresses and <service>.<namespace>.svc names are served"
+    )]
     Unresolvable(String),
     #[error("this host serves no mesh workload, so it has no identity to connect with")]
     NoSourceWorkload,
@@ -90,7 +92,11 @@ impl Socks5Server {
     }
 
     /// Accepts clients until `shutdown` turns true.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -149,7 +155,11 @@ impl Socks5Server {
             return Err(Socks5Error::NoSourceWorkload);
         };
         let opened = match self.outbound.route(&snapshot, dst) {
-            Ok(route) => self.outbound.open(&source, &route).await.map(|up| (route, up)),
+            Ok(route) => self
+                .outbound
+                .open(&source, &route)
+                .await
+                .map(|up| (route, up)),
             Err(e) => Err(e),
         };
         let (route, upstream) = match opened {

@@ -54,9 +54,10 @@ pub fn server_config(
     identity: Arc<IdentityCert>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(root_store(roots)?, provider.clone())
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(root_store(roots)?, provider.clone())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?

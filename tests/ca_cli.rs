@@ -8,7 +8,9 @@ use std::process::{Command, Output};
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e} (is it installed? run scripts/install-deps.sh)"));
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("running {cmd:?}: {e} (is it installed? run scripts/install-deps.sh)")
+    });
     out
 }
 
@@ -26,34 +28,80 @@ fn ok(cmd: &mut Command) -> String {
 fn issue(dir: &Path, id: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let cert = dir.join("leaf.pem");
     let key = dir.join("leaf-key.pem");
-    ok(Command::new(WEFT).args(["ca", "issue", "--dir"]).arg(dir).args(["--spiffe-id", id, "--out-cert"]).arg(&cert).arg("--out-key").arg(&key).args(["--ttl", "2h"]));
+    ok(Command::new(WEFT)
+        .args(["ca", "issue", "--dir"])
+        .arg(dir)
+        .args(["--spiffe-id", id, "--out-cert"])
+        .arg(&cert)
+        .arg("--out-key")
+        .arg(&key)
+        .args(["--ttl", "2h"]));
     (cert, key)
 }
 
 fn assert_leaf_shape(cert: &Path, key: &Path, id: &str) {
-    let text = ok(Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(cert));
-    assert!(text.contains(&format!("URI:{id}")), "no SPIFFE URI SAN:\n{text}");
-    assert!(!text.contains("DNS:"), "leaf must carry only the URI SAN:\n{text}");
-    assert!(text.contains("prime256v1") || text.contains("P-256"), "not a P-256 key:\n{text}");
-    assert!(text.contains("TLS Web Server Authentication"), "missing serverAuth EKU:\n{text}");
-    assert!(text.contains("TLS Web Client Authentication"), "missing clientAuth EKU:\n{text}");
+    let text = ok(Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(cert));
+    assert!(
+        text.contains(&format!("URI:{id}")),
+        "no SPIFFE URI SAN:\n{text}"
+    );
+    assert!(
+        !text.contains("DNS:"),
+        "leaf must carry only the URI SAN:\n{text}"
+    );
+    assert!(
+        text.contains("prime256v1") || text.contains("P-256"),
+        "not a P-256 key:\n{text}"
+    );
+    assert!(
+        text.contains("TLS Web Server Authentication"),
+        "missing serverAuth EKU:\n{text}"
+    );
+    assert!(
+        text.contains("TLS Web Client Authentication"),
+        "missing clientAuth EKU:\n{text}"
+    );
     assert!(text.contains("CA:FALSE"), "leaf must not be a CA:\n{text}");
-    let key_text = ok(Command::new("openssl").args(["pkey", "-noout", "-text", "-in"]).arg(key));
-    assert!(key_text.contains("prime256v1") || key_text.contains("P-256"), "{key_text}");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(key).unwrap().permissions());
-    assert_eq!(mode & 0o077, 0, "private key must not be readable by others");
+    let key_text = ok(Command::new("openssl")
+        .args(["pkey", "-noout", "-text", "-in"])
+        .arg(key));
+    assert!(
+        key_text.contains("prime256v1") || key_text.contains("P-256"),
+        "{key_text}"
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(key).unwrap().permissions());
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "private key must not be readable by others"
+    );
 }
 
 #[test]
 fn init_then_issue_gives_a_leaf_openssl_verifies() {
     let dir = tempfile::tempdir().unwrap();
-    ok(Command::new(WEFT).args(["ca", "init", "--dir"]).arg(dir.path()).args(["--trust-domain", "example.org"]));
-    for file in ["ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"] {
+    ok(Command::new(WEFT)
+        .args(["ca", "init", "--dir"])
+        .arg(dir.path())
+        .args(["--trust-domain", "example.org"]));
+    for file in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "root-cert.pem",
+        "cert-chain.pem",
+    ] {
         assert!(dir.path().join(file).exists(), "{file} missing");
     }
     let id = "spiffe://example.org/ns/shop/sa/order";
     let (cert, key) = issue(dir.path(), id);
-    let verify = ok(Command::new("openssl").arg("verify").arg("-CAfile").arg(dir.path().join("root-cert.pem")).arg(&cert));
+    let verify = ok(Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(dir.path().join("root-cert.pem"))
+        .arg(&cert));
     assert!(verify.contains(": OK"), "{verify}");
     assert_leaf_shape(&cert, &key, id);
 }
@@ -61,25 +109,65 @@ fn init_then_issue_gives_a_leaf_openssl_verifies() {
 #[test]
 fn init_refuses_to_overwrite_without_force() {
     let dir = tempfile::tempdir().unwrap();
-    ok(Command::new(WEFT).args(["ca", "init", "--dir"]).arg(dir.path()));
+    ok(Command::new(WEFT)
+        .args(["ca", "init", "--dir"])
+        .arg(dir.path()));
     let before = std::fs::read(dir.path().join("ca-key.pem")).unwrap();
-    let out = run(Command::new(WEFT).args(["ca", "init", "--dir"]).arg(dir.path()));
+    let out = run(Command::new(WEFT)
+        .args(["ca", "init", "--dir"])
+        .arg(dir.path()));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--force"), "error should say how to overwrite: {stderr}");
-    assert_eq!(std::fs::read(dir.path().join("ca-key.pem")).unwrap(), before);
-    ok(Command::new(WEFT).args(["ca", "init", "--force", "--dir"]).arg(dir.path()));
-    assert_ne!(std::fs::read(dir.path().join("ca-key.pem")).unwrap(), before);
+    assert!(
+        stderr.contains("--force"),
+        "error should say how to overwrite: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("ca-key.pem")).unwrap(),
+        before
+    );
+    ok(Command::new(WEFT)
+        .args(["ca", "init", "--force", "--dir"])
+        .arg(dir.path()));
+    assert_ne!(
+        std::fs::read(dir.path().join("ca-key.pem")).unwrap(),
+        before
+    );
 }
 
 #[test]
 fn issue_rejects_bad_input_with_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run(Command::new(WEFT).args(["ca", "issue", "--dir"]).arg(dir.path()).args(["--spiffe-id", "spiffe://cluster.local/ns/a/sa/b", "--out-cert", "/dev/null", "--out-key", "/dev/null"]));
+    let out = run(Command::new(WEFT)
+        .args(["ca", "issue", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--spiffe-id",
+            "spiffe://cluster.local/ns/a/sa/b",
+            "--out-cert",
+            "/dev/null",
+            "--out-key",
+            "/dev/null",
+        ]));
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("weft ca init"), "should point to ca init");
-    ok(Command::new(WEFT).args(["ca", "init", "--dir"]).arg(dir.path()));
-    let out = run(Command::new(WEFT).args(["ca", "issue", "--dir"]).arg(dir.path()).args(["--spiffe-id", "cluster.local/ns/a/sa/b", "--out-cert", "/dev/null", "--out-key", "/dev/null"]));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("weft ca init"),
+        "should point to ca init"
+    );
+    ok(Command::new(WEFT)
+        .args(["ca", "init", "--dir"])
+        .arg(dir.path()));
+    let out = run(Command::new(WEFT)
+        .args(["ca", "issue", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--spiffe-id",
+            "cluster.local/ns/a/sa/b",
+            "--out-cert",
+            "/dev/null",
+            "--out-key",
+            "/dev/null",
+        ]));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("spiffe://"));
 }
@@ -89,11 +177,38 @@ fn issue_rejects_bad_input_with_clear_errors() {
 fn existing_rsa_root_with_only_root_cert_and_key_is_used_as_is() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    ok(Command::new("openssl").args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"]).arg(d.join("ca-key.pem")));
-    ok(Command::new("openssl").args(["req", "-x509", "-new", "-key"]).arg(d.join("ca-key.pem")).args(["-subj", "/O=cluster.local/CN=Operator Root", "-days", "30", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out"]).arg(d.join("root-cert.pem")));
+    ok(Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(d.join("ca-key.pem")));
+    ok(Command::new("openssl")
+        .args(["req", "-x509", "-new", "-key"])
+        .arg(d.join("ca-key.pem"))
+        .args([
+            "-subj",
+            "/O=cluster.local/CN=Operator Root",
+            "-days",
+            "30",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+        ])
+        .arg(d.join("root-cert.pem")));
     let id = "spiffe://cluster.local/ns/shop/sa/payment";
     let (cert, key) = issue(d, id);
-    let verify = ok(Command::new("openssl").arg("verify").arg("-CAfile").arg(d.join("root-cert.pem")).arg(&cert));
+    let verify = ok(Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(d.join("root-cert.pem"))
+        .arg(&cert));
     assert!(verify.contains(": OK"), "{verify}");
     assert_leaf_shape(&cert, &key, id);
 }
@@ -104,20 +219,80 @@ fn intermediate_with_chain_is_used_as_is() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let w = |name: &str| d.join(name);
-    ok(Command::new("openssl").args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"]).arg(w("root-key.pem")));
-    ok(Command::new("openssl").args(["req", "-x509", "-new", "-key"]).arg(w("root-key.pem")).args(["-subj", "/O=cluster.local/CN=Root", "-days", "30", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out"]).arg(w("root-cert.pem")));
-    ok(Command::new("openssl").args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"]).arg(w("ca-key.pem")));
-    ok(Command::new("openssl").args(["req", "-new", "-key"]).arg(w("ca-key.pem")).args(["-subj", "/O=cluster.local/CN=Intermediate", "-out"]).arg(w("ca.csr")));
-    std::fs::write(w("ext.cnf"), "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n").unwrap();
-    ok(Command::new("openssl").args(["x509", "-req", "-in"]).arg(w("ca.csr")).arg("-CA").arg(w("root-cert.pem")).arg("-CAkey").arg(w("root-key.pem")).args(["-CAcreateserial", "-days", "20", "-extfile"]).arg(w("ext.cnf")).arg("-out").arg(w("ca-cert.pem")));
-    let chain = format!("{}{}", std::fs::read_to_string(w("ca-cert.pem")).unwrap(), std::fs::read_to_string(w("root-cert.pem")).unwrap());
+    ok(Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(w("root-key.pem")));
+    ok(Command::new("openssl")
+        .args(["req", "-x509", "-new", "-key"])
+        .arg(w("root-key.pem"))
+        .args([
+            "-subj",
+            "/O=cluster.local/CN=Root",
+            "-days",
+            "30",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+        ])
+        .arg(w("root-cert.pem")));
+    ok(Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(w("ca-key.pem")));
+    ok(Command::new("openssl")
+        .args(["req", "-new", "-key"])
+        .arg(w("ca-key.pem"))
+        .args(["-subj", "/O=cluster.local/CN=Intermediate", "-out"])
+        .arg(w("ca.csr")));
+    std::fs::write(
+        w("ext.cnf"),
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+    )
+    .unwrap();
+    ok(Command::new("openssl")
+        .args(["x509", "-req", "-in"])
+        .arg(w("ca.csr"))
+        .arg("-CA")
+        .arg(w("root-cert.pem"))
+        .arg("-CAkey")
+        .arg(w("root-key.pem"))
+        .args(["-CAcreateserial", "-days", "20", "-extfile"])
+        .arg(w("ext.cnf"))
+        .arg("-out")
+        .arg(w("ca-cert.pem")));
+    let chain = format!(
+        "{}{}",
+        std::fs::read_to_string(w("ca-cert.pem")).unwrap(),
+        std::fs::read_to_string(w("root-cert.pem")).unwrap()
+    );
     std::fs::write(w("cert-chain.pem"), chain).unwrap();
     std::fs::remove_file(w("root-key.pem")).unwrap();
 
     let id = "spiffe://cluster.local/ns/shop/sa/inventory";
     let (cert, key) = issue(d, id);
     // The issued file carries the intermediate, so the root alone is enough to verify.
-    let verify = ok(Command::new("openssl").arg("verify").arg("-CAfile").arg(w("root-cert.pem")).arg("-untrusted").arg(&cert).arg(&cert));
+    let verify = ok(Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(w("root-cert.pem"))
+        .arg("-untrusted")
+        .arg(&cert)
+        .arg(&cert));
     assert!(verify.contains(": OK"), "{verify}");
     assert_leaf_shape(&cert, &key, id);
 }
@@ -126,11 +301,28 @@ fn intermediate_with_chain_is_used_as_is() {
 fn mismatched_key_and_cert_are_rejected_naming_the_file() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    ok(Command::new(WEFT).args(["ca", "init", "--dir"]).arg(a.path()));
-    ok(Command::new(WEFT).args(["ca", "init", "--dir"]).arg(b.path()));
+    ok(Command::new(WEFT)
+        .args(["ca", "init", "--dir"])
+        .arg(a.path()));
+    ok(Command::new(WEFT)
+        .args(["ca", "init", "--dir"])
+        .arg(b.path()));
     std::fs::copy(b.path().join("ca-key.pem"), a.path().join("ca-key.pem")).unwrap();
-    let out = run(Command::new(WEFT).args(["ca", "issue", "--dir"]).arg(a.path()).args(["--spiffe-id", "spiffe://cluster.local/ns/a/sa/b", "--out-cert", "/dev/null", "--out-key", "/dev/null"]));
+    let out = run(Command::new(WEFT)
+        .args(["ca", "issue", "--dir"])
+        .arg(a.path())
+        .args([
+            "--spiffe-id",
+            "spiffe://cluster.local/ns/a/sa/b",
+            "--out-cert",
+            "/dev/null",
+            "--out-key",
+            "/dev/null",
+        ]));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("ca-cert.pem") && stderr.contains("does not match"), "{stderr}");
+    assert!(
+        stderr.contains("ca-cert.pem") && stderr.contains("does not match"),
+        "{stderr}"
+    );
 }

@@ -39,7 +39,10 @@ async fn multi_mib_payloads_cross_intact_both_ways() {
     let client = client(certs);
 
     let data = payload(8 * 1024 * 1024 + 123, 7);
-    let stream = client.connect(&request(server.addr, echo)).await.expect("connect");
+    let stream = client
+        .connect(&request(server.addr, echo))
+        .await
+        .expect("connect");
     let (mut rd, mut wr) = tokio::io::split(stream);
     let to_send = data.clone();
     let writer = tokio::spawn(async move {
@@ -61,7 +64,10 @@ async fn half_close_lets_the_app_answer_after_eof() {
     let counter = start_counter().await;
     let client = client(certs);
 
-    let mut stream = client.connect(&request(server.addr, counter)).await.expect("connect");
+    let mut stream = client
+        .connect(&request(server.addr, counter))
+        .await
+        .expect("connect");
     let data = payload(3 * 1024 * 1024, 3);
     stream.write_all(&data).await.unwrap();
     stream.shutdown().await.unwrap();
@@ -99,12 +105,33 @@ async fn hundred_concurrent_streams_share_one_pooled_connection() {
     for task in tasks {
         task.await.unwrap();
     }
-    assert_eq!(client.connections_opened(), 1, "100 streams should share one connection");
-    assert_eq!(server.server.stats().connections_accepted.load(Ordering::Relaxed), 1);
-    assert_eq!(server.server.stats().streams_accepted.load(Ordering::Relaxed), 100);
+    assert_eq!(
+        client.connections_opened(),
+        1,
+        "100 streams should share one connection"
+    );
+    assert_eq!(
+        server
+            .server
+            .stats()
+            .connections_accepted
+            .load(Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        server
+            .server
+            .stats()
+            .streams_accepted
+            .load(Ordering::Relaxed),
+        100
+    );
 
     // The 101st stream exceeds the per-connection stream cap: a second connection opens.
-    let mut extra = client.connect(&request(server.addr, echo)).await.expect("connect");
+    let mut extra = client
+        .connect(&request(server.addr, echo))
+        .await
+        .expect("connect");
     extra.write_all(b"x").await.unwrap();
     let mut one = [0u8; 1];
     extra.read_exact(&mut one).await.unwrap();
@@ -130,9 +157,11 @@ async fn idle_connections_close_and_the_pool_reconnects() {
     stream.read_to_end(&mut rest).await.unwrap();
     drop(stream);
     let stats = server.server.stats().clone();
-    eventually("idle connection closed on the server", Duration::from_secs(5), || {
-        stats.connections_open.load(Ordering::Relaxed) == 0
-    })
+    eventually(
+        "idle connection closed on the server",
+        Duration::from_secs(5),
+        || stats.connections_open.load(Ordering::Relaxed) == 0,
+    )
     .await;
     assert_eq!(client.connections_live(), 0);
     let mut again = client.connect(&request(server.addr, echo)).await.unwrap();
@@ -157,7 +186,13 @@ async fn unreachable_app_gets_503() {
         .await
         .expect_err("must fail");
     assert!(
-        matches!(err, HboneError::Status { status: StatusCode::SERVICE_UNAVAILABLE, .. }),
+        matches!(
+            err,
+            HboneError::Status {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -180,12 +215,16 @@ async fn raw_h2(
     server: SocketAddr,
     config: Arc<rustls::ClientConfig>,
 ) -> Result<h2::client::SendRequest<Bytes>, String> {
-    let tcp = TcpStream::connect(server).await.map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(server)
+        .await
+        .map_err(|e| e.to_string())?;
     let tls = TlsConnector::from(config)
         .connect(ServerName::IpAddress(server.ip().into()), tcp)
         .await
         .map_err(|e| e.to_string())?;
-    let (sender, conn) = h2::client::handshake(tls).await.map_err(|e| e.to_string())?;
+    let (sender, conn) = h2::client::handshake(tls)
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -197,7 +236,9 @@ async fn status_of(
     request: Request<()>,
 ) -> Result<StatusCode, String> {
     let mut ready = sender.clone().ready().await.map_err(|e| e.to_string())?;
-    let (response, _send) = ready.send_request(request, false).map_err(|e| e.to_string())?;
+    let (response, _send) = ready
+        .send_request(request, false)
+        .map_err(|e| e.to_string())?;
     let response = response.await.map_err(|e| e.to_string())?;
     Ok(response.status())
 }
@@ -213,9 +254,12 @@ async fn bad_requests_get_their_status_and_the_server_keeps_serving() {
     let certs = ca.certs();
     let server = start_hbone_server(certs.clone()).await;
     let echo = start_echo().await;
-    let mut sender = raw_h2(server.addr, mesh_client_config(&certs, &id("demo", "client")))
-        .await
-        .expect("mTLS + h2");
+    let mut sender = raw_h2(
+        server.addr,
+        mesh_client_config(&certs, &id("demo", "client")),
+    )
+    .await
+    .expect("mTLS + h2");
 
     let connect = |authority: &str| {
         Request::builder()
@@ -225,23 +269,38 @@ async fn bad_requests_get_their_status_and_the_server_keeps_serving() {
             .unwrap()
     };
     // Not an address this server serves: no open relay.
-    assert_eq!(status_of(&mut sender, connect("127.0.0.2:80")).await, Ok(StatusCode::BAD_REQUEST));
-    assert_eq!(status_of(&mut sender, connect("192.0.2.1:80")).await, Ok(StatusCode::BAD_REQUEST));
+    assert_eq!(
+        status_of(&mut sender, connect("127.0.0.2:80")).await,
+        Ok(StatusCode::BAD_REQUEST)
+    );
+    assert_eq!(
+        status_of(&mut sender, connect("192.0.2.1:80")).await,
+        Ok(StatusCode::BAD_REQUEST)
+    );
     // weft's own ports: no loops.
     for port in [15008, 15001, 15006, 15000] {
         let status = status_of(&mut sender, connect(&format!("127.0.0.1:{port}"))).await;
         assert_eq!(status, Ok(StatusCode::BAD_REQUEST), "port {port}");
     }
     // Malformed authorities.
-    assert_eq!(status_of(&mut sender, connect("server.demo:80")).await, Ok(StatusCode::BAD_REQUEST));
-    assert_eq!(status_of(&mut sender, connect("127.0.0.1:99999")).await, Ok(StatusCode::BAD_REQUEST));
+    assert_eq!(
+        status_of(&mut sender, connect("server.demo:80")).await,
+        Ok(StatusCode::BAD_REQUEST)
+    );
+    assert_eq!(
+        status_of(&mut sender, connect("127.0.0.1:99999")).await,
+        Ok(StatusCode::BAD_REQUEST)
+    );
     // Not CONNECT.
     let get = Request::builder()
         .method(Method::GET)
         .uri(format!("https://127.0.0.1:{}/", echo.port()))
         .body(())
         .unwrap();
-    assert_eq!(status_of(&mut sender, get).await, Ok(StatusCode::METHOD_NOT_ALLOWED));
+    assert_eq!(
+        status_of(&mut sender, get).await,
+        Ok(StatusCode::METHOD_NOT_ALLOWED)
+    );
     // Headers over the 16 KiB limit: 431, and the connection stays usable.
     let mut big = connect(&echo.to_string());
     big.headers_mut()
@@ -251,8 +310,18 @@ async fn bad_requests_get_their_status_and_the_server_keeps_serving() {
         Ok(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
     );
     // The same connection still serves a good request afterwards.
-    assert_eq!(status_of(&mut sender, connect(&echo.to_string())).await, Ok(StatusCode::OK));
-    assert!(server.server.stats().streams_refused.load(Ordering::Relaxed) >= 9);
+    assert_eq!(
+        status_of(&mut sender, connect(&echo.to_string())).await,
+        Ok(StatusCode::OK)
+    );
+    assert!(
+        server
+            .server
+            .stats()
+            .streams_refused
+            .load(Ordering::Relaxed)
+            >= 9
+    );
 
     // Grossly oversized headers: h2 drops that connection (ENHANCE_YOUR_CALM) and the
     // server keeps serving everybody else.
@@ -260,10 +329,16 @@ async fn bad_requests_get_their_status_and_the_server_keeps_serving() {
     huge.headers_mut()
         .insert("x-padding", "a".repeat(256 * 1024).parse().unwrap());
     assert!(status_of(&mut sender, huge).await.is_err());
-    let mut fresh = raw_h2(server.addr, mesh_client_config(&certs, &id("demo", "client")))
-        .await
-        .expect("new connection");
-    assert_eq!(status_of(&mut fresh, connect(&echo.to_string())).await, Ok(StatusCode::OK));
+    let mut fresh = raw_h2(
+        server.addr,
+        mesh_client_config(&certs, &id("demo", "client")),
+    )
+    .await
+    .expect("new connection");
+    assert_eq!(
+        status_of(&mut fresh, connect(&echo.to_string())).await,
+        Ok(StatusCode::OK)
+    );
 }
 
 #[tokio::test]
@@ -272,7 +347,13 @@ async fn clients_without_a_valid_mesh_identity_are_refused() {
     let certs = ca.certs();
     let server = start_hbone_server(certs.clone()).await;
     let echo = start_echo().await;
-    let good = || Request::builder().method(Method::CONNECT).uri(echo.to_string()).body(()).unwrap();
+    let good = || {
+        Request::builder()
+            .method(Method::CONNECT)
+            .uri(echo.to_string())
+            .body(())
+            .unwrap()
+    };
 
     // 1. No client certificate at all.
     let slot = certs.get_or_issue(&id("demo", "client")).unwrap();
@@ -283,7 +364,10 @@ async fn clients_without_a_valid_mesh_identity_are_refused() {
         Ok(mut sender) => status_of(&mut sender, good()).await.map(|s| s.to_string()),
         Err(e) => Err(e),
     };
-    assert!(outcome.is_err(), "no client cert must be refused, got {outcome:?}");
+    assert!(
+        outcome.is_err(),
+        "no client cert must be refused, got {outcome:?}"
+    );
 
     // 2. A certificate from another CA.
     let other_ca = TestCa::new();
@@ -295,7 +379,10 @@ async fn clients_without_a_valid_mesh_identity_are_refused() {
         Ok(mut sender) => status_of(&mut sender, good()).await.map(|s| s.to_string()),
         Err(e) => Err(e),
     };
-    assert!(outcome.is_err(), "a foreign CA must be refused, got {outcome:?}");
+    assert!(
+        outcome.is_err(),
+        "a foreign CA must be refused, got {outcome:?}"
+    );
 
     // 3. A certificate from our CA for another trust domain.
     let stranger = SpiffeId::new("evil.example", "demo", "client").unwrap();
@@ -303,13 +390,26 @@ async fn clients_without_a_valid_mesh_identity_are_refused() {
         Ok(mut sender) => status_of(&mut sender, good()).await.map(|s| s.to_string()),
         Err(e) => Err(e),
     };
-    assert!(outcome.is_err(), "another trust domain must be refused, got {outcome:?}");
-    assert!(server.server.stats().handshakes_failed.load(Ordering::Relaxed) >= 3);
+    assert!(
+        outcome.is_err(),
+        "another trust domain must be refused, got {outcome:?}"
+    );
+    assert!(
+        server
+            .server
+            .stats()
+            .handshakes_failed
+            .load(Ordering::Relaxed)
+            >= 3
+    );
 
     // The server still serves a proper client.
-    let mut sender = raw_h2(server.addr, mesh_client_config(&certs, &id("demo", "client")))
-        .await
-        .unwrap();
+    let mut sender = raw_h2(
+        server.addr,
+        mesh_client_config(&certs, &id("demo", "client")),
+    )
+    .await
+    .unwrap();
     assert_eq!(status_of(&mut sender, good()).await, Ok(StatusCode::OK));
 }
 
@@ -342,7 +442,10 @@ async fn certificates_renew_and_survive_a_broken_ca() {
     let slot = certs.get_or_issue(&id("demo", "client")).unwrap();
     let first = slot.current();
     let first_der = first.chain[0].clone();
-    eventually("first renewal", Duration::from_secs(5), || slot.current().chain[0] != first_der).await;
+    eventually("first renewal", Duration::from_secs(5), || {
+        slot.current().chain[0] != first_der
+    })
+    .await;
     let status = certs.status();
     assert_eq!(status.len(), 1);
     assert!(status[0].renewals >= 1);
@@ -356,10 +459,17 @@ async fn certificates_renew_and_survive_a_broken_ca() {
         certs.status()[0].failed_renewals >= 2
     })
     .await;
-    assert_eq!(slot.current().chain[0], held, "the old certificate must keep serving");
+    assert_eq!(
+        slot.current().chain[0],
+        held,
+        "the old certificate must keep serving"
+    );
 
     // Repair the CA: the next retry succeeds.
     std::fs::write(&key_path, good_key).unwrap();
-    eventually("renewal after repair", Duration::from_secs(5), || slot.current().chain[0] != held).await;
+    eventually("renewal after repair", Duration::from_secs(5), || {
+        slot.current().chain[0] != held
+    })
+    .await;
     let _ = MeshCa::load(&ca.path()).unwrap();
 }

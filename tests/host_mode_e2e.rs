@@ -13,19 +13,7 @@ use weft::identity::MeshCa;
 
 const MARKER: &str = "WEFT-PLAINTEXT-MARKER-7c1e";
 
-const APP: &str = r#"
-import http.server, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = b"hello from server\n"
-        self.send_response(200); self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
-    def do_POST(self):
-        n = int(self.headers.get("content-length", "0")); data = self.rfile.read(n)
-        body = ("got %d bytes, marker %s\n" % (len(data), b"MARKER" in data)).encode()
-        self.send_response(200); self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
-    def log_message(self, *a): pass
-http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
-"#;
+const APP: &str = include_str!("apps/http_app.py");
 
 fn mesh(subnet: u8, extra: &str) -> String {
     format!(
@@ -86,22 +74,45 @@ fn socks5_through_two_host_daemons_carries_only_tls() {
 
     let a = Netns::new("wha");
     let b = Netns::new("whb");
-    let (a_if, _) = link(&a, &format!("10.{subnet}.0.1/24"), &b, &format!("10.{subnet}.0.2/24"));
+    let (a_if, _) = link(
+        &a,
+        &format!("10.{subnet}.0.1/24"),
+        &b,
+        &format!("10.{subnet}.0.2/24"),
+    );
     // Service VIPs are virtual: route them towards the link so nothing else sees them.
-    a.run(&["ip", "route", "add", &format!("10.{subnet}.100.0/24"), "dev", &a_if]);
+    a.run(&[
+        "ip",
+        "route",
+        "add",
+        &format!("10.{subnet}.100.0/24"),
+        "dev",
+        &a_if,
+    ]);
 
     let app_path = work.path().join("app.py");
     std::fs::write(&app_path, APP).unwrap();
     let mut app_cmd = b.command("python3");
-    app_cmd.arg(&app_path).args([&format!("10.{subnet}.0.2"), "8080"]);
+    app_cmd
+        .arg(&app_path)
+        .args([&format!("10.{subnet}.0.2"), "8080"]);
     let _app = Process::spawn(app_cmd, &work.path().join("app.log"), "http app");
 
     let daemon = |ns: &Netns, node: &str, socks: bool| {
         let mut cmd = ns.command(&weft_node);
-        cmd.args(["--mode", "host", "--node-name", node, "--grace-period", "3s"])
-            .arg("--config").arg(&config)
-            .arg("--ca-dir").arg(&ca_dir)
-            .env("RUST_LOG", "info");
+        cmd.args([
+            "--mode",
+            "host",
+            "--node-name",
+            node,
+            "--grace-period",
+            "3s",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .arg("--ca-dir")
+        .arg(&ca_dir)
+        .env("RUST_LOG", "info");
         if socks {
             cmd.args(["--socks5", "127.0.0.1:15080"]);
         }
@@ -111,13 +122,28 @@ fn socks5_through_two_host_daemons_carries_only_tls() {
     };
     let mut node_a = daemon(&a, "vm-a", true);
     let mut node_b = daemon(&b, "vm-b", false);
-    assert!(node_a.log_text().contains("spiffe://cluster.local/ns/demo/sa/client"), "{}", node_a.log_text());
-    assert!(node_b.log_text().contains("spiffe://cluster.local/ns/demo/sa/server"), "{}", node_b.log_text());
+    assert!(
+        node_a
+            .log_text()
+            .contains("spiffe://cluster.local/ns/demo/sa/client"),
+        "{}",
+        node_a.log_text()
+    );
+    assert!(
+        node_b
+            .log_text()
+            .contains("spiffe://cluster.local/ns/demo/sa/server"),
+        "{}",
+        node_b.log_text()
+    );
 
     // Capture everything on the link while traffic flows.
     let pcap = work.path().join("link.pcap");
     let mut dump_cmd = a.command("tcpdump");
-    dump_cmd.args(["-i", &a_if, "-U", "-s", "0", "-w"]).arg(&pcap).arg("tcp");
+    dump_cmd
+        .args(["-i", &a_if, "-U", "--immediate-mode", "-s", "0", "-w"])
+        .arg(&pcap)
+        .arg("tcp");
     let mut dump = Process::spawn(dump_cmd, &work.path().join("tcpdump.log"), "tcpdump");
     dump.wait_for_log("listening on", Duration::from_secs(10));
 
@@ -126,13 +152,32 @@ fn socks5_through_two_host_daemons_carries_only_tls() {
     std::fs::write(&body_file, MARKER.repeat(20_000)).unwrap();
     let body_arg = format!("@{}", body_file.display());
     let url = format!("http://10.{subnet}.0.2:8080/");
-    let answer = curl(&a, &[&socks[..], &["--data-binary", &body_arg, &url]].concat()).expect("POST through the mesh");
-    assert_eq!(answer.trim(), format!("got {} bytes, marker True", MARKER.len() * 20_000));
+    let answer = curl(
+        &a,
+        &[&socks[..], &["--data-binary", &body_arg, &url]].concat(),
+    )
+    .expect("POST through the mesh");
+    assert_eq!(
+        answer.trim(),
+        format!("got {} bytes, marker True", MARKER.len() * 20_000)
+    );
 
     // By Service name (resolved by the daemon) and VIP: load-balanced to the one endpoint.
-    let by_name = curl(&a, &["--socks5-hostname", "127.0.0.1:15080", "http://server.demo.svc.cluster.local/"]).expect("GET by service name");
+    let by_name = curl(
+        &a,
+        &[
+            "--socks5-hostname",
+            "127.0.0.1:15080",
+            "http://server.demo.svc.cluster.local/",
+        ],
+    )
+    .expect("GET by service name");
     assert_eq!(by_name.trim(), "hello from server");
-    let by_vip = curl(&a, &[&socks[..], &[&format!("http://10.{subnet}.100.10/")[..]]].concat()).expect("GET by VIP");
+    let by_vip = curl(
+        &a,
+        &[&socks[..], &[&format!("http://10.{subnet}.100.10/")[..]]].concat(),
+    )
+    .expect("GET by VIP");
     assert_eq!(by_vip.trim(), "hello from server");
 
     std::thread::sleep(Duration::from_millis(300));
@@ -146,18 +191,27 @@ fn socks5_through_two_host_daemons_carries_only_tls() {
     let lines: Vec<&str> = packets.lines().filter(|l| l.contains(" IP ")).collect();
     assert!(lines.len() > 20, "too few packets captured:\n{packets}");
     for line in &lines {
-        assert!(line.contains(".15008 ") || line.contains(".15008:"), "non-HBONE packet on the link: {line}");
+        assert!(
+            line.contains(".15008 ") || line.contains(".15008:"),
+            "non-HBONE packet on the link: {line}"
+        );
     }
     // The first bytes of the client's stream are a TLS handshake record.
     let hex = sh(Command::new("tcpdump").args(["-nn", "-X", "-r"]).arg(&pcap));
-    assert!(hex.contains("1603 01") || hex.contains("1603 03"), "no TLS handshake seen");
+    assert!(
+        hex.contains("1603 01") || hex.contains("1603 03"),
+        "no TLS handshake seen"
+    );
 
     // A live config edit: a new Service becomes reachable without a restart.
     let second = format!(
         "---\napiVersion: v1\nkind: Service\nmetadata: {{name: server2, namespace: demo}}\nspec:\n  clusterIP: 10.{subnet}.100.11\n  selector: {{app: server}}\n  ports: [{{port: 81, targetPort: 8080}}]\n"
     );
     let url2 = "http://server2.demo.svc.cluster.local:81/";
-    assert!(curl(&a, &["--socks5-hostname", "127.0.0.1:15080", url2]).is_err(), "server2 must not exist yet");
+    assert!(
+        curl(&a, &["--socks5-hostname", "127.0.0.1:15080", url2]).is_err(),
+        "server2 must not exist yet"
+    );
     let edited_at = Instant::now();
     std::fs::write(&config, mesh(subnet, &second)).unwrap();
     let mut reached = None;
@@ -173,17 +227,28 @@ fn socks5_through_two_host_daemons_carries_only_tls() {
     eprintln!("config edit took effect after {took:?}");
 
     // A broken edit: rejected with a message naming the document and field; traffic continues.
-    let broken = mesh(subnet, &second).replace(&format!("podIP: 10.{subnet}.0.2"), "podIP: 10.1.2.300");
+    let broken =
+        mesh(subnet, &second).replace(&format!("podIP: 10.{subnet}.0.2"), "podIP: 10.1.2.300");
     std::fs::write(&config, broken).unwrap();
     node_a.wait_for_log("status.podIP", Duration::from_secs(5));
     let log = node_a.log_text();
-    assert!(log.contains("document 3") && log.contains("10.1.2.300"), "unclear rejection:\n{log}");
-    let still = curl(&a, &["--socks5-hostname", "127.0.0.1:15080", url2]).expect("traffic after a broken edit");
+    assert!(
+        log.contains("document 3") && log.contains("10.1.2.300"),
+        "unclear rejection:\n{log}"
+    );
+    let still = curl(&a, &["--socks5-hostname", "127.0.0.1:15080", url2])
+        .expect("traffic after a broken edit");
     assert_eq!(still.trim(), "hello from server");
 
     // SIGTERM: both daemons stop cleanly.
     for node in [&mut node_a, &mut node_b] {
-        let status = node.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(8));
-        assert!(status.success(), "{} exited with {status}:\n{}", node.what, node.log_text());
+        let status =
+            node.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(8));
+        assert!(
+            status.success(),
+            "{} exited with {status}:\n{}",
+            node.what,
+            node.log_text()
+        );
     }
 }

@@ -104,12 +104,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 fn announce_workloads(host: &HostWorkloads, certs: &Arc<CertManager>, node: &str) {
     let served = host.served();
     if served.is_empty() {
-        tracing::warn!(node, "no workload in the mesh config has an IP on this host's interfaces");
+        tracing::warn!(
+            node,
+            "no workload in the mesh config has an IP on this host's interfaces"
+        );
     }
     for workload in served {
-        let Some(id) = host.identity_of(&workload) else { continue };
+        let Some(id) = host.identity_of(&workload) else {
+            continue;
+        };
         match certs.get_or_issue(&id) {
-            Ok(_) => tracing::info!(workload = %format!("{}/{}", workload.namespace, workload.name), identity = %id, ips = ?workload.ips, "serving workload"),
+            Ok(_) => {
+                tracing::info!(workload = %format!("{}/{}", workload.namespace, workload.name), identity = %id, ips = ?workload.ips, "serving workload")
+            }
             Err(error) => tracing::error!(identity = %id, %error, "cannot issue a certificate"),
         }
     }
@@ -125,7 +132,9 @@ async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
     socket
         .bind(addr)
         .with_context(|| format!("binding {addr} (is another weft-node running?)"))?;
-    socket.listen(1024).with_context(|| format!("listening on {addr}"))
+    socket
+        .listen(1024)
+        .with_context(|| format!("listening on {addr}"))
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

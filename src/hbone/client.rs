@@ -171,7 +171,10 @@ impl HboneClient {
     }
 
     /// Opens one CONNECT stream; the returned stream carries the tunnelled bytes.
-    pub async fn connect(self: &Arc<Self>, request: &ConnectRequest) -> Result<H2Stream, HboneError> {
+    pub async fn connect(
+        self: &Arc<Self>,
+        request: &ConnectRequest,
+    ) -> Result<H2Stream, HboneError> {
         let key = PoolKey {
             source: request.source.clone(),
             destination: request.destination_identity.clone(),
@@ -192,7 +195,9 @@ impl HboneClient {
                 Some(found) => found,
                 None => {
                     let fresh = self.open_connection(request, Arc::downgrade(&slot)).await?;
-                    let guard = fresh.try_reserve(max).ok_or(HboneError::NoH2(request.hbone_addr))?;
+                    let guard = fresh
+                        .try_reserve(max)
+                        .ok_or(HboneError::NoH2(request.hbone_addr))?;
                     list.push(fresh.clone());
                     (fresh, guard)
                 }
@@ -200,7 +205,9 @@ impl HboneClient {
         };
 
         let authority = request.authority.to_string();
-        let mut builder = Request::builder().method(Method::CONNECT).uri(authority.as_str());
+        let mut builder = Request::builder()
+            .method(Method::CONNECT)
+            .uri(authority.as_str());
         if let Some(ip) = request.forwarded_for {
             builder = builder.header("forwarded", forwarded_for(ip));
         }
@@ -228,13 +235,13 @@ impl HboneClient {
         slot: Weak<tokio::sync::Mutex<Vec<Arc<PooledConnection>>>>,
     ) -> Result<Arc<PooledConnection>, HboneError> {
         let addr = request.hbone_addr;
-        let identity = self
-            .certs
-            .get_or_issue(&request.source)
-            .map_err(|source| HboneError::Certificate {
-                identity: request.source.to_string(),
-                source,
-            })?;
+        let identity =
+            self.certs
+                .get_or_issue(&request.source)
+                .map_err(|source| HboneError::Certificate {
+                    identity: request.source.to_string(),
+                    source,
+                })?;
         let tls_config = tls::client_config(
             self.certs.roots(),
             identity,
@@ -337,7 +344,8 @@ async fn monitor_connection(
         if since_ping >= config.keepalive_interval {
             since_ping = Duration::ZERO;
             if let Some(pp) = ping_pong.as_mut() {
-                let pong = tokio::time::timeout(config.keepalive_timeout, pp.ping(h2::Ping::opaque()));
+                let pong =
+                    tokio::time::timeout(config.keepalive_timeout, pp.ping(h2::Ping::opaque()));
                 drop(conn);
                 if !matches!(pong.await, Ok(Ok(_))) {
                     tracing::warn!("HBONE keepalive ping failed; closing the connection");

@@ -109,7 +109,11 @@ impl<T: InboundTarget> HboneServer<T> {
 
     /// Accepts connections until `shutdown` turns true; then asks open connections to finish
     /// (GOAWAY) and returns. Callers wait for `stats().connections_open` to drain.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -162,7 +166,9 @@ impl<T: InboundTarget> HboneServer<T> {
         remote: SocketAddr,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        self.stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .connections_accepted
+            .fetch_add(1, Ordering::Relaxed);
         let _open = Gauge::up(&self.stats.connections_open);
         set_nodelay(&tcp);
         let local = match tcp.local_addr() {
@@ -271,7 +277,9 @@ impl<T: InboundTarget> HboneServer<T> {
         local: SocketAddr,
         remote: SocketAddr,
     ) {
-        let refuse = |respond: &mut h2::server::SendResponse<Bytes>, status: StatusCode, reason: &str| {
+        let refuse = |respond: &mut h2::server::SendResponse<Bytes>,
+                      status: StatusCode,
+                      reason: &str| {
             self.stats.streams_refused.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%remote, %peer, status = status.as_u16(), reason, "refused HBONE stream");
             let mut response = Response::new(());
@@ -279,7 +287,11 @@ impl<T: InboundTarget> HboneServer<T> {
             let _ = respond.send_response(response, true);
         };
         if request.method() != Method::CONNECT {
-            return refuse(&mut respond, StatusCode::METHOD_NOT_ALLOWED, "only CONNECT is served");
+            return refuse(
+                &mut respond,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only CONNECT is served",
+            );
         }
         let authority = match request
             .uri()
@@ -296,10 +308,18 @@ impl<T: InboundTarget> HboneServer<T> {
             }
         };
         if OWN_PORTS.contains(&authority.port()) {
-            return refuse(&mut respond, StatusCode::BAD_REQUEST, "authority is one of weft's own ports");
+            return refuse(
+                &mut respond,
+                StatusCode::BAD_REQUEST,
+                "authority is one of weft's own ports",
+            );
         }
         if !self.target.serves(local, authority) {
-            return refuse(&mut respond, StatusCode::BAD_REQUEST, "authority is not an address served here");
+            return refuse(
+                &mut respond,
+                StatusCode::BAD_REQUEST,
+                "authority is not an address served here",
+            );
         }
         if let Err(reason) = self.target.authorize(&peer, authority) {
             return refuse(&mut respond, StatusCode::UNAUTHORIZED, &reason);
@@ -330,8 +350,12 @@ impl<T: InboundTarget> HboneServer<T> {
         let _open = Gauge::up(&self.stats.streams_open);
         let tunnel = H2Stream::new(send, request.into_body());
         match copy_both_ways(tunnel, upstream).await {
-            Ok(totals) => tracing::debug!(%peer, %authority, ?forwarded, to_app = totals.a_to_b, from_app = totals.b_to_a, "HBONE stream closed"),
-            Err(error) => tracing::debug!(%peer, %authority, %error, "HBONE stream ended with an error"),
+            Ok(totals) => {
+                tracing::debug!(%peer, %authority, ?forwarded, to_app = totals.a_to_b, from_app = totals.b_to_a, "HBONE stream closed")
+            }
+            Err(error) => {
+                tracing::debug!(%peer, %authority, %error, "HBONE stream ended with an error")
+            }
         }
     }
 }
@@ -341,9 +365,14 @@ fn forwarded_ip<B>(request: &Request<B>) -> Option<IpAddr> {
     let value = request.headers().get("forwarded")?.to_str().ok()?;
     value.split([';', ',']).find_map(|part| {
         let part = part.trim();
-        let v = part.strip_prefix("for=").or_else(|| part.strip_prefix("For="))?;
+        let v = part
+            .strip_prefix("for=")
+            .or_else(|| part.strip_prefix("For="))?;
         let v = v.trim_matches('"');
-        let v = v.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(v);
+        let v = v
+            .strip_prefix('[')
+            .and_then(|x| x.strip_suffix(']'))
+            .unwrap_or(v);
         v.parse().ok()
     })
 }
@@ -370,11 +399,20 @@ mod tests {
 
     #[test]
     fn reads_forwarded_for() {
-        let req = Request::builder().header("forwarded", "for=10.1.2.3").body(()).unwrap();
+        let req = Request::builder()
+            .header("forwarded", "for=10.1.2.3")
+            .body(())
+            .unwrap();
         assert_eq!(forwarded_ip(&req), Some("10.1.2.3".parse().unwrap()));
-        let req = Request::builder().header("forwarded", "for=\"[fd00::1]\"").body(()).unwrap();
+        let req = Request::builder()
+            .header("forwarded", "for=\"[fd00::1]\"")
+            .body(())
+            .unwrap();
         assert_eq!(forwarded_ip(&req), Some("fd00::1".parse().unwrap()));
-        let req = Request::builder().header("forwarded", "for=bogus").body(()).unwrap();
+        let req = Request::builder()
+            .header("forwarded", "for=bogus")
+            .body(())
+            .unwrap();
         assert_eq!(forwarded_ip(&req), None);
     }
 }

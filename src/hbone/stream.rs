@@ -58,7 +58,9 @@ fn h2_to_io(error: h2::Error) -> io::Error {
             Some(e) => e,
             None => io::Error::other("h2 I/O error"),
         }
-    } else if error.reason() == Some(h2::Reason::NO_ERROR) || error.reason() == Some(h2::Reason::CANCEL) {
+    } else if error.reason() == Some(h2::Reason::NO_ERROR)
+        || error.reason() == Some(h2::Reason::CANCEL)
+    {
         io::Error::new(io::ErrorKind::ConnectionReset, error)
     } else {
         io::Error::other(error)
@@ -154,9 +156,7 @@ impl AsyncWrite for H2Stream {
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.write_closed {
             self.write_closed = true;
-            self.send
-                .send_data(Bytes::new(), true)
-                .map_err(h2_to_io)?;
+            self.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
         }
         Poll::Ready(Ok(()))
     }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, UnixTime};
@@ -87,7 +87,10 @@ pub struct IssuedLeaf {
 impl IssuedLeaf {
     /// The leaf and its intermediates as PEM.
     pub fn chain_pem(&self) -> String {
-        self.chain.iter().map(|c| der_to_pem("CERTIFICATE", c)).collect()
+        self.chain
+            .iter()
+            .map(|c| der_to_pem("CERTIFICATE", c))
+            .collect()
     }
 
     /// The PKCS#8 private key as PEM.
@@ -227,20 +230,20 @@ impl MeshCa {
         // Peers already hold the roots; sending them again only costs bytes.
         chain.retain(|cert| !roots.contains(cert));
 
-        let signing_params = CertificateParams::from_ca_cert_der(&signing_der).map_err(|e| {
-            CaError::BadFile {
+        let signing_params =
+            CertificateParams::from_ca_cert_der(&signing_der).map_err(|e| CaError::BadFile {
                 dir: dir.to_owned(),
                 file: signing_file,
                 reason: format!("cannot be used as an issuer: {e}"),
-            }
-        })?;
-        let signing_cert = signing_params
-            .self_signed(&signing_key)
-            .map_err(|e| CaError::BadFile {
-                dir: dir.to_owned(),
-                file: CA_KEY_FILE,
-                reason: format!("cannot sign with this key: {e}"),
             })?;
+        let signing_cert =
+            signing_params
+                .self_signed(&signing_key)
+                .map_err(|e| CaError::BadFile {
+                    dir: dir.to_owned(),
+                    file: CA_KEY_FILE,
+                    reason: format!("cannot sign with this key: {e}"),
+                })?;
 
         let ca = MeshCa {
             dir: dir.to_owned(),
@@ -257,12 +260,11 @@ impl MeshCa {
     /// Issues a throwaway leaf and verifies it the way a peer will, so a directory whose
     /// pieces do not fit together fails at load time, not at the first handshake.
     fn check_chain(&self) -> Result<(), CaError> {
-        let probe_id = SpiffeId::new("probe.invalid", "probe", "probe").map_err(|e| {
-            CaError::Signing {
+        let probe_id =
+            SpiffeId::new("probe.invalid", "probe", "probe").map_err(|e| CaError::Signing {
                 id: "probe".into(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         let leaf = self.issue(&probe_id, Duration::from_secs(60))?;
         verify_chain(&leaf.chain, &self.roots).map_err(|reason| CaError::BrokenChain {
             dir: self.dir.clone(),
@@ -279,7 +281,8 @@ impl MeshCa {
             id: id.to_string(),
             reason,
         };
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| signing(e.to_string()))?;
+        let key =
+            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| signing(e.to_string()))?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         name.push(DnType::OrganizationName, id.trust_domain());
@@ -341,7 +344,8 @@ pub fn verify_chain(
             .map_err(|e| format!("root certificate rejected: {e}"))?;
     }
     let parsed = rustls::server::ParsedCertificate::try_from(leaf).map_err(|e| e.to_string())?;
-    let algorithms = rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
+    let algorithms =
+        rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
     rustls::client::verify_server_cert_signed_by_trust_anchor(
         &parsed,
         &store,

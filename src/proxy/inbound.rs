@@ -35,7 +35,9 @@ impl HostWorkloads {
     pub fn refresh_local_ips(&self) {
         match local_interface_ips() {
             Ok(ips) => self.local_ips.store(Arc::new(ips)),
-            Err(error) => tracing::warn!(%error, "cannot list interface addresses; keeping the previous list"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot list interface addresses; keeping the previous list")
+            }
         }
     }
 
@@ -59,7 +61,12 @@ impl HostWorkloads {
 
     /// The SPIFFE ID of a workload in this trust domain.
     pub fn identity_of(&self, workload: &Workload) -> Option<SpiffeId> {
-        SpiffeId::new(&self.trust_domain, &workload.namespace, &workload.service_account).ok()
+        SpiffeId::new(
+            &self.trust_domain,
+            &workload.namespace,
+            &workload.service_account,
+        )
+        .ok()
     }
 }
 
@@ -71,7 +78,10 @@ impl InboundTarget for HostWorkloads {
 
     fn serves(&self, local: SocketAddr, authority: SocketAddr) -> bool {
         // Only the workload whose identity this connection proved may be reached through it.
-        match (self.local_workload(local.ip()), self.local_workload(authority.ip())) {
+        match (
+            self.local_workload(local.ip()),
+            self.local_workload(authority.ip()),
+        ) {
             (Some(dialled), Some(target)) => dialled.uid == target.uid,
             _ => false,
         }
@@ -90,7 +100,9 @@ impl InboundTarget for HostWorkloads {
 pub fn local_interface_ips() -> Result<HashSet<IpAddr>, nix::Error> {
     let mut ips = HashSet::new();
     for interface in nix::ifaddrs::getifaddrs()? {
-        let Some(address) = interface.address else { continue };
+        let Some(address) = interface.address else {
+            continue;
+        };
         if let Some(v4) = address.as_sockaddr_in() {
             ips.insert(IpAddr::V4(v4.ip()));
         } else if let Some(v6) = address.as_sockaddr_in6() {

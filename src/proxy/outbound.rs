@@ -146,11 +146,7 @@ impl OutboundProxy {
     }
 
     /// Opens the connection a route describes, on behalf of `source`.
-    pub async fn open(
-        &self,
-        source: &Workload,
-        route: &Route,
-    ) -> Result<Upstream, ProxyError> {
+    pub async fn open(&self, source: &Workload, route: &Route) -> Result<Upstream, ProxyError> {
         match route {
             Route::Hbone(plan) => {
                 let source_id = SpiffeId::new(
@@ -172,9 +168,13 @@ impl OutboundProxy {
                 Ok(Upstream::Tunnel(self.hbone.connect(&request).await?))
             }
             Route::Direct(addr) | Route::Passthrough(addr) => {
-                let stream = TcpStream::connect(addr)
-                    .await
-                    .map_err(|source| ProxyError::Connect { addr: *addr, source })?;
+                let stream =
+                    TcpStream::connect(addr)
+                        .await
+                        .map_err(|source| ProxyError::Connect {
+                            addr: *addr,
+                            source,
+                        })?;
                 let _ = stream.set_nodelay(true);
                 Ok(Upstream::Plain(stream))
             }

@@ -107,7 +107,9 @@ pub async fn start_echo() -> SocketAddr {
 /// A counting application: reads to EOF, then answers with the byte count and closes.
 /// Only a correct half-close lets it answer.
 pub async fn start_counter() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind counter");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind counter");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
@@ -145,7 +147,10 @@ pub fn payload(len: usize, seed: u64) -> Vec<u8> {
 pub async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

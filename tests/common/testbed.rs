@@ -21,9 +21,15 @@ pub fn e2e_ready(tools: &[&str]) -> bool {
     let why = if !is_root {
         "not running as root".to_string()
     } else {
-        format!("missing tools: {} (run scripts/install-deps.sh)", missing.join(", "))
+        format!(
+            "missing tools: {} (run scripts/install-deps.sh)",
+            missing.join(", ")
+        )
     };
-    assert!(!required, "WEFT_E2E=1 but the end-to-end test cannot run: {why}");
+    assert!(
+        !required,
+        "WEFT_E2E=1 but the end-to-end test cannot run: {why}"
+    );
     eprintln!("skipping end-to-end test: {why} (set WEFT_E2E=1 to make this a failure)");
     false
 }
@@ -89,12 +95,17 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Processes still inside would keep it alive; kill them by namespace first.
-        let _ = Command::new("ip").args(["netns", "pids", &self.name]).output().map(|out| {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        });
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|out| {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            });
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -103,7 +114,8 @@ pub fn link(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) -> (String, String
     let a_if = unique("va");
     let b_if = unique("vb");
     sh(Command::new("ip").args([
-        "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns", &b.name,
+        "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns",
+        &b.name,
     ]));
     a.run(&["ip", "addr", "add", a_addr, "dev", &a_if]);
     b.run(&["ip", "addr", "add", b_addr, "dev", &b_if]);
@@ -147,7 +159,11 @@ impl Process {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited ({status}) before logging {needle:?}:\n{}", self.what, self.log_text());
+                panic!(
+                    "{} exited ({status}) before logging {needle:?}:\n{}",
+                    self.what,
+                    self.log_text()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -160,7 +176,11 @@ impl Process {
     }
 
     /// Sends a signal and waits for the exit status.
-    pub fn signal_and_wait(&mut self, signal: nix::sys::signal::Signal, timeout: Duration) -> std::process::ExitStatus {
+    pub fn signal_and_wait(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+        timeout: Duration,
+    ) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, signal);
         let deadline = Instant::now() + timeout;
@@ -168,7 +188,11 @@ impl Process {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "{} did not exit within {timeout:?}", self.what);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}",
+                self.what
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every weft test on a fresh machine: installs the system packages, checks formatting
+# and lints, builds all binaries, then runs unit, integration and end-to-end tests.
+# End-to-end tests need root; as root this sets WEFT_E2E=1 so a missing tool fails them.
+# Usage: sudo bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    rustup component add "$component"
+  fi
+done
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo build"
+cargo build --workspace --bins
+if [ "$(id -u)" -eq 0 ]; then
+  export WEFT_E2E=1
+else
+  echo "note: not root, end-to-end tests will be skipped (run with sudo to include them)"
+fi
+echo "== cargo test"
+cargo test --workspace -- --test-threads 2
