@@ -8,7 +8,9 @@
 pub mod config;
 pub mod hbone;
 pub mod identity;
+pub mod listener;
 pub mod model;
 pub mod proxy;
+pub mod sockets;
 pub mod socks5;
 pub mod tls;

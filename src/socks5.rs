@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::listener::accept_until_shutdown;
 use crate::model::{MeshSnapshot, MeshStore};
 use crate::proxy::outbound::ProxyError;
 use crate::proxy::{copy_both_ways, HostWorkloads, OutboundProxy};
@@ -97,30 +98,19 @@ impl Socks5Server {
         listener: TcpListener,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            };
-            match accepted {
-                Ok((client, remote)) => {
-                    let server = self.clone();
-                    let open = server.sessions_open.clone();
-                    open.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(async move {
-                        let result = server.serve_client(client).await;
-                        open.fetch_sub(1, Ordering::Relaxed);
-                        if let Err(error) = result {
-                            tracing::info!(%remote, %error, "SOCKS5 session failed");
-                        }
-                    });
+        accept_until_shutdown(&listener, &mut shutdown, "socks5", |client, remote| {
+            let server = self.clone();
+            let open = server.sessions_open.clone();
+            open.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let result = server.serve_client(client).await;
+                open.fetch_sub(1, Ordering::Relaxed);
+                if let Err(error) = result {
+                    tracing::info!(%remote, %error, "SOCKS5 session failed");
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "accept on SOCKS5 listener failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+            });
+        })
+        .await;
     }
 
     async fn serve_client(&self, mut client: TcpStream) -> Result<(), Socks5Error> {

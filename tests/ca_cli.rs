@@ -39,6 +39,32 @@ fn issue(dir: &Path, id: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     (cert, key)
 }
 
+/// A self-signed RSA 2048 root made by openssl, as an operator's existing CA would be.
+fn rsa_root(key: &Path, cert: &Path, common_name: &str) {
+    ok(Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(key));
+    ok(Command::new("openssl")
+        .args(["req", "-x509", "-new", "-key"])
+        .arg(key)
+        .args([
+            "-subj",
+            &format!("/O=cluster.local/CN={common_name}"),
+            "-days",
+            "30",
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out"])
+        .arg(cert));
+}
+
 fn assert_leaf_shape(cert: &Path, key: &Path, id: &str) {
     let text = ok(Command::new("openssl")
         .args(["x509", "-noout", "-text", "-in"])
@@ -177,31 +203,11 @@ fn issue_rejects_bad_input_with_clear_errors() {
 fn existing_rsa_root_with_only_root_cert_and_key_is_used_as_is() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    ok(Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(d.join("ca-key.pem")));
-    ok(Command::new("openssl")
-        .args(["req", "-x509", "-new", "-key"])
-        .arg(d.join("ca-key.pem"))
-        .args([
-            "-subj",
-            "/O=cluster.local/CN=Operator Root",
-            "-days",
-            "30",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-            "-out",
-        ])
-        .arg(d.join("root-cert.pem")));
+    rsa_root(
+        &d.join("ca-key.pem"),
+        &d.join("root-cert.pem"),
+        "Operator Root",
+    );
     let id = "spiffe://cluster.local/ns/shop/sa/payment";
     let (cert, key) = issue(d, id);
     let verify = ok(Command::new("openssl")
@@ -219,31 +225,7 @@ fn intermediate_with_chain_is_used_as_is() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let w = |name: &str| d.join(name);
-    ok(Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(w("root-key.pem")));
-    ok(Command::new("openssl")
-        .args(["req", "-x509", "-new", "-key"])
-        .arg(w("root-key.pem"))
-        .args([
-            "-subj",
-            "/O=cluster.local/CN=Root",
-            "-days",
-            "30",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-            "-out",
-        ])
-        .arg(w("root-cert.pem")));
+    rsa_root(&w("root-key.pem"), &w("root-cert.pem"), "Root");
     ok(Command::new("openssl")
         .args([
             "genpkey",

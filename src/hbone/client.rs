@@ -15,12 +15,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::stream::H2Stream;
 use super::{set_nodelay, CONNECTION_WINDOW, MAX_FRAME_SIZE, STREAM_WINDOW};
 use crate::identity::{CaError, CertManager, SpiffeId};
+use crate::sockets::{self, HostSockets, SocketFactory};
 use crate::tls::{self, TlsError};
 
 /// Pool and timing settings.
@@ -143,6 +143,7 @@ type Slot = Arc<tokio::sync::Mutex<Vec<Arc<PooledConnection>>>>;
 /// Opens HBONE streams for any number of source identities.
 pub struct HboneClient {
     certs: Arc<CertManager>,
+    sockets: Arc<dyn SocketFactory>,
     config: HboneClientConfig,
     pools: Mutex<HashMap<PoolKey, Slot>>,
     connections_opened: AtomicU64,
@@ -150,14 +151,30 @@ pub struct HboneClient {
 }
 
 impl HboneClient {
+    /// A client whose connections use ordinary sockets in the daemon's network namespace.
     pub fn new(certs: Arc<CertManager>, config: HboneClientConfig) -> Arc<Self> {
+        Self::with_sockets(certs, config, Arc::new(HostSockets))
+    }
+
+    /// A client whose connections use sockets from `sockets` (e.g. inside a pod's netns).
+    pub fn with_sockets(
+        certs: Arc<CertManager>,
+        config: HboneClientConfig,
+        sockets: Arc<dyn SocketFactory>,
+    ) -> Arc<Self> {
         Arc::new(HboneClient {
             certs,
+            sockets,
             config,
             pools: Mutex::new(HashMap::new()),
             connections_opened: AtomicU64::new(0),
             connections_live: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The factory this client's sockets come from.
+    pub fn sockets(&self) -> &Arc<dyn SocketFactory> {
+        &self.sockets
     }
 
     /// h2 connections opened since start.
@@ -247,10 +264,13 @@ impl HboneClient {
             identity,
             request.destination_identity.clone(),
         )?;
-        let tcp = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| HboneError::ConnectTimeout(addr))?
-            .map_err(|source| HboneError::Connect { addr, source })?;
+        let tcp = tokio::time::timeout(
+            self.config.connect_timeout,
+            sockets::connect(self.sockets.as_ref(), addr),
+        )
+        .await
+        .map_err(|_| HboneError::ConnectTimeout(addr))?
+        .map_err(|source| HboneError::Connect { addr, source })?;
         set_nodelay(&tcp);
         let server_name = ServerName::IpAddress(addr.ip().into());
         let tls_stream = tokio::time::timeout(

@@ -27,6 +27,7 @@ use super::{
     set_nodelay, CONNECTION_WINDOW, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, OWN_PORTS, STREAM_WINDOW,
 };
 use crate::identity::{CertManager, SpiffeId};
+use crate::listener::accept_until_shutdown;
 use crate::proxy::copy::copy_both_ways;
 use crate::tls;
 
@@ -109,32 +110,18 @@ impl<T: InboundTarget> HboneServer<T> {
 
     /// Accepts connections until `shutdown` turns true; then asks open connections to finish
     /// (GOAWAY) and returns. Callers wait for `stats().connections_open` to drain.
-    pub async fn serve(
-        self: Arc<Self>,
-        listener: TcpListener,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            };
-            match accepted {
-                Ok((tcp, remote)) => {
-                    let server = self.clone();
-                    let shutdown = shutdown.clone();
-                    let span = tracing::debug_span!("hbone_in", %remote);
-                    tokio::spawn(
-                        async move { server.serve_connection(tcp, remote, shutdown).await }
-                            .instrument(span),
-                    );
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "accept on HBONE listener failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+        let mut stop = shutdown.clone();
+        accept_until_shutdown(&listener, &mut stop, "hbone", |tcp, remote| {
+            let server = self.clone();
+            let shutdown = shutdown.clone();
+            let span = tracing::debug_span!("hbone_in", %remote);
+            tokio::spawn(
+                async move { server.serve_connection(tcp, remote, shutdown).await }
+                    .instrument(span),
+            );
+        })
+        .await;
     }
 
     fn tls_config_for(&self, local: SocketAddr) -> Result<Arc<rustls::ServerConfig>, String> {

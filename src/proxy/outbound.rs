@@ -82,6 +82,19 @@ impl OutboundProxy {
         &self.hbone
     }
 
+    /// The SPIFFE ID of a workload in this mesh's trust domain.
+    pub fn identity_of(&self, workload: &Workload) -> Result<SpiffeId, ProxyError> {
+        SpiffeId::new(
+            &self.trust_domain,
+            &workload.namespace,
+            &workload.service_account,
+        )
+        .map_err(|e| ProxyError::BadIdentity {
+            workload: format!("{}/{}", workload.namespace, workload.name),
+            reason: e.to_string(),
+        })
+    }
+
     /// Decides where a connection to `dst` goes.
     pub fn route(&self, snapshot: &MeshSnapshot, dst: SocketAddr) -> Result<Route, ProxyError> {
         let (target, workload, service) = match snapshot.service_by_vip(dst.ip()) {
@@ -124,15 +137,7 @@ impl OutboundProxy {
         };
         match workload {
             Some(workload) if workload.enrolled => {
-                let destination_identity = SpiffeId::new(
-                    &self.trust_domain,
-                    &workload.namespace,
-                    &workload.service_account,
-                )
-                .map_err(|e| ProxyError::BadIdentity {
-                    workload: format!("{}/{}", workload.namespace, workload.name),
-                    reason: e.to_string(),
-                })?;
+                let destination_identity = self.identity_of(&workload)?;
                 Ok(Route::Hbone(Box::new(ConnectRequestPlan {
                     destination_identity,
                     hbone_addr: SocketAddr::new(target.ip(), HBONE_PORT),
@@ -149,15 +154,7 @@ impl OutboundProxy {
     pub async fn open(&self, source: &Workload, route: &Route) -> Result<Upstream, ProxyError> {
         match route {
             Route::Hbone(plan) => {
-                let source_id = SpiffeId::new(
-                    &self.trust_domain,
-                    &source.namespace,
-                    &source.service_account,
-                )
-                .map_err(|e| ProxyError::BadIdentity {
-                    workload: format!("{}/{}", source.namespace, source.name),
-                    reason: e.to_string(),
-                })?;
+                let source_id = self.identity_of(source)?;
                 let request = ConnectRequest {
                     source: source_id,
                     destination_identity: plan.destination_identity.clone(),

@@ -1,0 +1,80 @@
+//! Messages between `weft-cni` and `weft-node`: one JSON request line from the plugin, one
+//! JSON response line from the daemon, over the unix socket `<runDir>/cni.sock`.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Socket file name inside the run dir.
+pub const SOCKET_FILE: &str = "cni.sock";
+/// The daemon's last written state inside the run dir.
+pub const STATE_FILE: &str = "state.json";
+pub const DEFAULT_RUN_DIR: &str = "/var/run/weft";
+pub const DEFAULT_SOCKET_PATH: &str = "/var/run/weft/cni.sock";
+
+/// One pod sandbox as the container runtime described it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodAttachment {
+    pub container_id: String,
+    pub netns: String,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub ips: Vec<IpAddr>,
+}
+
+/// What the plugin asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "lowercase")]
+pub enum Request {
+    /// A new pod: learn its netns; enroll it if its namespace says so. Answer when done.
+    Add(PodAttachment),
+    /// Is this pod's setup intact?
+    Check(PodAttachment),
+    /// The pod is going away.
+    Del { container_id: String },
+    /// Is the daemon ready to serve pods?
+    Status,
+    /// Forget every pod not in this list.
+    Gc { valid_container_ids: Vec<String> },
+}
+
+/// What the daemon answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    /// For Add/Check: the pod is enrolled (rules applied, listeners up).
+    #[serde(default)]
+    pub enrolled: bool,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The part of the daemon's state file the plugin reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateView {
+    #[serde(default)]
+    pub enrolled_namespaces: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_tagged_json() {
+        let add = Request::Add(PodAttachment {
+            container_id: "c1".into(),
+            netns: "/var/run/netns/x".into(),
+            namespace: "shop".into(),
+            name: "order".into(),
+            uid: "u1".into(),
+            ips: vec!["10.0.0.5".parse().unwrap()],
+        });
+        let text = serde_json::to_string(&add).unwrap();
+        assert!(text.contains("\"command\":\"add\""), "{text}");
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), add);
+        let status: Request = serde_json::from_str(r#"{"command":"status"}"#).unwrap();
+        assert_eq!(status, Request::Status);
+    }
+}

@@ -1,0 +1,34 @@
+//! The accept loop every weft listener shares: accept until shutdown is signalled, hand
+//! each connection to a handler, and ride out transient accept errors (e.g. out of fds)
+//! without spinning.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Pause after a failed accept, so a persistent error does not spin a core.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Accepts connections on `listener` until `shutdown` turns true.
+pub async fn accept_until_shutdown(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+    what: &str,
+    mut on_accept: impl FnMut(TcpStream, SocketAddr),
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        match accepted {
+            Ok((stream, remote)) => on_accept(stream, remote),
+            Err(error) => {
+                tracing::warn!(%error, listener = what, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
