@@ -25,5 +25,6 @@ if [ "$(id -u)" -eq 0 ]; then
 else
   echo "note: not root, end-to-end tests will be skipped (run with sudo to include them)"
 fi
+bash scripts/clean-testbed.sh
 echo "== cargo test"
 cargo test --workspace -- --test-threads 2

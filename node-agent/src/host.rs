@@ -6,31 +6,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use weft::config::FileSource;
 use weft::hbone::{HboneClient, HboneClientConfig, HboneServer, HboneServerConfig};
-use weft::identity::{CertManager, RenewalPolicy, SpiffeId};
-use weft::model::{MeshSnapshot, MeshStore};
+use weft::identity::CertManager;
 use weft::proxy::{HostWorkloads, OutboundProxy};
 use weft::socks5::Socks5Server;
 
+use crate::daemon::{self, Basics};
 use crate::Args;
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    SpiffeId::new(&args.trust_domain, "x", "x")
-        .with_context(|| format!("--trust-domain {:?} is not valid", args.trust_domain))?;
-    let policy = RenewalPolicy {
-        ttl: args.cert_ttl,
-        ..RenewalPolicy::default()
-    };
-    let certs = CertManager::new(args.ca_dir.clone(), policy).context("loading the mesh CA")?;
-    let store = Arc::new(MeshStore::new(MeshSnapshot::empty()));
-    let source = FileSource::load_initial(&args.config, store.clone())
-        .with_context(|| format!("loading mesh config {}", args.config.display()))?;
-    source.spawn_watch(Duration::from_millis(200));
+    let Basics { certs, store, .. } = daemon::start_basics(&args)?;
 
     let host = HostWorkloads::new(store.clone(), args.trust_domain.clone());
     announce_workloads(&host, &certs, &args.node_name);
@@ -56,7 +43,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ..HboneServerConfig::default()
         },
     );
-    let listener = bind(args.hbone_listen).await?;
+    let listener = daemon::bind(args.hbone_listen).await?;
     tracing::info!(addr = %args.hbone_listen, "HBONE listener up");
     tokio::spawn(server.clone().serve(listener, stop_rx.clone()));
 
@@ -71,7 +58,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let socks = match args.socks5 {
         Some(addr) => {
             let socks = Socks5Server::new(outbound.clone(), store.clone(), host.clone());
-            let listener = bind(addr).await?;
+            let listener = daemon::bind(addr).await?;
             tracing::info!(%addr, "SOCKS5 listener up");
             tokio::spawn(socks.clone().serve(listener, stop_rx.clone()));
             Some(socks)
@@ -80,7 +67,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     tracing::info!(node = %args.node_name, "weft-node ready (host mode)");
 
-    wait_for_signal().await?;
+    daemon::wait_for_signal().await?;
     tracing::info!(grace = ?args.grace_period, "shutting down: no new connections; letting open ones finish");
     let _ = stop_tx.send(true);
     let deadline = Instant::now() + args.grace_period;
@@ -120,30 +107,4 @@ fn announce_workloads(host: &HostWorkloads, certs: &Arc<CertManager>, node: &str
             Err(error) => tracing::error!(identity = %id, %error, "cannot issue a certificate"),
         }
     }
-}
-
-async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
-    let socket = match addr {
-        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-    }
-    .context("creating a socket")?;
-    socket.set_reuseaddr(true).context("SO_REUSEADDR")?;
-    socket
-        .bind(addr)
-        .with_context(|| format!("binding {addr} (is another weft-node running?)"))?;
-    socket
-        .listen(1024)
-        .with_context(|| format!("listening on {addr}"))
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }

@@ -1,7 +1,15 @@
 //! `weft-node`: the per-node weft daemon. Parses flags, sets up logging and runs the
 //! selected mode; `host` serves the workloads on this host (a VM or bare-metal machine).
 
+mod cni_server;
+mod daemon;
+mod enrollment;
 mod host;
+mod netns;
+mod pod_proxy;
+mod pods;
+mod rules;
+mod state;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +21,7 @@ use clap::{Parser, ValueEnum};
 enum Mode {
     /// Serve the workloads whose IPs are on this network namespace's interfaces.
     Host,
-    /// Serve enrolled pods through the CNI plugin (not available yet).
+    /// Serve the enrolled pods of this Kubernetes node, handed over by the CNI plugin.
     Pods,
 }
 
@@ -55,6 +63,9 @@ pub struct Args {
     /// Idle HBONE connections are closed after this long.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pool_idle_timeout: Duration,
+    /// Pods mode: where the CNI socket and the state file live.
+    #[arg(long, default_value = weft_cni::protocol::DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
     #[arg(long, value_enum, default_value = "plain")]
     log_format: LogFormat,
 }
@@ -83,9 +94,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = match args.mode {
         Mode::Host => runtime.block_on(host::run(args)),
-        Mode::Pods => Err(anyhow::anyhow!(
-            "--mode pods is not available in this build yet; use --mode host"
-        )),
+        Mode::Pods => runtime.block_on(pods::run(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

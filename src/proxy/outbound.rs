@@ -165,14 +165,12 @@ impl OutboundProxy {
                 Ok(Upstream::Tunnel(self.hbone.connect(&request).await?))
             }
             Route::Direct(addr) | Route::Passthrough(addr) => {
-                let stream =
-                    TcpStream::connect(addr)
-                        .await
-                        .map_err(|source| ProxyError::Connect {
-                            addr: *addr,
-                            source,
-                        })?;
-                let _ = stream.set_nodelay(true);
+                let stream = crate::sockets::connect(self.hbone.sockets().as_ref(), *addr)
+                    .await
+                    .map_err(|source| ProxyError::Connect {
+                        addr: *addr,
+                        source,
+                    })?;
                 Ok(Upstream::Plain(stream))
             }
         }

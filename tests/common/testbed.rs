@@ -54,12 +54,14 @@ pub fn sh(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A short name unique to this test process, for namespaces and links.
+/// A short name unique to this test process, for namespaces and links:
+/// `<prefix><pid>x<n>`, so leftovers of a killed run can be traced to their (dead) owner
+/// and removed (scripts/clean-testbed.sh).
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!(
         "{prefix}{}x{}",
-        std::process::id() % 100_000,
+        std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
@@ -220,4 +222,48 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A tcpdump capture of TCP on one interface of a namespace.
+pub struct Capture {
+    process: Process,
+    pcap: PathBuf,
+}
+
+impl Capture {
+    pub fn start(ns: &Netns, interface: &str, dir: &Path) -> Capture {
+        let pcap = dir.join(format!("{}.pcap", unique("cap")));
+        let mut cmd = ns.command("tcpdump");
+        cmd.args(["-i", interface, "-U", "--immediate-mode", "-s", "0", "-w"])
+            .arg(&pcap)
+            .arg("tcp");
+        let mut process = Process::spawn(cmd, &pcap.with_extension("log"), "tcpdump");
+        process.wait_for_log("listening on", Duration::from_secs(10));
+        Capture { process, pcap }
+    }
+
+    /// Stops the capture; returns the raw pcap bytes and tcpdump's one-line-per-packet text.
+    pub fn stop(mut self) -> (Vec<u8>, Vec<String>) {
+        std::thread::sleep(Duration::from_millis(200));
+        self.process
+            .signal_and_wait(nix::sys::signal::Signal::SIGINT, Duration::from_secs(5));
+        let raw = std::fs::read(&self.pcap).unwrap_or_default();
+        let text = sh(Command::new("tcpdump").args(["-nn", "-r"]).arg(&self.pcap));
+        let lines = text
+            .lines()
+            .filter(|l| l.contains(" IP "))
+            .map(str::to_owned)
+            .collect();
+        (raw, lines)
+    }
+}
+
+/// True if `needle` occurs anywhere in `haystack`.
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// True if a tcpdump line is to or from `port`.
+pub fn is_port(line: &str, port: u16) -> bool {
+    line.contains(&format!(".{port} ")) || line.contains(&format!(".{port}:"))
 }

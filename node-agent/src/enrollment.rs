@@ -1,0 +1,326 @@
+//! Enrollment: which pods on this node are in the mesh, kept true as CNI events arrive and
+//! as the config changes.
+//!
+//! A pod is enrolled when its namespace is labelled `weft.dev/dataplane-mode=ambient` and
+//! the pod is not labelled `none` (never hostNetwork pods). Enrolling applies the pod's
+//! rules first (from then on its traffic is captured or refused, never sent around the
+//! proxy) and then opens its listeners. Releasing closes the listeners and removes the
+//! rules. Every pod reported by CNI ADD is remembered with its netns, enrolled or not, so a
+//! later label change can enroll a running pod and a restarted daemon can find them all.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use weft::model::{MeshSnapshot, Workload, DATAPLANE_MODE_LABEL};
+use weft_cni::protocol::{PodAttachment, Response};
+
+use crate::netns::Netns;
+use crate::pod_proxy::{NodeContext, PodProxy};
+use crate::rules;
+use crate::state::{self, DaemonState};
+
+/// Where an enrolled pod stands.
+enum Enrolled {
+    /// Rules applied and listeners serving.
+    Serving(PodProxy),
+    /// Rules applied (traffic refused) but the pod is not in the config yet, so its
+    /// identity is unknown; listeners open once it appears.
+    AwaitingConfig,
+}
+
+struct Inner {
+    known: BTreeMap<String, PodAttachment>,
+    enrolled: HashMap<String, Enrolled>,
+    enrolled_namespaces: Vec<String>,
+}
+
+/// Keeps the node's pods enrolled or released as they should be.
+pub struct PodManager {
+    ctx: Arc<NodeContext>,
+    run_dir: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+/// Whether the config says this pod belongs in the mesh, and as which workload.
+fn desired(snapshot: &MeshSnapshot, pod: &PodAttachment) -> (bool, Option<Arc<Workload>>) {
+    let namespace_enrolled = snapshot
+        .namespace(&pod.namespace)
+        .and_then(|ns| ns.labels.get(DATAPLANE_MODE_LABEL))
+        .is_some_and(|mode| mode == "ambient");
+    let workload = snapshot
+        .workload_by_uid(&pod.uid)
+        .or_else(|| {
+            snapshot
+                .workloads()
+                .find(|w| w.namespace == pod.namespace && w.name == pod.name)
+        })
+        .cloned();
+    let opted_out = workload.as_ref().is_some_and(|w| {
+        w.host_network
+            || w.labels
+                .get(DATAPLANE_MODE_LABEL)
+                .is_some_and(|m| m == "none")
+    });
+    (namespace_enrolled && !opted_out, workload)
+}
+
+impl PodManager {
+    /// Loads the pods recorded in the run dir (from before a restart).
+    pub fn new(
+        ctx: Arc<NodeContext>,
+        run_dir: &Path,
+    ) -> Result<Arc<PodManager>, state::StateError> {
+        let saved = state::load(run_dir)?;
+        let mut known = BTreeMap::new();
+        for (id, pod) in saved.pods {
+            if Path::new(&pod.netns).exists() {
+                known.insert(id, pod);
+            } else {
+                tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), netns = %pod.netns,
+                    "forgetting a recorded pod whose network namespace is gone");
+            }
+        }
+        Ok(Arc::new(PodManager {
+            ctx,
+            run_dir: run_dir.to_owned(),
+            inner: Mutex::new(Inner {
+                known,
+                enrolled: HashMap::new(),
+                enrolled_namespaces: saved.enrolled_namespaces,
+            }),
+        }))
+    }
+
+    /// CNI ADD: remember the pod and enroll it if it should be. Answers when done.
+    pub async fn add(&self, pod: PodAttachment) -> Response {
+        if !Path::new(&pod.netns).exists() {
+            return Response {
+                ok: false,
+                enrolled: false,
+                message: format!("network namespace {} does not exist", pod.netns),
+            };
+        }
+        let mut inner = self.inner.lock().await;
+        let id = pod.container_id.clone();
+        if let Some(previous) = inner.known.insert(id.clone(), pod) {
+            tracing::debug!(container = %previous.container_id, "CNI ADD repeated for a known pod");
+            inner.enrolled.remove(&id);
+        }
+        let snapshot = self.ctx.store.load();
+        let result = self.reconcile_pod(&mut inner, &snapshot, &id).await;
+        self.persist(&mut inner, &snapshot).await;
+        match result {
+            Ok(enrolled) => Response {
+                ok: true,
+                enrolled,
+                message: String::new(),
+            },
+            Err(message) => {
+                // Fail closed: forget nothing, but tell the runtime the pod is not ready.
+                Response {
+                    ok: false,
+                    enrolled: false,
+                    message,
+                }
+            }
+        }
+    }
+
+    /// CNI CHECK: the pod is set up as it should be.
+    pub async fn check(&self, pod: &PodAttachment) -> Response {
+        let inner = self.inner.lock().await;
+        let snapshot = self.ctx.store.load();
+        let (should, _) = desired(&snapshot, pod);
+        let is = inner.enrolled.contains_key(&pod.container_id);
+        let rules_ok = !should || rules::pod_rules_present(Path::new(&pod.netns));
+        let ok = should == is && rules_ok;
+        Response {
+            ok,
+            enrolled: is,
+            message: if ok {
+                String::new()
+            } else {
+                format!(
+                    "pod {}/{}: should be enrolled: {should}, is: {is}, rules present: {rules_ok}",
+                    pod.namespace, pod.name
+                )
+            },
+        }
+    }
+
+    /// CNI DEL: release and forget the pod (idempotent).
+    pub async fn del(&self, container_id: &str) -> Response {
+        let mut inner = self.inner.lock().await;
+        if let Some(pod) = inner.known.remove(container_id) {
+            if inner.enrolled.remove(container_id).is_some() {
+                let netns = PathBuf::from(&pod.netns);
+                // The netns may already be gone with the pod; that removes the rules too.
+                if netns.exists() {
+                    if let Err(error) = run_blocking(move || rules::remove_pod_rules(&netns)).await
+                    {
+                        tracing::debug!(%error, "removing rules of a deleted pod");
+                    }
+                }
+            }
+            tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), "pod deleted");
+        }
+        let snapshot = self.ctx.store.load();
+        self.persist(&mut inner, &snapshot).await;
+        Response {
+            ok: true,
+            enrolled: false,
+            message: String::new(),
+        }
+    }
+
+    /// CNI GC: forget pods the runtime no longer has.
+    pub async fn gc(&self, valid: &[String]) -> Response {
+        let stale: Vec<String> = {
+            let inner = self.inner.lock().await;
+            inner
+                .known
+                .keys()
+                .filter(|id| !valid.contains(id))
+                .cloned()
+                .collect()
+        };
+        for id in stale {
+            self.del(&id).await;
+        }
+        Response {
+            ok: true,
+            enrolled: false,
+            message: String::new(),
+        }
+    }
+
+    /// Brings every known pod to the state the current config asks for.
+    pub async fn reconcile_all(&self) {
+        let mut inner = self.inner.lock().await;
+        let snapshot = self.ctx.store.load();
+        let ids: Vec<String> = inner.known.keys().cloned().collect();
+        for id in ids {
+            if let Err(error) = self.reconcile_pod(&mut inner, &snapshot, &id).await {
+                tracing::error!(container = %id, %error, "cannot bring pod to its desired state");
+            }
+        }
+        self.persist(&mut inner, &snapshot).await;
+    }
+
+    /// Number of pods currently enrolled, and how many of them serve.
+    pub async fn counts(&self) -> (usize, usize) {
+        let inner = self.inner.lock().await;
+        let serving = inner
+            .enrolled
+            .values()
+            .filter(|e| matches!(e, Enrolled::Serving(_)))
+            .count();
+        (inner.enrolled.len(), serving)
+    }
+
+    /// Enrolls or releases one pod; returns whether it ends up enrolled.
+    async fn reconcile_pod(
+        &self,
+        inner: &mut Inner,
+        snapshot: &MeshSnapshot,
+        id: &str,
+    ) -> Result<bool, String> {
+        let Some(pod) = inner.known.get(id).cloned() else {
+            return Ok(false);
+        };
+        let (should, workload) = desired(snapshot, &pod);
+        let label = format!("{}/{}", pod.namespace, pod.name);
+        if !should {
+            if inner.enrolled.remove(id).is_some() {
+                let netns = PathBuf::from(&pod.netns);
+                run_blocking(move || rules::remove_pod_rules(&netns))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(pod = %label, "released from the mesh");
+            }
+            return Ok(false);
+        }
+        let up_to_date = match (inner.enrolled.get(id), &workload) {
+            (Some(Enrolled::Serving(proxy)), Some(w)) => {
+                proxy.workload.service_account == w.service_account
+            }
+            (Some(Enrolled::AwaitingConfig), None) => true,
+            _ => false,
+        };
+        if up_to_date {
+            return Ok(true);
+        }
+        // Rules first: from here on the pod's traffic is captured, or refused while the
+        // listeners are not up yet, but never bypasses the proxy.
+        let netns_path = PathBuf::from(&pod.netns);
+        let ips = pod.ips.clone();
+        run_blocking(move || rules::apply_pod_rules(&netns_path, &ips))
+            .await
+            .map_err(|e| format!("pod {label}: {e}"))?;
+        let state = match workload {
+            Some(workload) => {
+                inner.enrolled.remove(id);
+                let netns = Arc::new(
+                    Netns::open(Path::new(&pod.netns)).map_err(|e| format!("pod {label}: {e}"))?,
+                );
+                let proxy = PodProxy::start(&self.ctx, netns, workload, pod.ips.clone())
+                    .map_err(|e| format!("pod {label}: {e}"))?;
+                tracing::info!(pod = %label, identity = %proxy.identity, ips = ?pod.ips, "enrolled in the mesh");
+                Enrolled::Serving(proxy)
+            }
+            None => {
+                tracing::warn!(pod = %label, "enrolled namespace, but the pod is not in the mesh config yet: its traffic is refused until it appears");
+                Enrolled::AwaitingConfig
+            }
+        };
+        inner.enrolled.insert(id.to_owned(), state);
+        Ok(true)
+    }
+
+    /// Writes the state file and the node's probe SNAT rules.
+    async fn persist(&self, inner: &mut Inner, snapshot: &MeshSnapshot) {
+        let namespaces: BTreeSet<String> = snapshot
+            .namespaces()
+            .filter(|ns| {
+                ns.labels
+                    .get(DATAPLANE_MODE_LABEL)
+                    .is_some_and(|m| m == "ambient")
+            })
+            .map(|ns| ns.name.clone())
+            .collect();
+        inner.enrolled_namespaces = namespaces.into_iter().collect();
+        let state = DaemonState {
+            enrolled_namespaces: inner.enrolled_namespaces.clone(),
+            pods: inner.known.clone(),
+        };
+        if let Err(error) = state::save(&self.run_dir, &state) {
+            tracing::error!(%error, "cannot write the state file");
+        }
+        let enrolled_ips: Vec<IpAddr> = inner
+            .enrolled
+            .keys()
+            .filter_map(|id| inner.known.get(id))
+            .flat_map(|pod| pod.ips.iter().copied())
+            .collect();
+        if let Err(error) = run_blocking(move || rules::apply_node_rules(&enrolled_ips)).await {
+            tracing::error!(%error, "cannot update the node's probe rules");
+        }
+    }
+}
+
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, rules::RulesError> + Send + 'static,
+) -> Result<T, rules::RulesError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(join) => Err(rules::RulesError {
+            what: "rule update".into(),
+            netns: String::new(),
+            detail: join.to_string(),
+        }),
+    }
+}

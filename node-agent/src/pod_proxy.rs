@@ -1,0 +1,264 @@
+//! The proxy for one enrolled pod: its three listeners, opened inside the pod's network
+//! namespace but served by this daemon.
+//!
+//! - 15001 outbound: the app's connections, redirected; routed by the original destination
+//!   and sent over HBONE or plain TCP from sockets in the pod's namespace.
+//! - 15006 inbound plaintext: connections from outside the mesh, redirected; delivered to the
+//!   app from the original client address.
+//! - 15008 inbound HBONE: mTLS CONNECT streams for this pod's identity, delivered the same way.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use weft::hbone::server::{BoxFuture, InboundTarget};
+use weft::hbone::{HboneClient, HboneClientConfig, HboneServer, HboneServerConfig, OWN_PORTS};
+use weft::identity::{CertManager, SpiffeId};
+use weft::listener::accept_until_shutdown;
+use weft::model::{MeshStore, Workload};
+use weft::proxy::{copy_both_ways, OutboundProxy};
+
+use crate::netns::{listen_in_pod, Netns, NetnsError, PodSockets};
+
+pub const OUTBOUND_PORT: u16 = 15001;
+pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
+pub const HBONE_PORT: u16 = weft::hbone::HBONE_PORT;
+
+/// What every pod proxy on this node shares.
+pub struct NodeContext {
+    pub home: Arc<Netns>,
+    pub certs: Arc<CertManager>,
+    pub store: Arc<MeshStore>,
+    pub trust_domain: String,
+    pub client_config: HboneClientConfig,
+}
+
+/// The running proxy of one pod; dropping it closes the listeners.
+pub struct PodProxy {
+    pub workload: Arc<Workload>,
+    pub identity: SpiffeId,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl PodProxy {
+    /// Opens the pod's listeners and starts serving them.
+    pub fn start(
+        ctx: &Arc<NodeContext>,
+        netns: Arc<Netns>,
+        workload: Arc<Workload>,
+        pod_ips: Vec<IpAddr>,
+    ) -> Result<PodProxy, NetnsError> {
+        let identity = SpiffeId::new(
+            &ctx.trust_domain,
+            &workload.namespace,
+            &workload.service_account,
+        )
+        .map_err(|e| NetnsError::Socket {
+            path: netns.path().to_owned(),
+            action: "pod identity".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let has_v6 = pod_ips.iter().any(IpAddr::is_ipv6);
+        let bind_all = |port| {
+            let mut addrs = vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)];
+            if has_v6 {
+                addrs.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
+            }
+            addrs
+        };
+        let mut listeners = Vec::new();
+        for port in [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT] {
+            for addr in bind_all(port) {
+                listeners.push((port, listen_in_pod(&netns, &ctx.home, addr)?));
+            }
+        }
+
+        let sockets = Arc::new(PodSockets {
+            netns: netns.clone(),
+            home: ctx.home.clone(),
+        });
+        let client = HboneClient::with_sockets(
+            ctx.certs.clone(),
+            ctx.client_config.clone(),
+            sockets.clone(),
+        );
+        let outbound = OutboundProxy::new(client, ctx.trust_domain.clone());
+        let inbound = Arc::new(PodInbound {
+            identity: identity.clone(),
+            ips: pod_ips,
+            sockets,
+        });
+        let hbone = HboneServer::new(
+            inbound.clone(),
+            ctx.certs.clone(),
+            HboneServerConfig {
+                trust_domain: ctx.trust_domain.clone(),
+                ..HboneServerConfig::default()
+            },
+        );
+        // Have the certificate ready before the first connection arrives.
+        if let Err(error) = ctx.certs.get_or_issue(&identity) {
+            tracing::error!(%identity, %error, "cannot issue the pod's certificate");
+        }
+
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for (port, listener) in listeners {
+            let task = match port {
+                OUTBOUND_PORT => tokio::spawn(serve_outbound(
+                    listener,
+                    stop_rx.clone(),
+                    outbound.clone(),
+                    ctx.store.clone(),
+                    workload.clone(),
+                )),
+                INBOUND_PLAINTEXT_PORT => tokio::spawn(serve_inbound_plaintext(
+                    listener,
+                    stop_rx.clone(),
+                    inbound.clone(),
+                )),
+                _ => tokio::spawn(hbone.clone().serve(listener, stop_rx.clone())),
+            };
+            tasks.push(task);
+        }
+        Ok(PodProxy {
+            workload,
+            identity,
+            stop,
+            tasks,
+        })
+    }
+}
+
+impl Drop for PodProxy {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The pod as an HBONE and plaintext inbound target.
+struct PodInbound {
+    identity: SpiffeId,
+    ips: Vec<IpAddr>,
+    sockets: Arc<PodSockets>,
+}
+
+impl InboundTarget for PodInbound {
+    fn identity_for(&self, local: SocketAddr) -> Option<SpiffeId> {
+        self.ips
+            .contains(&local.ip())
+            .then(|| self.identity.clone())
+    }
+
+    fn serves(&self, _local: SocketAddr, authority: SocketAddr) -> bool {
+        self.ips.contains(&authority.ip())
+    }
+
+    fn connect_upstream(
+        &self,
+        client_ip: Option<IpAddr>,
+        authority: SocketAddr,
+    ) -> BoxFuture<'_, std::io::Result<TcpStream>> {
+        Box::pin(async move {
+            let socket = match client_ip {
+                // Deliver from the client's own address, so the app sees who called it.
+                Some(ip) if ip.is_ipv4() == authority.is_ipv4() => {
+                    self.sockets.transparent_from(ip, authority)?
+                }
+                _ => weft::sockets::SocketFactory::tcp_socket(self.sockets.as_ref(), authority)?,
+            };
+            socket.connect(authority).await
+        })
+    }
+}
+
+/// The destination a redirected connection was headed for.
+fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
+    let socket = socket2::SockRef::from(stream);
+    let local = stream.local_addr()?;
+    let original = if local.is_ipv4() {
+        socket.original_dst_v4()?
+    } else {
+        socket.original_dst_v6()?
+    };
+    original
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("original destination is not an IP socket address"))
+}
+
+async fn serve_outbound(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    outbound: Arc<OutboundProxy>,
+    store: Arc<MeshStore>,
+    workload: Arc<Workload>,
+) {
+    accept_until_shutdown(&listener, &mut stop, "outbound 15001", |client, peer| {
+        let outbound = outbound.clone();
+        let store = store.clone();
+        let workload = workload.clone();
+        tokio::spawn(async move {
+            let dst = match original_destination(&client) {
+                Ok(dst) => dst,
+                Err(error) => {
+                    tracing::warn!(%peer, %error, "outbound connection without an original destination; closing");
+                    return;
+                }
+            };
+            let snapshot = store.load();
+            let opened = match outbound.route(&snapshot, dst) {
+                Ok(route) => outbound.open(&workload, &route).await.map(|up| (route, up)),
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok((route, upstream)) => {
+                    tracing::debug!(%peer, %dst, ?route, "outbound connection open");
+                    if let Err(error) = copy_both_ways(client, upstream).await {
+                        tracing::debug!(%peer, %dst, %error, "outbound connection ended with an error");
+                    }
+                }
+                Err(error) => tracing::info!(src = %peer, %dst, %error, "outbound connection failed"),
+            }
+        });
+    })
+    .await;
+}
+
+async fn serve_inbound_plaintext(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    inbound: Arc<PodInbound>,
+) {
+    accept_until_shutdown(&listener, &mut stop, "inbound 15006", |client, peer| {
+        let inbound = inbound.clone();
+        tokio::spawn(async move {
+            let dst = match original_destination(&client) {
+                Ok(dst) => dst,
+                Err(error) => {
+                    tracing::warn!(%peer, %error, "inbound connection without an original destination; closing");
+                    return;
+                }
+            };
+            if OWN_PORTS.contains(&dst.port()) || !inbound.ips.contains(&dst.ip()) {
+                tracing::info!(%peer, %dst, "refusing plaintext inbound to an address or port the app does not own");
+                return;
+            }
+            match inbound.connect_upstream(Some(peer.ip()), dst).await {
+                Ok(app) => {
+                    if let Err(error) = copy_both_ways(client, app).await {
+                        tracing::debug!(%peer, %dst, %error, "inbound connection ended with an error");
+                    }
+                }
+                Err(error) => tracing::info!(%peer, %dst, %error, "cannot reach the app"),
+            }
+        });
+    })
+    .await;
+}

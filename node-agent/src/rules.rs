@@ -1,0 +1,266 @@
+//! The nftables and policy-routing rules of DESIGN §2: inside each enrolled pod (capture
+//! to 15001/15006, marks, route table 100) and on the node (SNAT of node-originated TCP to
+//! enrolled pods, so kubelet probes reach the app uncaptured).
+//!
+//! Every apply is one `nft -f` transaction that replaces weft's table whole, so rules are
+//! applied atomically and re-applying is harmless. Commands run inside the pod's namespace
+//! with `nsenter --net=<path>`.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Source address node-originated probes are rewritten to.
+pub const PROBE_ADDR: &str = "169.254.7.127";
+/// Routing table for replies to transparently delivered connections.
+pub const ROUTE_TABLE: &str = "100";
+const POD_TABLE: &str = "weft";
+const NODE_TABLE: &str = "weft-node";
+
+/// A rule command that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} failed in {netns}: {detail}")]
+pub struct RulesError {
+    pub what: String,
+    pub netns: String,
+    pub detail: String,
+}
+
+/// The pod's ruleset, as one nft transaction (create, flush by delete, define).
+pub fn pod_ruleset() -> String {
+    format!(
+        r#"table inet {POD_TABLE}
+delete table inet {POD_TABLE}
+table inet {POD_TABLE} {{
+  chain mangle_prerouting {{
+    type filter hook prerouting priority mangle; policy accept;
+    meta mark & 0xfff == 0x539 ct mark set 0x111
+  }}
+  chain mangle_output {{
+    type route hook output priority mangle; policy accept;
+    ct mark & 0xfff == 0x111 meta mark set ct mark
+  }}
+  chain nat_prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    meta l4proto tcp ip saddr {PROBE_ADDR} accept
+    meta l4proto tcp ip daddr != 127.0.0.0/8 tcp dport != 15008 meta mark & 0xfff != 0x539 redirect to :15006
+    meta l4proto tcp ip6 daddr != ::1 tcp dport != 15008 meta mark & 0xfff != 0x539 redirect to :15006
+  }}
+  chain nat_output {{
+    type nat hook output priority -100; policy accept;
+    ip daddr {PROBE_ADDR} accept
+    meta mark & 0xfff == 0x111 accept
+    oifname "lo" ip daddr != 127.0.0.0/8 accept
+    oifname "lo" ip6 daddr != ::1 accept
+    meta l4proto tcp ip daddr != 127.0.0.0/8 meta mark & 0xfff != 0x539 redirect to :15001
+    meta l4proto tcp ip6 daddr != ::1 meta mark & 0xfff != 0x539 redirect to :15001
+  }}
+}}
+"#
+    )
+}
+
+fn in_netns(netns: &Path, program: &str) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns.display())).arg(program);
+    cmd
+}
+
+fn run(
+    netns: &Path,
+    what: &str,
+    mut cmd: Command,
+    stdin: Option<&str>,
+) -> Result<String, RulesError> {
+    let fail = |detail: String| RulesError {
+        what: what.to_owned(),
+        netns: netns.display().to_string(),
+        detail,
+    };
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| fail(format!("cannot run {cmd:?}: {e}")))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
+            .map_err(|e| fail(format!("writing to {what}: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| fail(format!("waiting for {what}: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Applies the pod's nft table and route rules (idempotent).
+pub fn apply_pod_rules(netns: &Path, ips: &[IpAddr]) -> Result<(), RulesError> {
+    let mut nft = in_netns(netns, "nft");
+    nft.args(["-f", "-"]);
+    run(netns, "nft (pod rules)", nft, Some(&pod_ruleset()))?;
+    let has_v6 = ips.iter().any(IpAddr::is_ipv6);
+    for (family, local_all) in [("-4", "0.0.0.0/0"), ("-6", "::/0")] {
+        let result = ensure_route_rule(netns, family, local_all);
+        match result {
+            Err(error) if family == "-6" && !has_v6 => {
+                tracing::debug!(%error, "IPv6 routing rule not applied (pod has no IPv6 address)");
+            }
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+fn ensure_route_rule(netns: &Path, family: &str, local_all: &str) -> Result<(), RulesError> {
+    let mut show = in_netns(netns, "ip");
+    show.args([family, "rule", "show", "table", ROUTE_TABLE]);
+    let existing = run(netns, "ip rule show", show, None)?;
+    if !existing.contains("fwmark 0x111/0xfff") {
+        let mut add = in_netns(netns, "ip");
+        add.args([
+            family,
+            "rule",
+            "add",
+            "fwmark",
+            "0x111/0xfff",
+            "pref",
+            "32764",
+            "lookup",
+            ROUTE_TABLE,
+        ]);
+        run(netns, "ip rule add", add, None)?;
+    }
+    let mut route = in_netns(netns, "ip");
+    route.args([
+        family,
+        "route",
+        "replace",
+        "local",
+        local_all,
+        "dev",
+        "lo",
+        "table",
+        ROUTE_TABLE,
+    ]);
+    run(netns, "ip route replace", route, None)?;
+    Ok(())
+}
+
+/// Removes everything `apply_pod_rules` added; missing pieces are not an error.
+pub fn remove_pod_rules(netns: &Path) -> Result<(), RulesError> {
+    let mut nft = in_netns(netns, "nft");
+    nft.args(["-f", "-"]);
+    run(
+        netns,
+        "nft (remove pod rules)",
+        nft,
+        Some(&format!(
+            "table inet {POD_TABLE}\ndelete table inet {POD_TABLE}\n"
+        )),
+    )?;
+    for family in ["-4", "-6"] {
+        let mut del = in_netns(netns, "ip");
+        del.args([
+            family,
+            "rule",
+            "del",
+            "fwmark",
+            "0x111/0xfff",
+            "lookup",
+            ROUTE_TABLE,
+        ]);
+        let _ = run(netns, "ip rule del", del, None);
+        let mut flush = in_netns(netns, "ip");
+        flush.args([family, "route", "flush", "table", ROUTE_TABLE]);
+        let _ = run(netns, "ip route flush", flush, None);
+    }
+    Ok(())
+}
+
+/// Whether the pod's capture table is in place.
+pub fn pod_rules_present(netns: &Path) -> bool {
+    let mut list = in_netns(netns, "nft");
+    list.args(["list", "table", "inet", POD_TABLE]);
+    run(netns, "nft list", list, None).is_ok_and(|text| text.contains("redirect to :15001"))
+}
+
+/// The node's SNAT table for probes to the given enrolled pod IPs (replaced whole).
+pub fn node_ruleset(enrolled: &[IpAddr]) -> String {
+    let list = |v4: bool| {
+        enrolled
+            .iter()
+            .filter(|ip| ip.is_ipv4() == v4)
+            .map(IpAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (v4, v6) = (list(true), list(false));
+    let elements = |items: &str| {
+        if items.is_empty() {
+            String::new()
+        } else {
+            format!(" elements = {{ {items} }};")
+        }
+    };
+    format!(
+        r#"table inet {NODE_TABLE}
+delete table inet {NODE_TABLE}
+table inet {NODE_TABLE} {{
+  set enrolled4 {{ type ipv4_addr;{} }}
+  set enrolled6 {{ type ipv6_addr;{} }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip daddr @enrolled4 meta l4proto tcp fib saddr type local snat ip to {PROBE_ADDR}
+  }}
+}}
+"#,
+        elements(&v4),
+        elements(&v6)
+    )
+}
+
+/// Applies the node-side table in the daemon's own namespace.
+pub fn apply_node_rules(enrolled: &[IpAddr]) -> Result<(), RulesError> {
+    let here = Path::new("/proc/self/ns/net");
+    let mut nft = Command::new("nft");
+    nft.args(["-f", "-"]);
+    run(here, "nft (node rules)", nft, Some(&node_ruleset(enrolled)))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_ruleset_matches_the_design() {
+        let rules = pod_ruleset();
+        assert!(
+            rules.contains("type route hook output"),
+            "output mangle must be a route chain"
+        );
+        assert!(rules.contains("redirect to :15001"));
+        assert!(rules.contains("redirect to :15006"));
+        assert!(rules.contains("tcp dport != 15008"));
+        assert!(rules.contains("ip saddr 169.254.7.127 accept"));
+    }
+
+    #[test]
+    fn node_ruleset_lists_enrolled_ips() {
+        let rules = node_ruleset(&["10.1.0.5".parse().unwrap(), "10.1.0.6".parse().unwrap()]);
+        assert!(
+            rules.contains("elements = { 10.1.0.5, 10.1.0.6 }"),
+            "{rules}"
+        );
+        let empty = node_ruleset(&[]);
+        assert!(!empty.contains("elements"), "{empty}");
+    }
+}

@@ -1,0 +1,486 @@
+//! A Kubernetes-like cluster on network namespaces, for pods-mode end-to-end tests and the
+//! demo: N node namespaces joined by an underlay bridge (each node forwarding, with routes
+//! to the others' pod CIDRs), pods created by the real CNI reference plugins (`loopback`,
+//! then `bridge` + `host-local` chained with `weft-cni`) invoked the way a container runtime
+//! does: ADD in order passing prevResult, DEL in reverse with the cached result.
+//!
+//! One shared mesh config file is written from the namespaces, pods and extra objects the
+//! test declares; every daemon watches it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::testbed::{binary, sh, unique, Netns, Process};
+
+pub const CNI_DIR: &str = "/usr/lib/cni";
+pub const AMBIENT: (&str, &str) = ("weft.dev/dataplane-mode", "ambient");
+
+/// One node: a namespace with a bridge for its pods, an underlay leg and a daemon.
+pub struct Node {
+    pub name: String,
+    pub ns: Netns,
+    pub underlay_ip: String,
+    pub pod_cidr: String,
+    pub run_dir: PathBuf,
+    pub daemon: Option<Process>,
+    ipam_dir: PathBuf,
+}
+
+/// One pod sandbox.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub uid: String,
+    pub labels: BTreeMap<String, String>,
+    pub node: usize,
+}
+
+pub struct Pod {
+    pub spec: PodSpec,
+    pub ns: Netns,
+    pub container_id: String,
+    pub ip: String,
+    /// The final CNI result, cached for DEL as a runtime does.
+    result: Value,
+    pub app: Option<Process>,
+}
+
+pub struct Cluster {
+    pub work: tempfile::TempDir,
+    pub subnet: u8,
+    pub config_path: PathBuf,
+    pub ca_dir: PathBuf,
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Pod>,
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    pub extra_yaml: String,
+    weft_node: PathBuf,
+    weft_cni: PathBuf,
+    _underlay: Netns,
+}
+
+impl Cluster {
+    /// Builds `nodes` nodes on a fresh underlay; no daemons yet.
+    pub fn new(nodes: usize) -> Cluster {
+        let work = tempfile::tempdir().expect("tempdir");
+        let ca_dir = work.path().join("ca");
+        weft::identity::MeshCa::init(&ca_dir, "cluster.local", false).expect("ca");
+        // A /16 per test process, so parallel tests never share addresses.
+        let subnet = 20 + (std::process::id() % 200) as u8;
+        let underlay = Netns::new("wul");
+        let bridge = "ulbr";
+        underlay.run(&["ip", "link", "add", bridge, "type", "bridge"]);
+        underlay.run(&["ip", "link", "set", bridge, "up"]);
+        let mut built = Vec::new();
+        for i in 0..nodes {
+            let ns = Netns::new("wnode");
+            ns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+            let leg = unique("ul");
+            sh(Command::new("ip").args([
+                "link",
+                "add",
+                "ul0",
+                "netns",
+                &ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &leg,
+                "netns",
+                &underlay.name,
+            ]));
+            underlay.run(&["ip", "link", "set", &leg, "master", bridge]);
+            underlay.run(&["ip", "link", "set", &leg, "up"]);
+            let underlay_ip = format!("10.{subnet}.0.{}", i + 1);
+            ns.run(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{underlay_ip}/24"),
+                "dev",
+                "ul0",
+            ]);
+            ns.run(&["ip", "link", "set", "ul0", "up"]);
+            let run_dir = work.path().join(format!("node-{}", i + 1));
+            std::fs::create_dir_all(&run_dir).unwrap();
+            built.push(Node {
+                name: format!("node-{}", i + 1),
+                ns,
+                underlay_ip,
+                pod_cidr: format!("10.{subnet}.{}.0/24", i + 1),
+                ipam_dir: run_dir.join("ipam"),
+                run_dir,
+                daemon: None,
+            });
+        }
+        for (i, node) in built.iter().enumerate() {
+            for (j, other) in built.iter().enumerate() {
+                if i != j {
+                    node.ns.run(&[
+                        "ip",
+                        "route",
+                        "add",
+                        &other.pod_cidr,
+                        "via",
+                        &other.underlay_ip,
+                    ]);
+                }
+            }
+        }
+        let config_path = work.path().join("mesh.yaml");
+        let cluster = Cluster {
+            work,
+            subnet,
+            config_path,
+            ca_dir,
+            nodes: built,
+            pods: Vec::new(),
+            namespaces: BTreeMap::new(),
+            extra_yaml: String::new(),
+            weft_node: binary("weft-node"),
+            weft_cni: binary("weft-cni"),
+            _underlay: underlay,
+        };
+        cluster.write_config();
+        cluster
+    }
+
+    /// Declares a mesh namespace with labels (written to the config at the next write).
+    pub fn namespace(&mut self, name: &str, labels: &[(&str, &str)]) {
+        self.namespaces.insert(
+            name.to_owned(),
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+    }
+
+    /// Writes the mesh config (atomically) from everything declared so far.
+    pub fn write_config(&self) {
+        let mut docs = Vec::new();
+        for (name, labels) in &self.namespaces {
+            docs.push(format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels: {}\n",
+                json!(labels)
+            ));
+        }
+        for pod in &self.pods {
+            docs.push(pod_doc(&pod.spec, Some(&pod.ip)));
+        }
+        let mut text = docs.join("---\n");
+        if !self.extra_yaml.is_empty() {
+            text.push_str("---\n");
+            text.push_str(&self.extra_yaml);
+        }
+        let tmp = self.config_path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
+    /// Writes the config with `spec` already listed (no IP yet), as the API server would
+    /// know a pod before its sandbox exists.
+    fn write_config_with_pending(&self, spec: &PodSpec) {
+        self.write_config();
+        let mut text = std::fs::read_to_string(&self.config_path).unwrap();
+        text.push_str("---\n");
+        text.push_str(&pod_doc(spec, None));
+        let tmp = self.config_path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
+    /// Starts (or restarts) the daemon of node `i` and waits until it is ready.
+    pub fn start_daemon(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let mut cmd = node.ns.command(&self.weft_node);
+        cmd.args(["--mode", "pods", "--node-name", &node.name])
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--ca-dir")
+            .arg(&self.ca_dir)
+            .arg("--run-dir")
+            .arg(&node.run_dir)
+            .env("RUST_LOG", "info,weft=debug,weft_node=debug");
+        let log = node.run_dir.join(format!("daemon-{}.log", unique("r")));
+        let mut process = Process::spawn(cmd, &log, &node.name);
+        process.wait_for_log("weft-node ready", Duration::from_secs(15));
+        node.daemon = Some(process);
+    }
+
+    /// Kills node `i`'s daemon outright (SIGKILL), as a crash would.
+    pub fn kill_daemon(&mut self, i: usize) {
+        if let Some(mut daemon) = self.nodes[i].daemon.take() {
+            let _ = daemon.child.kill();
+            let _ = daemon.child.wait();
+        }
+    }
+
+    pub fn daemon_log(&self, i: usize) -> String {
+        self.nodes[i]
+            .daemon
+            .as_ref()
+            .map(|d| d.log_text())
+            .unwrap_or_default()
+    }
+
+    fn conflist(&self, node: &Node) -> Vec<Value> {
+        vec![
+            json!({
+                "type": "bridge", "bridge": "wbr0", "isGateway": true, "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": node.pod_cidr}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": node.ipam_dir,
+                }
+            }),
+            json!({
+                "type": "weft-cni",
+                "socketPath": node.run_dir.join("cni.sock"),
+                "runDir": node.run_dir,
+            }),
+        ]
+    }
+
+    fn plugin_path(&self, plugin_type: &str) -> PathBuf {
+        if plugin_type == "weft-cni" {
+            self.weft_cni.clone()
+        } else {
+            Path::new(CNI_DIR).join(plugin_type)
+        }
+    }
+
+    /// Runs one CNI plugin in node `i`'s namespace; Ok(stdout) or Err((exit code, stdout)).
+    pub fn run_plugin(
+        &self,
+        i: usize,
+        command: &str,
+        conf: &Value,
+        container_id: &str,
+        netns: &str,
+        cni_args: &str,
+    ) -> Result<String, (i32, String)> {
+        let plugin_type = conf["type"].as_str().expect("type");
+        let mut cmd = self.nodes[i].ns.command(self.plugin_path(plugin_type));
+        cmd.env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_ARGS", cni_args)
+            .env(
+                "CNI_PATH",
+                format!("{CNI_DIR}:{}", self.weft_cni.parent().unwrap().display()),
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("run CNI plugin");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(conf.to_string().as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(stdout)
+        } else {
+            Err((out.status.code().unwrap_or(-1), stdout))
+        }
+    }
+
+    /// Creates a pod on node `node` through the CNI chain. The pod is listed in the config
+    /// first (without an IP), then its IP is added once CNI assigned it.
+    pub fn add_pod(
+        &mut self,
+        node: usize,
+        namespace: &str,
+        name: &str,
+        service_account: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<usize, (i32, String)> {
+        let spec = PodSpec {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+            uid: format!("uid-{namespace}-{name}"),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            node,
+        };
+        self.write_config_with_pending(&spec);
+        // Let every daemon see the pod before its sandbox appears.
+        std::thread::sleep(Duration::from_millis(700));
+        let ns = Netns::new("wpod");
+        let netns_path = format!("/var/run/netns/{}", ns.name);
+        let container_id = unique("ctr");
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_UID={}",
+            spec.uid
+        );
+        let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
+        self.run_plugin(node, "ADD", &lo, &container_id, &netns_path, &args)?;
+        let mut prev: Option<Value> = None;
+        for plugin in self.conflist(&self.nodes[node]) {
+            let mut conf = plugin.clone();
+            conf["cniVersion"] = json!("1.0.0");
+            conf["name"] = json!("weftnet");
+            if let Some(prev) = &prev {
+                conf["prevResult"] = prev.clone();
+            }
+            let out = self.run_plugin(node, "ADD", &conf, &container_id, &netns_path, &args)?;
+            prev = Some(serde_json::from_str(&out).unwrap_or_else(|e| {
+                panic!("plugin {} printed non-JSON {out:?}: {e}", conf["type"])
+            }));
+        }
+        let result = prev.expect("result");
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .expect("ip")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        self.pods.push(Pod {
+            spec,
+            ns,
+            container_id,
+            ip,
+            result,
+            app: None,
+        });
+        self.write_config();
+        Ok(self.pods.len() - 1)
+    }
+
+    /// Deletes a pod the way a runtime does: DEL through the chain in reverse order.
+    pub fn del_pod(&mut self, index: usize) {
+        let pod = self.pods.remove(index);
+        let node = pod.spec.node;
+        let netns_path = format!("/var/run/netns/{}", pod.ns.name);
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={}",
+            pod.spec.namespace, pod.spec.name, pod.spec.uid
+        );
+        for plugin in self.conflist(&self.nodes[node]).into_iter().rev() {
+            let mut conf = plugin.clone();
+            conf["cniVersion"] = json!("1.0.0");
+            conf["name"] = json!("weftnet");
+            conf["prevResult"] = pod.result.clone();
+            self.run_plugin(node, "DEL", &conf, &pod.container_id, &netns_path, &args)
+                .expect("DEL succeeds");
+        }
+        let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
+        let _ = self.run_plugin(node, "DEL", &lo, &pod.container_id, &netns_path, &args);
+        self.write_config();
+    }
+
+    /// Starts the test HTTP app in a pod on `port`, answering "<name> sees <client ip>".
+    pub fn start_app(&mut self, pod: usize, port: u16) {
+        let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/http_app.py");
+        let p = &mut self.pods[pod];
+        let mut cmd = p.ns.command("python3");
+        cmd.arg(&app)
+            .args(["0.0.0.0", &port.to_string(), &p.spec.name]);
+        let log = self.work.path().join(format!("app-{}.log", p.spec.name));
+        p.app = Some(Process::spawn(
+            cmd,
+            &log,
+            &format!("app in {}", p.spec.name),
+        ));
+        // Wait until it accepts, from inside the pod (loopback is never captured).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok =
+                p.ns.command("curl")
+                    .args([
+                        "-s",
+                        "--max-time",
+                        "1",
+                        &format!("http://127.0.0.1:{port}/"),
+                    ])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+            if ok {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "app in {} did not start",
+                p.spec.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// curl from inside a pod's namespace (or any namespace).
+    pub fn curl(ns: &Netns, url: &str) -> Result<String, String> {
+        let out = ns
+            .command("curl")
+            .args(["-sS", "--max-time", "3", url])
+            .output()
+            .expect("curl");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.spec.name == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    pub fn pod_index(&self, name: &str) -> usize {
+        self.pods
+            .iter()
+            .position(|p| p.spec.name == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// Waits until every daemon has applied the current config file.
+    pub fn settle(&self) {
+        std::thread::sleep(Duration::from_millis(900));
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Apps and daemons first (Process drops kill them), then pods, nodes, underlay.
+        for pod in &mut self.pods {
+            pod.app.take();
+        }
+        for node in &mut self.nodes {
+            node.daemon.take();
+        }
+        self.pods.clear();
+    }
+}
+
+fn pod_doc(spec: &PodSpec, ip: Option<&str>) -> String {
+    let status = ip
+        .map(|ip| format!("status:\n  podIP: {ip}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  uid: {}\n  labels: {}\nspec:\n  serviceAccountName: {}\n  nodeName: node-{}\n{status}",
+        spec.name,
+        spec.namespace,
+        spec.uid,
+        json!(spec.labels),
+        spec.service_account,
+        spec.node + 1
+    )
+}

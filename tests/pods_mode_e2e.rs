@@ -1,0 +1,380 @@
+//! Pods mode end to end on a two-node testbed built with the real CNI plugins: enrolled
+//! pods talk over HBONE (same node and across nodes) and the app sees the real client IP;
+//! only TLS to 15008 crosses the underlay; non-enrolled clients arrive through 15006;
+//! enrolled clients reach non-enrolled servers in plain TCP; node probes reach enrolled
+//! apps; a Service VIP balances across both nodes; a dead daemon means refused traffic,
+//! never clear text, and a restarted one serves again without CNI; labels enroll and
+//! release running pods live; bad CNI input gets the spec's error JSON.
+
+mod common;
+
+use std::path::Path;
+
+use common::cluster::{Cluster, AMBIENT, CNI_DIR};
+use common::testbed::*;
+use serde_json::json;
+
+const MARKER: &str = "WEFT-POD-PLAINTEXT-MARKER-41d";
+
+fn ready() -> bool {
+    if !e2e_ready(&["ip", "nft", "nsenter", "curl", "tcpdump", "python3"]) {
+        return false;
+    }
+    for plugin in ["bridge", "host-local", "loopback"] {
+        let path = Path::new(CNI_DIR).join(plugin);
+        assert!(
+            path.exists(),
+            "{} missing: run scripts/install-deps.sh",
+            path.display()
+        );
+    }
+    true
+}
+
+fn nft_table_present(ns: &Netns) -> bool {
+    ns.command("nft")
+        .args(["list", "table", "inet", "weft"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn pods_mode_end_to_end() {
+    if !ready() {
+        return;
+    }
+    let mut c = Cluster::new(2);
+    c.namespace("shop", &[AMBIENT]);
+    c.namespace("legacy", &[]);
+    c.write_config();
+    c.start_daemon(0);
+    c.start_daemon(1);
+
+    let client = c
+        .add_pod(0, "shop", "client", "client", &[])
+        .expect("ADD client");
+    let web1 = c
+        .add_pod(0, "shop", "web-1", "web", &[("app", "web")])
+        .expect("ADD web-1");
+    let web2 = c
+        .add_pod(1, "shop", "web-2", "web", &[("app", "web")])
+        .expect("ADD web-2");
+    let legacy = c
+        .add_pod(1, "legacy", "legacy", "default", &[])
+        .expect("ADD legacy");
+    let vip = format!("10.{}.100.10", c.subnet);
+    c.extra_yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec:\n  clusterIP: {vip}\n  selector: {{app: web}}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n"
+    );
+    c.write_config();
+    for pod in [web1, web2, legacy] {
+        c.start_app(pod, 8080);
+    }
+    c.settle();
+    let log0 = c.daemon_log(0);
+    assert!(
+        log0.contains("enrolled in the mesh")
+            && log0.contains("spiffe://cluster.local/ns/shop/sa/web"),
+        "{log0}"
+    );
+    assert!(
+        nft_table_present(&c.pods[client].ns),
+        "client pod has no capture rules"
+    );
+    assert!(
+        !nft_table_present(&c.pods[legacy].ns),
+        "non-enrolled pod must have no rules"
+    );
+
+    let ip = |c: &Cluster, i: usize| c.pods[i].ip.clone();
+    let (client_ip, web1_ip, web2_ip, legacy_ip) =
+        (ip(&c, client), ip(&c, web1), ip(&c, web2), ip(&c, legacy));
+
+    // Same node: enrolled -> enrolled, the app sees the client pod's IP.
+    let same = Cluster::curl(&c.pods[client].ns, &format!("http://{web1_ip}:8080/"))
+        .expect("client -> web-1");
+    assert_eq!(same, format!("web-1 sees {client_ip}"));
+
+    // Across nodes, with the underlay watched: only TLS to 15008, never the payload.
+    let capture = Capture::start(&c.nodes[0].ns, "ul0", c.work.path());
+    let cross = Cluster::curl(&c.pods[client].ns, &format!("http://{web2_ip}:8080/"))
+        .expect("client -> web-2");
+    assert_eq!(cross, format!("web-2 sees {client_ip}"));
+    let body = MARKER.repeat(1000);
+    let post = c.pods[client]
+        .ns
+        .command("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "3",
+            "--data",
+            &body,
+            &format!("http://{web2_ip}:8080/"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&post.stdout).trim(),
+        format!("got {} bytes, marker True", body.len())
+    );
+    let (raw, lines) = capture.stop();
+    assert!(
+        !contains_bytes(&raw, MARKER.as_bytes()),
+        "payload crossed the underlay in clear"
+    );
+    assert!(!lines.is_empty(), "nothing captured on the underlay");
+    for line in &lines {
+        assert!(
+            is_port(line, 15008),
+            "non-HBONE packet on the underlay: {line}"
+        );
+    }
+
+    // Non-enrolled -> enrolled: plain TCP captured by 15006, delivered from the real client IP.
+    let plain_in = Cluster::curl(&c.pods[legacy].ns, &format!("http://{web2_ip}:8080/"))
+        .expect("legacy -> web-2");
+    assert_eq!(plain_in, format!("web-2 sees {legacy_ip}"));
+    let plain_in_cross = Cluster::curl(&c.pods[legacy].ns, &format!("http://{web1_ip}:8080/"))
+        .expect("legacy -> web-1");
+    assert_eq!(plain_in_cross, format!("web-1 sees {legacy_ip}"));
+    // Enrolled -> non-enrolled: passes through in plain TCP.
+    let capture = Capture::start(&c.nodes[0].ns, "ul0", c.work.path());
+    let plain_out = Cluster::curl(&c.pods[client].ns, &format!("http://{legacy_ip}:8080/"))
+        .expect("client -> legacy");
+    assert_eq!(plain_out, format!("legacy sees {client_ip}"));
+    let (_, lines) = capture.stop();
+    assert!(
+        lines.iter().any(|l| is_port(l, 8080)),
+        "expected plain TCP to 8080: {lines:?}"
+    );
+
+    // A probe from the node reaches the enrolled app (SNAT to the probe address).
+    let probe = Cluster::curl(&c.nodes[0].ns, &format!("http://{web1_ip}:8080/"))
+        .expect("node probe -> web-1");
+    assert_eq!(probe, "web-1 sees 169.254.7.127");
+
+    // The Service VIP spreads requests over endpoints on both nodes.
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        let answer =
+            Cluster::curl(&c.pods[client].ns, &format!("http://{vip}/")).expect("client -> VIP");
+        served.insert(answer.split(' ').next().unwrap().to_owned());
+    }
+    assert_eq!(
+        served.into_iter().collect::<Vec<_>>(),
+        vec!["web-1", "web-2"]
+    );
+
+    // Node 2's daemon dies: traffic to its enrolled pod is refused, not sent in clear.
+    c.kill_daemon(1);
+    let capture = Capture::start(&c.nodes[1].ns, "ul0", c.work.path());
+    assert!(
+        Cluster::curl(&c.pods[client].ns, &format!("http://{web2_ip}:8080/")).is_err(),
+        "client -> web-2 must fail"
+    );
+    assert!(
+        Cluster::curl(&c.pods[legacy].ns, &format!("http://{web2_ip}:8080/")).is_err(),
+        "legacy -> web-2 must fail"
+    );
+    let (_, lines) = capture.stop();
+    assert!(
+        !lines.iter().any(|l| is_port(l, 8080)),
+        "plain traffic to web-2 while its daemon was down: {lines:?}"
+    );
+    // CNI ADD with the daemon down: an error for the enrolled namespace, pass-through otherwise.
+    let refused = c
+        .add_pod(1, "shop", "late", "web", &[])
+        .expect_err("ADD in an enrolled namespace must fail");
+    let error: serde_json::Value =
+        serde_json::from_str(refused.1.trim()).expect("error JSON on stdout");
+    assert_eq!(error["code"], json!(11), "{error}");
+    assert!(
+        error["msg"].as_str().unwrap().contains("unreachable"),
+        "{error}"
+    );
+    c.add_pod(1, "legacy", "late-legacy", "default", &[])
+        .expect("ADD in a plain namespace passes through");
+
+    // Restart: rules re-applied and listeners re-opened from the run dir, no CNI call.
+    c.start_daemon(1);
+    c.settle();
+    let back = Cluster::curl(&c.pods[client].ns, &format!("http://{web2_ip}:8080/"))
+        .expect("client -> web-2 after restart");
+    assert_eq!(back, format!("web-2 sees {client_ip}"));
+    let back_plain = Cluster::curl(&c.pods[legacy].ns, &format!("http://{web2_ip}:8080/"))
+        .expect("legacy -> web-2 after restart");
+    assert_eq!(back_plain, format!("web-2 sees {legacy_ip}"));
+
+    // Label removed: pods released live (no rules, direct traffic). Added back: enrolled.
+    c.namespace("shop", &[]);
+    c.write_config();
+    c.settle();
+    assert!(
+        !nft_table_present(&c.pods[web1].ns),
+        "released pod still has rules"
+    );
+    assert!(
+        !nft_table_present(&c.pods[client].ns),
+        "released pod still has rules"
+    );
+    let capture = Capture::start(&c.nodes[0].ns, "ul0", c.work.path());
+    let direct = Cluster::curl(&c.pods[client].ns, &format!("http://{web2_ip}:8080/"))
+        .expect("direct after release");
+    assert_eq!(direct, format!("web-2 sees {client_ip}"));
+    let (_, lines) = capture.stop();
+    assert!(
+        lines.iter().any(|l| is_port(l, 8080)),
+        "released pods should talk directly: {lines:?}"
+    );
+
+    c.namespace("shop", &[AMBIENT]);
+    c.write_config();
+    c.settle();
+    assert!(
+        nft_table_present(&c.pods[web1].ns) && nft_table_present(&c.pods[client].ns),
+        "re-enrolled pods need rules"
+    );
+    let capture = Capture::start(&c.nodes[0].ns, "ul0", c.work.path());
+    let again = Cluster::curl(&c.pods[client].ns, &format!("http://{web2_ip}:8080/"))
+        .expect("client -> web-2 re-enrolled");
+    assert_eq!(again, format!("web-2 sees {client_ip}"));
+    let (_, lines) = capture.stop();
+    assert!(
+        lines.iter().all(|l| is_port(l, 15008)),
+        "re-enrolled traffic must be HBONE: {lines:?}"
+    );
+
+    // DEL is idempotent and forgets the pod.
+    let late = c.pod_index("late-legacy");
+    c.del_pod(late);
+}
+
+#[test]
+fn bad_cni_input_gets_spec_errors_and_the_daemon_keeps_serving() {
+    if !ready() {
+        return;
+    }
+    let mut c = Cluster::new(1);
+    c.namespace("shop", &[AMBIENT]);
+    c.write_config();
+    c.start_daemon(0);
+    let weft = json!({"cniVersion": "1.0.0", "name": "weftnet", "type": "weft-cni",
+        "socketPath": c.nodes[0].run_dir.join("cni.sock"), "runDir": c.nodes[0].run_dir,
+        "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": "10.9.9.9/24"}]}});
+    let args = "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=x;K8S_POD_UID=u";
+    let expect_error = |result: Result<String, (i32, String)>, code: u64, what: &str| {
+        let (exit, stdout) = result.expect_err(what);
+        assert_ne!(exit, 0, "{what}");
+        let error: serde_json::Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("{what}: stdout is not JSON ({e}): {stdout}"));
+        assert_eq!(error["code"], json!(code), "{what}: {error}");
+        assert!(
+            error["msg"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {error}"
+        );
+        assert!(error["cniVersion"].is_string(), "{what}: {error}");
+    };
+
+    // Garbage on stdin.
+    let plugin = binary("weft-cni");
+    let run_raw = |env: &[(&str, &str)], stdin: &str| {
+        use std::io::Write;
+        let mut cmd = std::process::Command::new(&plugin);
+        cmd.env_clear()
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err((
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            ))
+        }
+    };
+    let good_env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "c1"),
+        ("CNI_NETNS", "/proc/self/ns/net"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_ARGS", args),
+    ];
+    expect_error(run_raw(&good_env, "this is not json"), 6, "garbage stdin");
+    // Missing CNI_COMMAND / CNI_NETNS.
+    expect_error(
+        run_raw(&[("CNI_CONTAINERID", "c1")], &weft.to_string()),
+        4,
+        "missing CNI_COMMAND",
+    );
+    expect_error(
+        run_raw(
+            &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1")],
+            &weft.to_string(),
+        ),
+        4,
+        "missing CNI_NETNS",
+    );
+    // Unsupported version.
+    let mut old = weft.clone();
+    old["cniVersion"] = json!("0.1.0");
+    expect_error(
+        run_raw(&good_env, &old.to_string()),
+        1,
+        "unsupported cniVersion",
+    );
+    // A netns path that does not exist.
+    expect_error(
+        c.run_plugin(
+            0,
+            "ADD",
+            &weft,
+            "c2",
+            "/var/run/netns/does-not-exist-weft",
+            args,
+        ),
+        3,
+        "missing netns",
+    );
+    // VERSION works; STATUS reports the daemon ready.
+    let version =
+        run_raw(&[("CNI_COMMAND", "VERSION")], "{\"cniVersion\":\"1.0.0\"}").expect("VERSION");
+    assert!(
+        version.contains("supportedVersions") && version.contains("1.1.0"),
+        "{version}"
+    );
+    c.run_plugin(0, "STATUS", &weft, "", "", "")
+        .expect("STATUS with the daemon up");
+    // DEL and GC of unknown containers succeed.
+    c.run_plugin(0, "DEL", &weft, "never-added", "", args)
+        .expect("DEL of unknown container");
+    let mut gc = weft.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    c.run_plugin(0, "GC", &gc, "", "", "").expect("GC");
+
+    // The daemon still enrolls a real pod afterwards.
+    let pod = c
+        .add_pod(0, "shop", "after", "after", &[])
+        .expect("ADD after bad input");
+    assert!(nft_table_present(&c.pods[pod].ns));
+
+    // STATUS with the daemon gone: code 50.
+    c.kill_daemon(0);
+    expect_error(
+        c.run_plugin(0, "STATUS", &weft, "", "", ""),
+        50,
+        "STATUS with the daemon down",
+    );
+}
