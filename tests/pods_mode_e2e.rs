@@ -173,6 +173,11 @@ fn pods_mode_end_to_end() {
         Cluster::curl(&c.pods[client].ns, &format!("http://{web2_ip}:8080/")).is_err(),
         "client -> web-2 must fail"
     );
+    // ...and connections from its enrolled pod are refused too.
+    assert!(
+        Cluster::curl(&c.pods[web2].ns, &format!("http://{legacy_ip}:8080/")).is_err(),
+        "web-2 -> legacy must fail while web-2's daemon is down"
+    );
     assert!(
         Cluster::curl(&c.pods[legacy].ns, &format!("http://{web2_ip}:8080/")).is_err(),
         "legacy -> web-2 must fail"
@@ -244,6 +249,18 @@ fn pods_mode_end_to_end() {
         lines.iter().all(|l| is_port(l, 15008)),
         "re-enrolled traffic must be HBONE: {lines:?}"
     );
+
+    // A running pod whose namespace gets the label later is enrolled live.
+    c.namespace("legacy", &[AMBIENT]);
+    c.write_config();
+    c.settle();
+    assert!(
+        nft_table_present(&c.pods[legacy].ns),
+        "legacy pod should be enrolled after labelling"
+    );
+    let enrolled_later = Cluster::curl(&c.pods[client].ns, &format!("http://{legacy_ip}:8080/"))
+        .expect("client -> newly enrolled legacy");
+    assert_eq!(enrolled_later, format!("legacy sees {client_ip}"));
 
     // DEL is idempotent and forgets the pod.
     let late = c.pod_index("late-legacy");

@@ -23,18 +23,9 @@ use crate::pod_proxy::{NodeContext, PodProxy};
 use crate::rules;
 use crate::state::{self, DaemonState};
 
-/// Where an enrolled pod stands.
-enum Enrolled {
-    /// Rules applied and listeners serving.
-    Serving(PodProxy),
-    /// Rules applied (traffic refused) but the pod is not in the config yet, so its
-    /// identity is unknown; listeners open once it appears.
-    AwaitingConfig,
-}
-
 struct Inner {
     known: BTreeMap<String, PodAttachment>,
-    enrolled: HashMap<String, Enrolled>,
+    enrolled: HashMap<String, PodProxy>,
     enrolled_namespaces: Vec<String>,
 }
 
@@ -211,15 +202,10 @@ impl PodManager {
         self.persist(&mut inner, &snapshot).await;
     }
 
-    /// Number of pods currently enrolled, and how many of them serve.
+    /// Number of pods known on this node, and how many of them are enrolled.
     pub async fn counts(&self) -> (usize, usize) {
         let inner = self.inner.lock().await;
-        let serving = inner
-            .enrolled
-            .values()
-            .filter(|e| matches!(e, Enrolled::Serving(_)))
-            .count();
-        (inner.enrolled.len(), serving)
+        (inner.known.len(), inner.enrolled.len())
     }
 
     /// Enrolls or releases one pod; returns whether it ends up enrolled.
@@ -244,13 +230,29 @@ impl PodManager {
             }
             return Ok(false);
         }
-        let up_to_date = match (inner.enrolled.get(id), &workload) {
-            (Some(Enrolled::Serving(proxy)), Some(w)) => {
-                proxy.workload.service_account == w.service_account
-            }
-            (Some(Enrolled::AwaitingConfig), None) => true,
-            _ => false,
-        };
+        // A pod the config does not list yet runs as its namespace's `default` service
+        // account, as Kubernetes does for pods that name none; when the config catches up
+        // and says otherwise, the proxy is restarted with the right identity.
+        let workload = workload.unwrap_or_else(|| {
+            tracing::warn!(pod = %label, "pod not in the mesh config: serving it as service account `default` until it appears");
+            Arc::new(Workload {
+                uid: pod.uid.clone(),
+                name: pod.name.clone(),
+                namespace: pod.namespace.clone(),
+                service_account: "default".into(),
+                node: None,
+                ips: pod.ips.clone(),
+                labels: Default::default(),
+                host_network: false,
+                enrolled: true,
+                waypoint: None,
+                named_ports: Default::default(),
+            })
+        });
+        let up_to_date = inner
+            .enrolled
+            .get(id)
+            .is_some_and(|proxy| proxy.workload.service_account == workload.service_account);
         if up_to_date {
             return Ok(true);
         }
@@ -261,26 +263,15 @@ impl PodManager {
         run_blocking(move || rules::apply_pod_rules(&netns_path, &ips))
             .await
             .map_err(|e| format!("pod {label}: {e}"))?;
-        let state = match workload {
-            Some(workload) => {
-                inner.enrolled.remove(id);
-                let netns = Arc::new(
-                    Netns::open(Path::new(&pod.netns)).map_err(|e| format!("pod {label}: {e}"))?,
-                );
-                let proxy = PodProxy::start(&self.ctx, netns, workload, pod.ips.clone())
-                    .map_err(|e| format!("pod {label}: {e}"))?;
-                tracing::info!(pod = %label, identity = %proxy.identity, ips = ?pod.ips, "enrolled in the mesh");
-                Enrolled::Serving(proxy)
-            }
-            None => {
-                tracing::warn!(pod = %label, "enrolled namespace, but the pod is not in the mesh config yet: its traffic is refused until it appears");
-                Enrolled::AwaitingConfig
-            }
-        };
-        inner.enrolled.insert(id.to_owned(), state);
+        inner.enrolled.remove(id);
+        let netns =
+            Arc::new(Netns::open(Path::new(&pod.netns)).map_err(|e| format!("pod {label}: {e}"))?);
+        let proxy = PodProxy::start(&self.ctx, netns, workload, pod.ips.clone())
+            .map_err(|e| format!("pod {label}: {e}"))?;
+        tracing::info!(pod = %label, identity = %proxy.identity, ips = ?pod.ips, "enrolled in the mesh");
+        inner.enrolled.insert(id.to_owned(), proxy);
         Ok(true)
     }
-
     /// Writes the state file and the node's probe SNAT rules.
     async fn persist(&self, inner: &mut Inner, snapshot: &MeshSnapshot) {
         let namespaces: BTreeSet<String> = snapshot

@@ -36,8 +36,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // Pods recorded before a restart: re-apply rules, re-open listeners.
     pods.reconcile_all().await;
-    let (enrolled, serving) = pods.counts().await;
-    tracing::info!(enrolled, serving, "pods from the run dir restored");
+    let (known, enrolled) = pods.counts().await;
+    tracing::info!(known, enrolled, "pods from the run dir restored");
 
     let mut changes = store.subscribe();
     {
