@@ -1,15 +1,16 @@
 //! weft: the data-plane engine of a sidecarless (ambient) service mesh.
 //!
 //! The library holds every piece both binaries share: the mesh model and its config
-//! sources, identities and the mesh CA, TLS, the HBONE tunnel (client and server), the L4
-//! proxy logic and the SOCKS5 entry point. `weft-node` (node-agent/) wires them into a
-//! daemon; the `weft` CLI exposes the CA for operators.
+//! sources, L4 authorization policy, identities and the mesh CA, TLS, the HBONE tunnel
+//! (client and server), the L4 proxy logic and the SOCKS5 entry point. `weft-node`
+//! (node-agent/) wires them into a daemon; the `weft` CLI exposes the CA for operators.
 
 pub mod config;
 pub mod hbone;
 pub mod identity;
 pub mod listener;
 pub mod model;
+pub mod policy;
 pub mod proxy;
 pub mod sockets;
 pub mod socks5;

@@ -20,6 +20,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let Basics { certs, store, .. } = daemon::start_basics(&args)?;
 
     let host = HostWorkloads::new(store.clone(), args.trust_domain.clone());
+    tokio::spawn(host.clone().enforce_policy_changes());
     announce_workloads(&host, &certs, &args.node_name);
     let mut changes = store.subscribe();
     {

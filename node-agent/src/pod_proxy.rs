@@ -18,8 +18,12 @@ use weft::hbone::server::{BoxFuture, InboundTarget};
 use weft::hbone::{HboneClient, HboneClientConfig, HboneServer, HboneServerConfig, OWN_PORTS};
 use weft::identity::{CertManager, SpiffeId};
 use weft::listener::accept_until_shutdown;
-use weft::model::{MeshStore, Workload};
-use weft::proxy::{copy_both_ways, OutboundProxy};
+use weft::model::{MeshSnapshot, MeshStore, Workload};
+use weft::proxy::authz::{check_inbound, recheck_on_change};
+use weft::proxy::{
+    copy_both_ways, copy_both_ways_unless_denied, ConnectionTracker, Denial, OutboundProxy,
+    TrackedAttrs,
+};
 
 use crate::netns::{listen_in_pod, Netns, NetnsError, PodSockets};
 
@@ -91,6 +95,9 @@ impl PodProxy {
             identity: identity.clone(),
             ips: pod_ips,
             sockets,
+            store: ctx.store.clone(),
+            workload: workload.clone(),
+            tracker: ConnectionTracker::new(),
         });
         let hbone = HboneServer::new(
             inbound.clone(),
@@ -106,7 +113,7 @@ impl PodProxy {
         }
 
         let (stop, stop_rx) = watch::channel(false);
-        let mut tasks = Vec::new();
+        let mut tasks = vec![tokio::spawn(inbound.clone().enforce_policy_changes())];
         for (port, listener) in listeners {
             let task = match port {
                 OUTBOUND_PORT => tokio::spawn(serve_outbound(
@@ -148,9 +155,42 @@ struct PodInbound {
     identity: SpiffeId,
     ips: Vec<IpAddr>,
     sockets: Arc<PodSockets>,
+    store: Arc<MeshStore>,
+    /// The pod as it was when enrolled; the current snapshot's copy wins when present.
+    workload: Arc<Workload>,
+    tracker: Arc<ConnectionTracker>,
+}
+
+impl PodInbound {
+    fn current_workload(&self, snapshot: &MeshSnapshot) -> Arc<Workload> {
+        snapshot
+            .workload_by_uid(&self.workload.uid)
+            .cloned()
+            .unwrap_or_else(|| self.workload.clone())
+    }
+
+    /// Closes open connections that a config change denies.
+    async fn enforce_policy_changes(self: Arc<Self>) {
+        let this = self.clone();
+        recheck_on_change(
+            self.store.clone(),
+            self.tracker.clone(),
+            move |snapshot, _| Some(this.current_workload(snapshot)),
+        )
+        .await
+    }
 }
 
 impl InboundTarget for PodInbound {
+    fn authorize(&self, attrs: &TrackedAttrs) -> Result<(), Denial> {
+        let snapshot = self.store.load();
+        check_inbound(&snapshot, &self.current_workload(&snapshot), attrs)
+    }
+
+    fn tracker(&self) -> Option<&Arc<ConnectionTracker>> {
+        Some(&self.tracker)
+    }
+
     fn identity_for(&self, local: SocketAddr) -> Option<SpiffeId> {
         self.ips
             .contains(&local.ip())
@@ -250,9 +290,27 @@ async fn serve_inbound_plaintext(
                 tracing::info!(%peer, %dst, "refusing plaintext inbound to an address or port the app does not own");
                 return;
             }
+            let attrs = TrackedAttrs {
+                peer: None,
+                source: peer,
+                destination: dst,
+            };
+            if let Err(denial) = inbound.authorize(&attrs) {
+                tracing::info!(
+                    target: "weft::access",
+                    src = %peer,
+                    %dst,
+                    principal = "unknown",
+                    policy = denial.policy.as_deref().unwrap_or("-"),
+                    reason = %denial.reason,
+                    "denied plaintext connection"
+                );
+                return;
+            }
             match inbound.connect_upstream(Some(peer.ip()), dst).await {
                 Ok(app) => {
-                    if let Err(error) = copy_both_ways(client, app).await {
+                    let tracked = inbound.tracker.track(attrs);
+                    if let Err(error) = copy_both_ways_unless_denied(client, app, Some(&tracked)).await {
                         tracing::debug!(%peer, %dst, %error, "inbound connection ended with an error");
                     }
                 }

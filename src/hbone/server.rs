@@ -28,7 +28,8 @@ use super::{
 };
 use crate::identity::{CertManager, SpiffeId};
 use crate::listener::accept_until_shutdown;
-use crate::proxy::copy::copy_both_ways;
+use crate::proxy::copy::copy_both_ways_unless_denied;
+use crate::proxy::tracker::{ConnectionTracker, Denial, TrackedAttrs};
 use crate::tls;
 
 /// A boxed future, so targets can be used behind `dyn`.
@@ -40,9 +41,13 @@ pub trait InboundTarget: Send + Sync + 'static {
     fn identity_for(&self, local: SocketAddr) -> Option<SpiffeId>;
     /// Whether a CONNECT to `authority`, on a connection that dialled `local`, is served here.
     fn serves(&self, local: SocketAddr, authority: SocketAddr) -> bool;
-    /// Policy check for one stream; `Err` names the reason it is denied.
-    fn authorize(&self, _peer: &SpiffeId, _authority: SocketAddr) -> Result<(), String> {
+    /// Policy check for one stream; `Err` says which policy denied it and why.
+    fn authorize(&self, _attrs: &TrackedAttrs) -> Result<(), Denial> {
         Ok(())
+    }
+    /// Where admitted streams are remembered so a policy change can close them.
+    fn tracker(&self) -> Option<&Arc<ConnectionTracker>> {
+        None
     }
     /// Opens the connection to the application for one stream.
     fn connect_upstream(
@@ -308,8 +313,13 @@ impl<T: InboundTarget> HboneServer<T> {
                 "authority is not an address served here",
             );
         }
-        if let Err(reason) = self.target.authorize(&peer, authority) {
-            return refuse(&mut respond, StatusCode::UNAUTHORIZED, &reason);
+        let attrs = TrackedAttrs {
+            peer: Some(peer.clone()),
+            source: remote,
+            destination: authority,
+        };
+        if let Err(denial) = self.target.authorize(&attrs) {
+            return refuse(&mut respond, StatusCode::UNAUTHORIZED, &denial.to_string());
         }
         // The source address is the one the tunnel came from; a `forwarded` header is only
         // logged, never trusted, so a peer cannot make the app see another client's IP.
@@ -336,7 +346,8 @@ impl<T: InboundTarget> HboneServer<T> {
         self.stats.streams_accepted.fetch_add(1, Ordering::Relaxed);
         let _open = Gauge::up(&self.stats.streams_open);
         let tunnel = H2Stream::new(send, request.into_body());
-        match copy_both_ways(tunnel, upstream).await {
+        let tracked = self.target.tracker().map(|t| t.track(attrs));
+        match copy_both_ways_unless_denied(tunnel, upstream, tracked.as_ref()).await {
             Ok(totals) => {
                 tracing::debug!(%peer, %authority, ?forwarded, to_app = totals.a_to_b, from_app = totals.b_to_a, "HBONE stream closed")
             }

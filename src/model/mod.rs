@@ -1,11 +1,12 @@
-//! The mesh model: namespaces, workloads and services as one immutable [`MeshSnapshot`],
-//! indexed by IP for the data path, and the [`MeshStore`] that publishes snapshots atomically
-//! (readers never lock).
+//! The mesh model: namespaces, workloads, services and security policies as one immutable
+//! [`MeshSnapshot`], indexed by IP (and, for policies, by workload) for the data path, and the
+//! [`MeshStore`] that publishes snapshots atomically (readers never lock).
 //!
 //! Snapshots are built by exactly one translation from Kubernetes-shaped objects
 //! ([`translate`]); [`parse_and_build`] is the entry point for multi-document YAML.
 
 pub mod k8s;
+mod security;
 pub mod translate;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,6 +20,11 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 pub use translate::{build, parse_and_build, parse_documents, ConfigError, ParsedObject};
+
+use crate::policy::{
+    AuthorizationPolicy, ConnectionAttrs, MtlsMode, PeerAuthentication, PolicyIndex, Verdict,
+    ROOT_NAMESPACE,
+};
 
 /// Label that enrolls workloads: `ambient` on a Namespace enrolls its pods; `none` on a Pod
 /// opts that pod out.
@@ -121,6 +127,8 @@ pub struct MeshSnapshot {
     workloads_by_uid: HashMap<String, Arc<Workload>>,
     workloads_by_node: HashMap<String, Vec<Arc<Workload>>>,
     services_by_vip: HashMap<IpAddr, Arc<Service>>,
+    /// AuthorizationPolicies and PeerAuthentications, indexed by workload.
+    policies: PolicyIndex,
     /// Assigned by [`MeshStore::publish`]; 0 for a snapshot never published.
     pub generation: u64,
 }
@@ -137,6 +145,8 @@ impl MeshSnapshot {
         namespaces: Vec<Namespace>,
         workloads: Vec<Workload>,
         services: Vec<Service>,
+        authorization_policies: Vec<AuthorizationPolicy>,
+        peer_authentications: Vec<PeerAuthentication>,
     ) -> Self {
         let mut snapshot = Self::empty();
         for ns in namespaces {
@@ -180,6 +190,13 @@ impl MeshSnapshot {
                 .or_default()
                 .insert(s.name.clone(), s);
         }
+        let all: Vec<Arc<Workload>> = snapshot.workloads().cloned().collect();
+        snapshot.policies = PolicyIndex::new(
+            authorization_policies,
+            peer_authentications,
+            &all,
+            ROOT_NAMESPACE,
+        );
         snapshot
     }
 
@@ -227,6 +244,39 @@ impl MeshSnapshot {
     ) -> impl Iterator<Item = &'a Arc<Workload>> {
         self.workloads_by_node.get(node).into_iter().flatten()
     }
+
+    /// Decides a connection to `workload` at L4 (see [`PolicyIndex::authorize`]). The
+    /// workload need not be in this snapshot: one that is not is evaluated from its namespace
+    /// and labels.
+    pub fn authorize(&self, workload: &Workload, attrs: &ConnectionAttrs<'_>) -> Verdict {
+        self.policies.authorize(workload, attrs)
+    }
+
+    /// The mTLS mode of `workload` (see [`PolicyIndex::mtls_mode`]).
+    pub fn mtls_mode(&self, workload: &Workload) -> MtlsMode {
+        self.policies.mtls_mode(workload)
+    }
+
+    /// The AuthorizationPolicies in force on `workload`, dry-run ones included, sorted by
+    /// (namespace, name).
+    pub fn policies_for(&self, workload: &Workload) -> Vec<&AuthorizationPolicy> {
+        self.policies.policies_for(workload)
+    }
+
+    /// All AuthorizationPolicies, sorted by (namespace, name).
+    pub fn authorization_policies(&self) -> impl Iterator<Item = &Arc<AuthorizationPolicy>> {
+        self.policies.authorization_policies()
+    }
+
+    /// All PeerAuthentications, sorted by (namespace, name).
+    pub fn peer_authentications(&self) -> impl Iterator<Item = &Arc<PeerAuthentication>> {
+        self.policies.peer_authentications()
+    }
+
+    /// The policy index itself.
+    pub fn policy_index(&self) -> &PolicyIndex {
+        &self.policies
+    }
 }
 
 /// Shows the content, not the (redundant) indexes.
@@ -237,22 +287,37 @@ impl fmt::Debug for MeshSnapshot {
             .field("namespaces", &self.namespaces.values().collect::<Vec<_>>())
             .field("workloads", &self.workloads().collect::<Vec<_>>())
             .field("services", &self.services().collect::<Vec<_>>())
+            .field(
+                "authorization_policies",
+                &self.authorization_policies().collect::<Vec<_>>(),
+            )
+            .field(
+                "peer_authentications",
+                &self.peer_authentications().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
 
-/// Serializes as `{generation, namespaces: [..], workloads: [..], services: [..]}`, each list
-/// sorted by (namespace, name).
+/// Serializes as `{generation, namespaces: [..], workloads: [..], services: [..],
+/// authorization_policies: [..], peer_authentications: [..]}`, each list sorted by
+/// (namespace, name).
 impl Serialize for MeshSnapshot {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let namespaces: Vec<&Namespace> = self.namespaces.values().collect();
         let workloads: Vec<&Workload> = self.workloads().map(|w| &**w).collect();
         let services: Vec<&Service> = self.services().map(|s| &**s).collect();
-        let mut st = serializer.serialize_struct("MeshSnapshot", 4)?;
+        let authorization_policies: Vec<&AuthorizationPolicy> =
+            self.authorization_policies().map(|p| &**p).collect();
+        let peer_authentications: Vec<&PeerAuthentication> =
+            self.peer_authentications().map(|p| &**p).collect();
+        let mut st = serializer.serialize_struct("MeshSnapshot", 6)?;
         st.serialize_field("generation", &self.generation)?;
         st.serialize_field("namespaces", &namespaces)?;
         st.serialize_field("workloads", &workloads)?;
         st.serialize_field("services", &services)?;
+        st.serialize_field("authorization_policies", &authorization_policies)?;
+        st.serialize_field("peer_authentications", &peer_authentications)?;
         st.end()
     }
 }

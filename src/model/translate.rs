@@ -3,7 +3,8 @@
 //!
 //! [`parse_documents`] reads multi-document YAML into typed objects (errors carry the document
 //! number and the field path), [`build`] validates them and derives the model (enrollment,
-//! waypoint inheritance, service endpoints), [`parse_and_build`] does both.
+//! waypoint inheritance, service endpoints, compiled security policies), [`parse_and_build`]
+//! does both. The security kinds are translated in `security.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -14,14 +15,15 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 use super::k8s::{self, IntOrString, K8sObject};
+use super::security::{self, WEFT_API_VERSION};
 use super::{
     Endpoint, MeshSnapshot, Namespace, Service, ServicePort, TargetPort, Workload,
     DATAPLANE_MODE_LABEL, USE_WAYPOINT_LABEL,
 };
 
 /// What weft reads, for error messages.
-const SUPPORTED_KINDS: &str =
-    "v1 Namespace, v1 Pod, v1 Service and discovery.k8s.io/v1 EndpointSlice";
+const SUPPORTED_KINDS: &str = "v1 Namespace, v1 Pod, v1 Service, discovery.k8s.io/v1 \
+     EndpointSlice, and weft.dev/v1alpha1 AuthorizationPolicy and PeerAuthentication";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Errors of the model and config layer. Messages name the document (1-based), the object and
@@ -129,6 +131,7 @@ fn parse_object(document: usize, value: Value) -> Result<K8sObject, ConfigError>
     let expected_api = match kind {
         "Namespace" | "Pod" | "Service" => "v1",
         "EndpointSlice" => "discovery.k8s.io/v1",
+        "AuthorizationPolicy" | "PeerAuthentication" => WEFT_API_VERSION,
         other => {
             return Err(ConfigError::Invalid {
                 document,
@@ -158,6 +161,8 @@ fn parse_object(document: usize, value: Value) -> Result<K8sObject, ConfigError>
         "Namespace" => K8sObject::Namespace(typed(document, label, value)?),
         "Pod" => K8sObject::Pod(typed(document, label, value)?),
         "Service" => K8sObject::Service(typed(document, label, value)?),
+        "AuthorizationPolicy" => K8sObject::AuthorizationPolicy(typed(document, label, value)?),
+        "PeerAuthentication" => K8sObject::PeerAuthentication(typed(document, label, value)?),
         _ => K8sObject::EndpointSlice(typed(document, label, value)?),
     })
 }
@@ -213,13 +218,13 @@ fn object_label(
 }
 
 /// Error context of one object.
-struct Ctx {
-    document: usize,
-    object: String,
+pub(super) struct Ctx {
+    pub(super) document: usize,
+    pub(super) object: String,
 }
 
 impl Ctx {
-    fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    pub(super) fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             document: self.document,
             object: Some(self.object.clone()),
@@ -245,7 +250,7 @@ impl Ctx {
     }
 }
 
-fn non_empty(s: Option<&String>) -> Option<&String> {
+pub(super) fn non_empty(s: Option<&String>) -> Option<&String> {
     s.filter(|s| !s.is_empty())
 }
 
@@ -253,10 +258,10 @@ fn non_empty(s: Option<&String>) -> Option<&String> {
 type SourcedIp = (IpAddr, String);
 
 /// Identity of an object: kind, namespace (empty for Namespaces), name.
-type ObjectKey = (&'static str, String, String);
+pub(super) type ObjectKey = (&'static str, String, String);
 
 /// Validates the common metadata of an object and rejects duplicates.
-fn identify(
+pub(super) fn identify(
     parsed: &ParsedObject,
     seen: &mut HashMap<ObjectKey, usize>,
 ) -> Result<(Ctx, String, String), ConfigError> {
@@ -432,10 +437,27 @@ pub fn build(objects: &[ParsedObject]) -> Result<MeshSnapshot, ConfigError> {
             .collect();
     }
 
+    let mut authorization_policies = Vec::new();
+    let mut peer_authentications = Vec::new();
+    for parsed in objects {
+        match &parsed.object {
+            K8sObject::AuthorizationPolicy(ap) => authorization_policies.push(
+                security::translate_authorization_policy(parsed, ap, &mut seen)?,
+            ),
+            K8sObject::PeerAuthentication(pa) => peer_authentications.push(
+                security::translate_peer_authentication(parsed, pa, &mut seen)?,
+            ),
+            _ => {}
+        }
+    }
+    security::log_warnings(&authorization_policies, &peer_authentications);
+
     Ok(MeshSnapshot::from_parts(
         namespaces.into_values().collect(),
         workloads,
         services,
+        authorization_policies,
+        peer_authentications,
     ))
 }
 
@@ -1330,7 +1352,8 @@ spec: {clusterIP: None, ports: [{port: 80, targetPort: "8080"}]}
                 "document 2",
                 "Deployment shop/web",
                 "kind: \"Deployment\" is not supported",
-                "v1 Namespace, v1 Pod, v1 Service and discovery.k8s.io/v1 EndpointSlice",
+                "v1 Namespace, v1 Pod, v1 Service, discovery.k8s.io/v1 EndpointSlice, and \
+                 weft.dev/v1alpha1 AuthorizationPolicy and PeerAuthentication",
             ],
         );
         assert_error(

@@ -3,6 +3,8 @@
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::tracker::TrackedConnection;
+
 /// Buffer per direction: large enough for multi-Gbit/s streams, small enough for many
 /// thousands of idle connections (tokio only allocates it while copying).
 const COPY_BUFFER: usize = 64 * 1024;
@@ -23,4 +25,27 @@ where
     let (a_to_b, b_to_a) =
         tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER).await?;
     Ok(CopyTotals { a_to_b, b_to_a })
+}
+
+/// Like [`copy_both_ways`], but ends early (with `ConnectionAborted`) when a policy change
+/// denies the tracked connection; both sides are closed by dropping them.
+pub async fn copy_both_ways_unless_denied<A, B>(
+    a: A,
+    b: B,
+    tracked: Option<&TrackedConnection>,
+) -> std::io::Result<CopyTotals>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(tracked) = tracked else {
+        return copy_both_ways(a, b).await;
+    };
+    tokio::select! {
+        totals = copy_both_ways(a, b) => totals,
+        _ = tracked.cancelled() => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "closed: a policy change denies this connection",
+        )),
+    }
 }

@@ -12,10 +12,13 @@ use tokio::net::TcpStream;
 use crate::hbone::server::{BoxFuture, InboundTarget};
 use crate::identity::SpiffeId;
 use crate::model::{MeshStore, Workload};
+use crate::proxy::authz::{check_inbound, recheck_on_change};
+use crate::proxy::tracker::{ConnectionTracker, Denial, TrackedAttrs};
 
 /// The workloads of one host (VM or bare metal).
 pub struct HostWorkloads {
     store: Arc<MeshStore>,
+    tracker: Arc<ConnectionTracker>,
     local_ips: ArcSwap<HashSet<IpAddr>>,
     trust_domain: String,
 }
@@ -24,6 +27,7 @@ impl HostWorkloads {
     pub fn new(store: Arc<MeshStore>, trust_domain: String) -> Arc<Self> {
         let host = Arc::new(HostWorkloads {
             store,
+            tracker: ConnectionTracker::new(),
             local_ips: ArcSwap::from_pointee(HashSet::new()),
             trust_domain,
         });
@@ -59,6 +63,16 @@ impl HostWorkloads {
         self.store.load().workload_by_ip(ip).cloned()
     }
 
+    /// Closes open connections that a config change denies; runs until the store is gone.
+    pub async fn enforce_policy_changes(self: Arc<Self>) {
+        let store = self.store.clone();
+        let tracker = self.tracker.clone();
+        recheck_on_change(store, tracker, move |snapshot, attrs| {
+            snapshot.workload_by_ip(attrs.destination.ip()).cloned()
+        })
+        .await
+    }
+
     /// The SPIFFE ID of a workload in this trust domain.
     pub fn identity_of(&self, workload: &Workload) -> Option<SpiffeId> {
         SpiffeId::new(
@@ -85,6 +99,21 @@ impl InboundTarget for HostWorkloads {
             (Some(dialled), Some(target)) => dialled.uid == target.uid,
             _ => false,
         }
+    }
+
+    fn authorize(&self, attrs: &TrackedAttrs) -> Result<(), Denial> {
+        let snapshot = self.store.load();
+        match snapshot.workload_by_ip(attrs.destination.ip()) {
+            Some(workload) => check_inbound(&snapshot, workload, attrs),
+            None => Err(Denial {
+                policy: None,
+                reason: "destination is not a workload in the mesh config".into(),
+            }),
+        }
+    }
+
+    fn tracker(&self) -> Option<&Arc<ConnectionTracker>> {
+        Some(&self.tracker)
     }
 
     fn connect_upstream(

@@ -2,10 +2,13 @@
 //! listeners in pods mode): where an outbound connection goes, how an inbound HBONE stream
 //! reaches the local app, and the byte copy between the two sides.
 
+pub mod authz;
 pub mod copy;
 pub mod inbound;
 pub mod outbound;
+pub mod tracker;
 
-pub use copy::{copy_both_ways, CopyTotals};
+pub use copy::{copy_both_ways, copy_both_ways_unless_denied, CopyTotals};
 pub use inbound::HostWorkloads;
 pub use outbound::{OutboundProxy, ProxyError, Route, Upstream};
+pub use tracker::{ConnectionTracker, Denial, TrackedAttrs, TrackedConnection};

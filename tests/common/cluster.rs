@@ -49,6 +49,8 @@ pub struct Pod {
     /// The final CNI result, cached for DEL as a runtime does.
     result: Value,
     pub app: Option<Process>,
+    /// Other processes started in the pod (killed with it).
+    pub extra: Vec<Process>,
 }
 
 pub struct Cluster {
@@ -358,6 +360,7 @@ impl Cluster {
             ip,
             result,
             app: None,
+            extra: Vec::new(),
         });
         self.write_config();
         Ok(self.pods.len() - 1)
@@ -423,6 +426,59 @@ impl Cluster {
         }
     }
 
+    /// Starts the line echo server (tests/apps/echo_server.py) in a pod on `port`.
+    pub fn start_echo(&mut self, pod: usize, port: u16) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/echo_server.py");
+        let p = &mut self.pods[pod];
+        let mut cmd = p.ns.command("python3");
+        cmd.arg(&script).arg(port.to_string());
+        let log = self
+            .work
+            .path()
+            .join(format!("echo-{}-{port}.log", p.spec.name));
+        p.extra.push(Process::spawn(
+            cmd,
+            &log,
+            &format!("echo in {}", p.spec.name),
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !p
+            .ns
+            .command("python3")
+            .args([
+                "-c",
+                &format!(
+                    "import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1)"
+                ),
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "echo server in {} did not start",
+                p.spec.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts tests/apps/stream_client.py in a pod: one long-lived connection to `target`.
+    pub fn start_stream_client(&self, pod: usize, host: &str, port: u16, seconds: u32) -> Process {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/stream_client.py");
+        let p = &self.pods[pod];
+        let mut cmd = p.ns.command("python3");
+        cmd.arg(&script)
+            .args([host, &port.to_string(), &seconds.to_string()]);
+        let log = self.work.path().join(format!(
+            "{}.log",
+            unique(&format!("stream-{}-", p.spec.name))
+        ));
+        let mut process = Process::spawn(cmd, &log, &format!("stream client in {}", p.spec.name));
+        process.wait_for_log("open ", Duration::from_secs(10));
+        process
+    }
+
     /// curl from inside a pod's namespace (or any namespace).
     pub fn curl(ns: &Netns, url: &str) -> Result<String, String> {
         let out = ns
@@ -462,6 +518,7 @@ impl Drop for Cluster {
         // Apps and daemons first (Process drops kill them), then pods, nodes, underlay.
         for pod in &mut self.pods {
             pod.app.take();
+            pod.extra.clear();
         }
         for node in &mut self.nodes {
             node.daemon.take();

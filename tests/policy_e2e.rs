@@ -1,0 +1,279 @@
+//! L4 authorization and peer authentication end to end, across two nodes: the
+//! order/payment/inventory scenario, STRICT vs PERMISSIVE for a client outside the mesh,
+//! a principal DENY overriding a namespace ALLOW, dry-run, cutting a long-lived connection
+//! within a second of a policy change while others stay up, and malformed policies
+//! rejected with the policies in force unchanged.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::cluster::{Cluster, AMBIENT};
+use common::testbed::*;
+
+fn ready() -> bool {
+    e2e_ready(&["ip", "nft", "nsenter", "curl", "python3"])
+}
+
+/// The ALLOW policy of the scenario: order may call payment on 8080 (and 7070 for the
+/// long-lived test); `plain_cidr` (the outsider) may call 8080 too.
+fn payment_allow(plain_cidr: &str, extra_principal: &str) -> String {
+    format!(
+        r#"apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: payment-callers, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: payment}}}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{principals: ["cluster.local/ns/shop/sa/order"{extra_principal}]}}}}]
+    to: [{{operation: {{ports: ["8080", "7070"]}}}}]
+  - from: [{{source: {{ipBlocks: ["{plain_cidr}"]}}}}]
+    to: [{{operation: {{ports: ["8080"]}}}}]
+"#
+    )
+}
+
+fn peer_auth(mode: &str) -> String {
+    format!(
+        "apiVersion: weft.dev/v1alpha1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: shop}}\nspec:\n  mtls: {{mode: {mode}}}\n"
+    )
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Waits for a stream client to report "closed <t>" or "alive <t>".
+fn outcome(p: &mut Process, timeout: Duration) -> (String, f64) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let log = p.log_text();
+        for line in log.lines() {
+            let mut parts = line.split_whitespace();
+            if let (Some(word @ ("closed" | "alive")), Some(t)) = (parts.next(), parts.next()) {
+                return (word.to_owned(), t.parse().unwrap());
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stream client never finished: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn l4_policies_across_nodes() {
+    if !ready() {
+        return;
+    }
+    let mut c = Cluster::new(2);
+    c.namespace("shop", &[AMBIENT]);
+    c.namespace("legacy", &[]);
+    c.write_config();
+    c.start_daemon(0);
+    c.start_daemon(1);
+    let order = c.add_pod(0, "shop", "order", "order", &[]).unwrap();
+    let inventory = c.add_pod(0, "shop", "inventory", "inventory", &[]).unwrap();
+    let payment = c
+        .add_pod(1, "shop", "payment", "payment", &[("app", "payment")])
+        .unwrap();
+    let outsider = c.add_pod(0, "legacy", "outsider", "default", &[]).unwrap();
+    c.start_app(payment, 8080);
+    // A second app port on payment: the same HTTP app on 9090.
+    {
+        let app = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/http_app.py");
+        let p = &mut c.pods[payment];
+        let mut cmd = p.ns.command("python3");
+        cmd.arg(&app).args(["0.0.0.0", "9090", "payment-9090"]);
+        let log = c.work.path().join("payment-9090.log");
+        p.extra.push(Process::spawn(cmd, &log, "payment 9090"));
+    }
+    c.start_echo(payment, 7070);
+    let pay_ip = c.pods[payment].ip.clone();
+    let outsider_cidr = format!("{}/32", c.pods[outsider].ip);
+    let url = |port: u16| format!("http://{pay_ip}:{port}/");
+    let curl = |c: &Cluster, from: usize, port: u16| Cluster::curl(&c.pods[from].ns, &url(port));
+
+    // No policy yet: everything reaches payment.
+    assert!(curl(&c, inventory, 8080).is_ok());
+    assert!(
+        curl(&c, order, 9090).is_ok(),
+        "9090 app must be up before policies"
+    );
+
+    // The scenario under PERMISSIVE.
+    c.extra_yaml = format!(
+        "{}---\n{}",
+        payment_allow(&outsider_cidr, ""),
+        peer_auth("PERMISSIVE")
+    );
+    c.write_config();
+    c.settle();
+    assert_eq!(
+        curl(&c, order, 8080).expect("order -> payment:8080"),
+        format!("payment sees {}", c.pods[order].ip)
+    );
+    assert!(
+        curl(&c, order, 9090).is_err(),
+        "order -> payment:9090 must be denied"
+    );
+    assert!(
+        curl(&c, inventory, 8080).is_err(),
+        "inventory -> payment must be denied"
+    );
+    assert_eq!(
+        curl(&c, outsider, 8080).expect("plaintext outsider allowed under PERMISSIVE"),
+        format!("payment sees {}", c.pods[outsider].ip)
+    );
+    let log = c.daemon_log(1);
+    assert!(
+        log.contains("shop/payment-callers") || log.contains("no ALLOW policy matched"),
+        "denials must be logged:\n{log}"
+    );
+    assert!(
+        log.contains("status=401"),
+        "HBONE denials answer 401:\n{log}"
+    );
+
+    // STRICT: the outsider's plaintext is refused; mTLS callers unaffected.
+    c.extra_yaml = format!(
+        "{}---\n{}",
+        payment_allow(&outsider_cidr, ""),
+        peer_auth("STRICT")
+    );
+    c.write_config();
+    c.settle();
+    assert!(
+        curl(&c, outsider, 8080).is_err(),
+        "plaintext must be refused under STRICT"
+    );
+    assert!(
+        curl(&c, order, 8080).is_ok(),
+        "order still allowed under STRICT"
+    );
+    assert!(
+        c.daemon_log(1).contains("STRICT"),
+        "STRICT refusal must be logged"
+    );
+
+    // A malformed policy is rejected naming the object and field; policies in force stay.
+    let good = c.extra_yaml.clone();
+    c.extra_yaml = good.replace("action: ALLOW", "action: PERMIT");
+    c.write_config();
+    c.settle();
+    let log = c.daemon_log(1);
+    assert!(
+        log.contains("payment-callers") && log.contains("spec.action") && log.contains("PERMIT"),
+        "unclear rejection:\n{log}"
+    );
+    assert!(
+        curl(&c, order, 9090).is_err(),
+        "old policy must stay in force"
+    );
+    assert!(curl(&c, order, 8080).is_ok());
+    for (bad, field) in [
+        (good.replace(&outsider_cidr, "10.0.0.0/33"), "ipBlocks"),
+        (good.replace("\"7070\"", "\"70000\""), "ports"),
+    ] {
+        c.extra_yaml = bad;
+        c.write_config();
+        c.settle();
+        let log = c.daemon_log(1);
+        assert!(
+            log.contains(field) && log.contains("payment-callers"),
+            "rejection must name {field}:\n{log}"
+        );
+        assert!(
+            curl(&c, order, 9090).is_err(),
+            "old policy must stay in force"
+        );
+    }
+
+    // A DENY for one principal overrides a namespace-wide ALLOW.
+    c.extra_yaml = r#"apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: shop-internal, namespace: shop}
+spec:
+  action: ALLOW
+  rules: [{from: [{source: {namespaces: ["shop"]}}]}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-inventory, namespace: shop}
+spec:
+  selector: {matchLabels: {app: payment}}
+  action: DENY
+  rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/inventory"]}}]}]
+"#
+    .to_owned();
+    c.write_config();
+    c.settle();
+    assert!(
+        curl(&c, order, 9090).is_ok(),
+        "namespace ALLOW lets order in on any port"
+    );
+    assert!(
+        curl(&c, inventory, 8080).is_err(),
+        "DENY overrides the namespace ALLOW"
+    );
+    assert!(
+        c.daemon_log(1).contains("shop/no-inventory"),
+        "the deny names its policy"
+    );
+
+    // Dry-run: logged, not enforced.
+    c.extra_yaml = r#"apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: would-deny-order
+  namespace: shop
+  annotations: {weft.dev/dry-run: "true"}
+spec:
+  action: DENY
+  rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/order"]}}]}]
+"#
+    .to_owned();
+    c.write_config();
+    c.settle();
+    assert!(curl(&c, order, 8080).is_ok(), "dry-run must not enforce");
+    let log = c.daemon_log(1);
+    assert!(
+        log.contains("dry-run") && log.contains("would-deny-order"),
+        "dry-run decision must be logged:\n{log}"
+    );
+
+    // Long-lived connections: a policy change cuts the newly denied one within a second;
+    // the other stays up.
+    c.extra_yaml = payment_allow(&outsider_cidr, ", \"cluster.local/ns/shop/sa/inventory\"");
+    c.write_config();
+    c.settle();
+    let mut doomed = c.start_stream_client(order, &pay_ip, 7070, 8);
+    let mut survivor = c.start_stream_client(inventory, &pay_ip, 7070, 8);
+    std::thread::sleep(Duration::from_millis(500));
+    // order is no longer allowed; inventory still is.
+    c.extra_yaml = payment_allow(&outsider_cidr, "").replace(
+        "cluster.local/ns/shop/sa/order",
+        "cluster.local/ns/shop/sa/inventory",
+    );
+    let changed_at = now();
+    c.write_config();
+    let (doomed_state, closed_at) = outcome(&mut doomed, Duration::from_secs(10));
+    assert_eq!(doomed_state, "closed", "order's connection must be cut");
+    let delay = closed_at - changed_at;
+    eprintln!("denied connection closed {delay:.3} s after the policy change");
+    assert!(
+        delay < 1.0,
+        "cut took {delay:.3} s; it must be within a second"
+    );
+    let (survivor_state, _) = outcome(&mut survivor, Duration::from_secs(15));
+    assert_eq!(
+        survivor_state, "alive",
+        "unaffected connection must stay up"
+    );
+    assert!(c.daemon_log(1).contains("a policy change denies it"));
+}
