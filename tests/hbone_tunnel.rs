@@ -473,3 +473,35 @@ async fn certificates_renew_and_survive_a_broken_ca() {
     .await;
     let _ = MeshCa::load(&ca.path()).unwrap();
 }
+
+#[tokio::test]
+async fn a_denying_policy_answers_401_and_others_still_pass() {
+    let ca = TestCa::new();
+    let certs = ca.certs();
+    let policy = r#"apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: only-order, namespace: demo}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: ALLOW
+  rules: [{from: [{source: {principals: ["cluster.local/ns/demo/sa/order"]}}]}]
+"#;
+    let server = start_hbone_server_with(certs.clone(), policy).await;
+    let echo = start_echo().await;
+    let client = client(certs);
+    let err = client
+        .connect(&request(server.addr, echo))
+        .await
+        .expect_err("client is not allowed");
+    assert!(
+        matches!(err, HboneError::Status { status: StatusCode::UNAUTHORIZED, .. }),
+        "{err}"
+    );
+    let mut allowed = request(server.addr, echo);
+    allowed.source = id("demo", "order");
+    let mut stream = client.connect(&allowed).await.expect("order is allowed");
+    stream.write_all(b"hi").await.unwrap();
+    let mut back = [0u8; 2];
+    stream.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"hi");
+}

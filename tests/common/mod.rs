@@ -74,7 +74,17 @@ pub struct LoopbackServer {
 }
 
 pub async fn start_hbone_server(certs: Arc<CertManager>) -> LoopbackServer {
-    let snapshot = parse_and_build(LOOPBACK_MESH).expect("mesh");
+    start_hbone_server_with(certs, "").await
+}
+
+/// Like [`start_hbone_server`], with extra config documents (e.g. policies) appended.
+pub async fn start_hbone_server_with(certs: Arc<CertManager>, extra_yaml: &str) -> LoopbackServer {
+    let yaml = if extra_yaml.is_empty() {
+        LOOPBACK_MESH.to_owned()
+    } else {
+        format!("{LOOPBACK_MESH}---\n{extra_yaml}")
+    };
+    let snapshot = parse_and_build(&yaml).expect("mesh");
     let store = Arc::new(MeshStore::new(snapshot));
     let host = HostWorkloads::new(store, TRUST_DOMAIN.into());
     let server = HboneServer::new(host, certs, HboneServerConfig::default());
