@@ -5,6 +5,7 @@
 //! (client and server), the L4 proxy logic and the SOCKS5 entry point. `weft-node`
 //! (node-agent/) wires them into a daemon; the `weft` CLI exposes the CA for operators.
 
+pub mod admin;
 pub mod config;
 pub mod hbone;
 pub mod identity;
@@ -14,4 +15,5 @@ pub mod policy;
 pub mod proxy;
 pub mod sockets;
 pub mod socks5;
+pub mod telemetry;
 pub mod tls;

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::listener::accept_until_shutdown;
 use crate::model::{MeshSnapshot, MeshStore};
 use crate::proxy::outbound::ProxyError;
-use crate::proxy::{copy_both_ways, HostWorkloads, OutboundProxy};
+use crate::proxy::{HostWorkloads, OutboundProxy};
 
 const VERSION: u8 = 5;
 const NO_AUTH: u8 = 0;
@@ -144,15 +144,8 @@ impl Socks5Server {
             send_reply(&mut client, Reply::NotAllowed, None).await?;
             return Err(Socks5Error::NoSourceWorkload);
         };
-        let opened = match self.outbound.route(&snapshot, dst) {
-            Ok(route) => self
-                .outbound
-                .open(&source, &route)
-                .await
-                .map(|up| (route, up)),
-            Err(e) => Err(e),
-        };
-        let (route, upstream) = match opened {
+        let peer = client.peer_addr()?;
+        let opened = match self.outbound.connect(&snapshot, &source, peer, dst).await {
             Ok(opened) => opened,
             Err(error) => {
                 let code = match &error {
@@ -168,9 +161,8 @@ impl Socks5Server {
         };
         let bound = client.local_addr().ok();
         send_reply(&mut client, Reply::Succeeded, bound).await?;
-        tracing::debug!(%dst, ?route, "SOCKS5 connection open");
-        let totals = copy_both_ways(client, upstream).await?;
-        tracing::debug!(%dst, sent = totals.a_to_b, received = totals.b_to_a, "SOCKS5 connection closed");
+        tracing::debug!(%dst, route = ?opened.route, "SOCKS5 connection open");
+        opened.relay(client).await;
         Ok(())
     }
 }

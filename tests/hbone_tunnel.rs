@@ -494,7 +494,13 @@ spec:
         .await
         .expect_err("client is not allowed");
     assert!(
-        matches!(err, HboneError::Status { status: StatusCode::UNAUTHORIZED, .. }),
+        matches!(
+            err,
+            HboneError::Status {
+                status: StatusCode::UNAUTHORIZED,
+                ..
+            }
+        ),
         "{err}"
     );
     let mut allowed = request(server.addr, echo);

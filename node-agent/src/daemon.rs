@@ -7,9 +7,12 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use tokio::sync::watch;
+use weft::admin::{AdminAddrs, AdminContext, LogControl, NodeStatus};
 use weft::config::FileSource;
 use weft::identity::{CertManager, RenewalPolicy, SpiffeId};
 use weft::model::{MeshSnapshot, MeshStore};
+use weft::telemetry::MetricsHandle;
 
 use crate::Args;
 
@@ -17,6 +20,8 @@ use crate::Args;
 pub struct Basics {
     pub certs: Arc<CertManager>,
     pub store: Arc<MeshStore>,
+    pub source: Arc<FileSource>,
+    pub metrics: MetricsHandle,
 }
 
 /// Checks the trust domain, loads the CA and the config (refusing to start on a bad one)
@@ -33,7 +38,46 @@ pub fn start_basics(args: &Args) -> anyhow::Result<Basics> {
     let source = FileSource::load_initial(&args.config, store.clone())
         .with_context(|| format!("loading mesh config {}", args.config.display()))?;
     source.spawn_watch(Duration::from_millis(200));
-    Ok(Basics { certs, store })
+    let metrics = weft::telemetry::install().context("setting up metrics")?;
+    tokio::spawn(weft::telemetry::registry::update_health_forever(
+        certs.clone(),
+        source.clone(),
+    ));
+    Ok(Basics {
+        certs,
+        store,
+        source,
+        metrics,
+    })
+}
+
+/// Starts the admin (:15000), metrics + dashboard (:15020) and readiness (:15021) servers.
+pub async fn start_admin(
+    args: &Args,
+    basics: &Basics,
+    mode: &'static str,
+    status: Arc<dyn NodeStatus>,
+    log: Arc<dyn LogControl>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let ctx = Arc::new(AdminContext {
+        node_name: args.node_name.clone(),
+        mode,
+        store: basics.store.clone(),
+        source: basics.source.clone(),
+        certs: basics.certs.clone(),
+        metrics: basics.metrics.clone(),
+        status,
+        log,
+    });
+    let addrs = AdminAddrs {
+        admin: args.admin_addr,
+        metrics: args.metrics_addr,
+        readiness: args.readiness_addr,
+    };
+    weft::admin::start(ctx, addrs, shutdown)
+        .await
+        .context("binding the admin, metrics or readiness port (is another weft-node running?)")
 }
 
 pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {

@@ -13,7 +13,11 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde_json::{json, Value};
 use tokio::sync::Mutex;
+
+use weft::admin::NodeStatus;
+use weft::hbone::server::BoxFuture;
 
 use weft::model::{MeshSnapshot, Workload, DATAPLANE_MODE_LABEL};
 use weft_cni::protocol::{PodAttachment, Response};
@@ -24,6 +28,8 @@ use crate::rules;
 use crate::state::{self, DaemonState};
 
 struct Inner {
+    /// False until the pods recorded before a restart have been brought back.
+    restored: bool,
     known: BTreeMap<String, PodAttachment>,
     enrolled: HashMap<String, PodProxy>,
     enrolled_namespaces: Vec<String>,
@@ -34,6 +40,7 @@ pub struct PodManager {
     ctx: Arc<NodeContext>,
     run_dir: PathBuf,
     inner: Mutex<Inner>,
+    cni_serving: std::sync::atomic::AtomicBool,
 }
 
 /// Whether the config says this pod belongs in the mesh, and as which workload.
@@ -78,7 +85,9 @@ impl PodManager {
         Ok(Arc::new(PodManager {
             ctx,
             run_dir: run_dir.to_owned(),
+            cni_serving: std::sync::atomic::AtomicBool::new(false),
             inner: Mutex::new(Inner {
+                restored: false,
                 known,
                 enrolled: HashMap::new(),
                 enrolled_namespaces: saved.enrolled_namespaces,
@@ -199,7 +208,14 @@ impl PodManager {
                 tracing::error!(container = %id, %error, "cannot bring pod to its desired state");
             }
         }
+        inner.restored = true;
         self.persist(&mut inner, &snapshot).await;
+    }
+
+    /// Marks the CNI socket as serving (readiness needs it).
+    pub fn set_serving_cni(&self) {
+        self.cni_serving
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Number of pods known on this node, and how many of them are enrolled.
@@ -291,6 +307,7 @@ impl PodManager {
         if let Err(error) = state::save(&self.run_dir, &state) {
             tracing::error!(%error, "cannot write the state file");
         }
+        metrics::gauge!(weft::telemetry::registry::ENROLLED_PODS).set(inner.enrolled.len() as f64);
         let enrolled_ips: Vec<IpAddr> = inner
             .enrolled
             .keys()
@@ -313,5 +330,58 @@ async fn run_blocking<T: Send + 'static>(
             netns: String::new(),
             detail: join.to_string(),
         }),
+    }
+}
+
+impl NodeStatus for PodManager {
+    fn served(&self) -> BoxFuture<'_, Value> {
+        Box::pin(async move {
+            let inner = self.inner.lock().await;
+            let pods: Vec<Value> = inner
+                .known
+                .iter()
+                .map(|(id, pod)| {
+                    let proxy = inner.enrolled.get(id);
+                    json!({
+                        "name": pod.name,
+                        "namespace": pod.namespace,
+                        "uid": pod.uid,
+                        "container_id": id,
+                        "netns": pod.netns,
+                        "ips": pod.ips,
+                        "identity": proxy.map(|p| p.identity.to_string()),
+                        "state": if proxy.is_some() { "enrolled" } else { "not enrolled" },
+                    })
+                })
+                .collect();
+            Value::Array(pods)
+        })
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            if !self.cni_serving.load(std::sync::atomic::Ordering::Acquire) {
+                return Err("the CNI socket is not serving yet".into());
+            }
+            let inner = self.inner.lock().await;
+            if !inner.restored {
+                return Err("pods from the run dir are still being restored".into());
+            }
+            let snapshot = self.ctx.store.load();
+            let missing: Vec<String> = inner
+                .known
+                .iter()
+                .filter(|(id, pod)| desired(&snapshot, pod).0 && !inner.enrolled.contains_key(*id))
+                .map(|(_, pod)| format!("{}/{}", pod.namespace, pod.name))
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "enrolled pods without listeners: {}",
+                    missing.join(", ")
+                ))
+            }
+        })
     }
 }

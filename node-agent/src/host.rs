@@ -13,11 +13,17 @@ use weft::identity::CertManager;
 use weft::proxy::{HostWorkloads, OutboundProxy};
 use weft::socks5::Socks5Server;
 
+use serde_json::{json, Value};
+use weft::admin::{LogControl, NodeStatus};
+use weft::hbone::server::BoxFuture;
+
 use crate::daemon::{self, Basics};
 use crate::Args;
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let Basics { certs, store, .. } = daemon::start_basics(&args)?;
+pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
+    let basics = daemon::start_basics(&args)?;
+    let Basics { certs, store, .. } = &basics;
+    let (certs, store) = (certs.clone(), store.clone());
 
     let host = HostWorkloads::new(store.clone(), args.trust_domain.clone());
     tokio::spawn(host.clone().enforce_policy_changes());
@@ -36,6 +42,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let status = Arc::new(HostStatus { host: host.clone() });
+    daemon::start_admin(&args, &basics, "host", status, log, stop_rx.clone()).await?;
     let server = HboneServer::new(
         host.clone(),
         certs.clone(),
@@ -86,6 +94,36 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+/// Host mode's answers for the admin API and dashboard.
+struct HostStatus {
+    host: Arc<HostWorkloads>,
+}
+
+impl NodeStatus for HostStatus {
+    fn served(&self) -> BoxFuture<'_, Value> {
+        let served: Vec<Value> = self
+            .host
+            .served()
+            .iter()
+            .map(|w| {
+                json!({
+                    "name": w.name,
+                    "namespace": w.namespace,
+                    "identity": self.host.identity_of(w).map(|id| id.to_string()),
+                    "ips": w.ips,
+                    "state": "serving",
+                })
+            })
+            .collect();
+        Box::pin(async move { Value::Array(served) })
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+        // The HBONE listener is bound before the admin endpoints start.
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Logs which workloads this host serves and gets their certificates ready.

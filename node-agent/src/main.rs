@@ -5,6 +5,7 @@ mod cni_server;
 mod daemon;
 mod enrollment;
 mod host;
+mod logging;
 mod netns;
 mod pod_proxy;
 mod pods;
@@ -68,20 +69,20 @@ pub struct Args {
     run_dir: PathBuf,
     #[arg(long, value_enum, default_value = "plain")]
     log_format: LogFormat,
+    /// Admin API (config dump, log level): keep it on loopback.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_addr: SocketAddr,
+    /// Prometheus metrics and the node dashboard.
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    metrics_addr: SocketAddr,
+    /// Readiness probe (/healthz/ready).
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    readiness_addr: SocketAddr,
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let log_control = logging::init(args.log_format == LogFormat::Json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -93,8 +94,8 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = match args.mode {
-        Mode::Host => runtime.block_on(host::run(args)),
-        Mode::Pods => runtime.block_on(pods::run(args)),
+        Mode::Host => runtime.block_on(host::run(args, log_control)),
+        Mode::Pods => runtime.block_on(pods::run(args, log_control)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -20,10 +20,8 @@ use weft::identity::{CertManager, SpiffeId};
 use weft::listener::accept_until_shutdown;
 use weft::model::{MeshSnapshot, MeshStore, Workload};
 use weft::proxy::authz::{check_inbound, recheck_on_change};
-use weft::proxy::{
-    copy_both_ways, copy_both_ways_unless_denied, ConnectionTracker, Denial, OutboundProxy,
-    TrackedAttrs,
-};
+use weft::proxy::{copy_metered, ConnectionTracker, Denial, OutboundProxy, TrackedAttrs};
+use weft::telemetry::{ConnectionReport, Reporter, Security, WorkloadLabels};
 
 use crate::netns::{listen_in_pod, Netns, NetnsError, PodSockets};
 
@@ -187,6 +185,10 @@ impl InboundTarget for PodInbound {
         check_inbound(&snapshot, &self.current_workload(&snapshot), attrs)
     }
 
+    fn snapshot(&self) -> Option<Arc<MeshSnapshot>> {
+        Some(self.store.load())
+    }
+
     fn tracker(&self) -> Option<&Arc<ConnectionTracker>> {
         Some(&self.tracker)
     }
@@ -253,18 +255,12 @@ async fn serve_outbound(
                 }
             };
             let snapshot = store.load();
-            let opened = match outbound.route(&snapshot, dst) {
-                Ok(route) => outbound.open(&workload, &route).await.map(|up| (route, up)),
-                Err(e) => Err(e),
-            };
-            match opened {
-                Ok((route, upstream)) => {
-                    tracing::debug!(%peer, %dst, ?route, "outbound connection open");
-                    if let Err(error) = copy_both_ways(client, upstream).await {
-                        tracing::debug!(%peer, %dst, %error, "outbound connection ended with an error");
-                    }
+            match outbound.connect(&snapshot, &workload, peer, dst).await {
+                Ok(opened) => {
+                    tracing::debug!(%peer, %dst, route = ?opened.route, "outbound connection open");
+                    opened.relay(client).await;
                 }
-                Err(error) => tracing::info!(src = %peer, %dst, %error, "outbound connection failed"),
+                Err(error) => tracing::debug!(src = %peer, %dst, %error, "outbound connection failed"),
             }
         });
     })
@@ -295,26 +291,30 @@ async fn serve_inbound_plaintext(
                 source: peer,
                 destination: dst,
             };
+            let report = {
+                let snapshot = inbound.store.load();
+                ConnectionReport::new(
+                    Reporter::Destination,
+                    peer,
+                    dst,
+                    WorkloadLabels::at(&snapshot, peer, None),
+                    WorkloadLabels::of(Some(&inbound.current_workload(&snapshot)), Some(&inbound.identity)),
+                    None,
+                    Security::None,
+                )
+            };
             if let Err(denial) = inbound.authorize(&attrs) {
-                tracing::info!(
-                    target: "weft::access",
-                    src = %peer,
-                    %dst,
-                    principal = "unknown",
-                    policy = denial.policy.as_deref().unwrap_or("-"),
-                    reason = %denial.reason,
-                    "denied plaintext connection"
-                );
+                report.refused("DENY", &denial.reason, denial.policy.as_deref());
                 return;
             }
             match inbound.connect_upstream(Some(peer.ip()), dst).await {
                 Ok(app) => {
                     let tracked = inbound.tracker.track(attrs);
-                    if let Err(error) = copy_both_ways_unless_denied(client, app, Some(&tracked)).await {
-                        tracing::debug!(%peer, %dst, %error, "inbound connection ended with an error");
-                    }
+                    let meter = report.opened();
+                    let (totals, error) = copy_metered(client, app, meter, Some(&tracked)).await;
+                    report.closed((totals.a_to_b, totals.b_to_a), error.as_ref());
                 }
-                Err(error) => tracing::info!(%peer, %dst, %error, "cannot reach the app"),
+                Err(error) => report.refused("CONNECT", &format!("cannot reach the app: {error}"), None),
             }
         });
     })

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::watch;
 
+use weft::admin::LogControl;
 use weft::hbone::HboneClientConfig;
 use weft_cni::protocol::SOCKET_FILE;
 
@@ -17,8 +18,10 @@ use crate::netns::Netns;
 use crate::pod_proxy::NodeContext;
 use crate::{cni_server, Args};
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let Basics { certs, store, .. } = daemon::start_basics(&args)?;
+pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
+    let basics = daemon::start_basics(&args)?;
+    let Basics { certs, store, .. } = &basics;
+    let (certs, store) = (certs.clone(), store.clone());
     std::fs::create_dir_all(&args.run_dir)
         .with_context(|| format!("creating run dir {}", args.run_dir.display()))?;
     let home = Arc::new(Netns::current().context("opening the daemon's own network namespace")?);
@@ -50,10 +53,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    daemon::start_admin(&args, &basics, "pods", pods.clone(), log, stop_rx.clone()).await?;
     let socket_path = args.run_dir.join(SOCKET_FILE);
     let listener = cni_server::bind(&socket_path)
         .with_context(|| format!("binding the CNI socket {}", socket_path.display()))?;
     tokio::spawn(cni_server::serve(listener, pods.clone(), stop_rx));
+    pods.set_serving_cni();
     tracing::info!(socket = %socket_path.display(), node = %args.node_name, "weft-node ready (pods mode)");
 
     daemon::wait_for_signal().await?;

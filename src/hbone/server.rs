@@ -28,8 +28,10 @@ use super::{
 };
 use crate::identity::{CertManager, SpiffeId};
 use crate::listener::accept_until_shutdown;
-use crate::proxy::copy::copy_both_ways_unless_denied;
+use crate::model::MeshSnapshot;
+use crate::proxy::copy::copy_metered;
 use crate::proxy::tracker::{ConnectionTracker, Denial, TrackedAttrs};
+use crate::telemetry::{ConnectionReport, Reporter, Security, WorkloadLabels};
 use crate::tls;
 
 /// A boxed future, so targets can be used behind `dyn`.
@@ -44,6 +46,10 @@ pub trait InboundTarget: Send + Sync + 'static {
     /// Policy check for one stream; `Err` says which policy denied it and why.
     fn authorize(&self, _attrs: &TrackedAttrs) -> Result<(), Denial> {
         Ok(())
+    }
+    /// The mesh snapshot in force, for telemetry labels (None: labels stay `unknown`).
+    fn snapshot(&self) -> Option<Arc<MeshSnapshot>> {
+        None
     }
     /// Where admitted streams are remembered so a policy change can close them.
     fn tracker(&self) -> Option<&Arc<ConnectionTracker>> {
@@ -318,7 +324,9 @@ impl<T: InboundTarget> HboneServer<T> {
             source: remote,
             destination: authority,
         };
+        let report = self.report(&attrs, local);
         if let Err(denial) = self.target.authorize(&attrs) {
+            report.refused("DENY", &denial.reason, denial.policy.as_deref());
             return refuse(&mut respond, StatusCode::UNAUTHORIZED, &denial.to_string());
         }
         // The source address is the one the tunnel came from; a `forwarded` header is only
@@ -328,11 +336,9 @@ impl<T: InboundTarget> HboneServer<T> {
         let upstream = match self.target.connect_upstream(client_ip, authority).await {
             Ok(upstream) => upstream,
             Err(error) => {
-                return refuse(
-                    &mut respond,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("application at {authority} unreachable: {error}"),
-                )
+                let reason = format!("application at {authority} unreachable: {error}");
+                report.refused("CONNECT", &reason, None);
+                return refuse(&mut respond, StatusCode::SERVICE_UNAVAILABLE, &reason);
             }
         };
         set_nodelay(&upstream);
@@ -347,14 +353,37 @@ impl<T: InboundTarget> HboneServer<T> {
         let _open = Gauge::up(&self.stats.streams_open);
         let tunnel = H2Stream::new(send, request.into_body());
         let tracked = self.target.tracker().map(|t| t.track(attrs));
-        match copy_both_ways_unless_denied(tunnel, upstream, tracked.as_ref()).await {
-            Ok(totals) => {
-                tracing::debug!(%peer, %authority, ?forwarded, to_app = totals.a_to_b, from_app = totals.b_to_a, "HBONE stream closed")
-            }
-            Err(error) => {
-                tracing::debug!(%peer, %authority, %error, "HBONE stream ended with an error")
-            }
-        }
+        let meter = report.opened();
+        let (totals, error) = copy_metered(tunnel, upstream, meter, tracked.as_ref()).await;
+        tracing::debug!(%peer, %authority, ?forwarded, to_app = totals.a_to_b, from_app = totals.b_to_a, "HBONE stream closed");
+        report.closed((totals.a_to_b, totals.b_to_a), error.as_ref());
+    }
+
+    /// The destination-side report of one stream, labelled from the mesh snapshot.
+    fn report(&self, attrs: &TrackedAttrs, local: SocketAddr) -> ConnectionReport {
+        let (source, destination) = match self.target.snapshot() {
+            Some(snapshot) => (
+                WorkloadLabels::at(&snapshot, attrs.source, attrs.peer.as_ref()),
+                WorkloadLabels::at(
+                    &snapshot,
+                    attrs.destination,
+                    self.target.identity_for(local).as_ref(),
+                ),
+            ),
+            None => (
+                WorkloadLabels::of(None, attrs.peer.as_ref()),
+                WorkloadLabels::of(None, self.target.identity_for(local).as_ref()),
+            ),
+        };
+        ConnectionReport::new(
+            Reporter::Destination,
+            attrs.source,
+            attrs.destination,
+            source,
+            destination,
+            None,
+            Security::MutualTls,
+        )
     }
 }
 

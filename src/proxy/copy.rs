@@ -27,25 +27,41 @@ where
     Ok(CopyTotals { a_to_b, b_to_a })
 }
 
-/// Like [`copy_both_ways`], but ends early (with `ConnectionAborted`) when a policy change
-/// denies the tracked connection; both sides are closed by dropping them.
-pub async fn copy_both_ways_unless_denied<A, B>(
+/// Copies both ways counting bytes into `meter` as they move (`a` is the client side:
+/// what is read from it is the request direction). Ends early if the tracked connection
+/// is denied by a policy change. Returns the byte totals even when it ends with an error.
+pub async fn copy_metered<A, B>(
     a: A,
     b: B,
+    meter: crate::telemetry::ByteMeter,
     tracked: Option<&TrackedConnection>,
-) -> std::io::Result<CopyTotals>
+) -> (CopyTotals, Option<std::io::Error>)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(tracked) = tracked else {
-        return copy_both_ways(a, b).await;
+    use crate::telemetry::connection::Counted;
+    let mut a = Counted::new(a, meter.received);
+    let mut b = Counted::new(b, meter.sent);
+    let error = {
+        let copy =
+            tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER);
+        match tracked {
+            None => copy.await.err(),
+            Some(tracked) => tokio::select! {
+                result = copy => result.err(),
+                _ = tracked.cancelled() => Some(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "closed: a policy change denies this connection",
+                )),
+            },
+        }
     };
-    tokio::select! {
-        totals = copy_both_ways(a, b) => totals,
-        _ = tracked.cancelled() => Err(std::io::Error::new(
-            std::io::ErrorKind::ConnectionAborted,
-            "closed: a policy change denies this connection",
-        )),
-    }
+    (
+        CopyTotals {
+            a_to_b: a.total(),
+            b_to_a: b.total(),
+        },
+        error,
+    )
 }

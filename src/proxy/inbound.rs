@@ -112,6 +112,10 @@ impl InboundTarget for HostWorkloads {
         }
     }
 
+    fn snapshot(&self) -> Option<Arc<crate::model::MeshSnapshot>> {
+        Some(self.store.load())
+    }
+
     fn tracker(&self) -> Option<&Arc<ConnectionTracker>> {
         Some(&self.tracker)
     }

@@ -8,7 +8,7 @@ pub mod inbound;
 pub mod outbound;
 pub mod tracker;
 
-pub use copy::{copy_both_ways, copy_both_ways_unless_denied, CopyTotals};
+pub use copy::{copy_both_ways, copy_metered, CopyTotals};
 pub use inbound::HostWorkloads;
-pub use outbound::{OutboundProxy, ProxyError, Route, Upstream};
+pub use outbound::{OutboundConnection, OutboundProxy, ProxyError, Route, Upstream};
 pub use tracker::{ConnectionTracker, Denial, TrackedAttrs, TrackedConnection};

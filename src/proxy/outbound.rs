@@ -19,6 +19,8 @@ use crate::hbone::client::HboneError;
 use crate::hbone::{ConnectRequest, H2Stream, HboneClient, HBONE_PORT};
 use crate::identity::SpiffeId;
 use crate::model::{MeshSnapshot, Workload};
+use crate::proxy::copy::copy_metered;
+use crate::telemetry::{ConnectionReport, Reporter, Security, WorkloadLabels};
 
 /// Where one outbound connection goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +62,24 @@ pub enum ProxyError {
 pub enum Upstream {
     Tunnel(H2Stream),
     Plain(TcpStream),
+}
+
+/// An opened outbound connection with its telemetry, ready to relay the client's bytes.
+pub struct OutboundConnection {
+    pub route: Route,
+    upstream: Upstream,
+    report: ConnectionReport,
+}
+
+impl OutboundConnection {
+    /// Copies bytes between the client and the upstream until both sides finish, counting
+    /// them as they move; reports the close.
+    pub async fn relay(self, client: TcpStream) {
+        let meter = self.report.opened();
+        let (totals, error) = copy_metered(client, self.upstream, meter, None).await;
+        self.report
+            .closed((totals.a_to_b, totals.b_to_a), error.as_ref());
+    }
 }
 
 /// Routes and opens outbound connections against the current mesh snapshot.
@@ -147,6 +167,67 @@ impl OutboundProxy {
                 })))
             }
             _ => Ok(Route::Direct(target)),
+        }
+    }
+
+    /// Routes `dst` for `source` (whose client is at `client`) and opens the upstream. A
+    /// failure is reported (response flag `DENY` for a policy refusal, `CONNECT` otherwise)
+    /// before it is returned.
+    pub async fn connect(
+        &self,
+        snapshot: &MeshSnapshot,
+        source: &Workload,
+        client: SocketAddr,
+        dst: SocketAddr,
+    ) -> Result<OutboundConnection, ProxyError> {
+        let source_id = self.identity_of(source).ok();
+        let source_labels = WorkloadLabels::of(Some(source), source_id.as_ref());
+        let service = snapshot.service_by_vip(dst.ip()).map(|s| s.hostname());
+        let route = self.route(snapshot, dst);
+        let (destination, security) = match &route {
+            Ok(Route::Hbone(plan)) => (
+                WorkloadLabels::at(snapshot, plan.authority, Some(&plan.destination_identity)),
+                Security::MutualTls,
+            ),
+            Ok(Route::Direct(addr) | Route::Passthrough(addr)) => {
+                (WorkloadLabels::at(snapshot, *addr, None), Security::None)
+            }
+            Err(_) => (WorkloadLabels::at(snapshot, dst, None), Security::None),
+        };
+        let report = ConnectionReport::new(
+            Reporter::Source,
+            client,
+            dst,
+            source_labels,
+            destination,
+            service,
+            security,
+        );
+        let route = match route {
+            Ok(route) => route,
+            Err(error) => {
+                report.refused("CONNECT", &error.to_string(), None);
+                return Err(error);
+            }
+        };
+        match self.open(source, &route).await {
+            Ok(upstream) => Ok(OutboundConnection {
+                route,
+                upstream,
+                report,
+            }),
+            Err(error) => {
+                let denied = matches!(
+                    &error,
+                    ProxyError::Hbone(HboneError::Status { status, .. }) if *status == http::StatusCode::UNAUTHORIZED
+                );
+                report.refused(
+                    if denied { "DENY" } else { "CONNECT" },
+                    &error.to_string(),
+                    None,
+                );
+                Err(error)
+            }
         }
     }
 

@@ -1,0 +1,237 @@
+//! The daemon's HTTP endpoints, as operators know them from Istio:
+//! - admin on 127.0.0.1:15000: `/config_dump` (JSON: model, policies in force per workload,
+//!   served pods and their state, certificates with expiry; never private keys),
+//!   `/logging?level=` (change the log filter at runtime), `/healthz/ready`;
+//! - metrics on :15020: `/metrics` (Prometheus), `/` (the per-node dashboard), `/stats`
+//!   (the JSON the dashboard reads);
+//! - readiness on :15021: `/healthz/ready` (200 once the config is loaded and every
+//!   enrolled pod has its listeners, 503 with the reason before).
+
+mod http;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::config::FileSource;
+use crate::hbone::server::BoxFuture;
+use crate::identity::CertManager;
+use crate::model::MeshStore;
+use crate::telemetry::MetricsHandle;
+
+pub use http::serve;
+
+/// What only the running mode knows: the workloads it serves and whether it is ready.
+pub trait NodeStatus: Send + Sync + 'static {
+    /// The pods (or host workloads) served here, with their state, as JSON.
+    fn served(&self) -> BoxFuture<'_, Value>;
+    /// Ok once every workload that should be served is; Err says what is missing.
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// Changing the log filter at runtime.
+pub trait LogControl: Send + Sync + 'static {
+    fn current(&self) -> String;
+    /// Applies a filter such as `debug` or `info,weft::access=debug`.
+    fn set(&self, filter: &str) -> Result<(), String>;
+}
+
+/// Everything the endpoints read.
+pub struct AdminContext {
+    pub node_name: String,
+    pub mode: &'static str,
+    pub store: Arc<MeshStore>,
+    pub source: Arc<FileSource>,
+    pub certs: Arc<CertManager>,
+    pub metrics: MetricsHandle,
+    pub status: Arc<dyn NodeStatus>,
+    pub log: Arc<dyn LogControl>,
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> HttpResponse {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+fn json_response(status: StatusCode, value: &Value) -> HttpResponse {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    respond(status, "application/json", body)
+}
+
+fn query_param(request: &Request<hyper::body::Incoming>, name: &str) -> Option<String> {
+    request.uri().query()?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| {
+            value
+                .replace("%2C", ",")
+                .replace("%3D", "=")
+                .replace("%3A", ":")
+        })
+    })
+}
+
+impl AdminContext {
+    /// The full config dump.
+    pub async fn config_dump(&self) -> Value {
+        let snapshot = self.store.load();
+        let mut in_force = BTreeMap::new();
+        for workload in snapshot.workloads() {
+            let policies: Vec<Value> = snapshot
+                .policies_for(workload)
+                .into_iter()
+                .map(|p| json!({"policy": p.key(), "action": p.action, "dry_run": p.dry_run, "warnings": p.warnings}))
+                .collect();
+            in_force.insert(
+                format!("{}/{}", workload.namespace, workload.name),
+                json!({"authorization_policies": policies, "mtls_mode": snapshot.mtls_mode(workload)}),
+            );
+        }
+        json!({
+            "node": self.node_name,
+            "mode": self.mode,
+            "config": {
+                "path": self.source.path().display().to_string(),
+                "reloads": self.source.stats(),
+            },
+            "mesh": &*snapshot,
+            "policies_in_force": in_force,
+            "served": self.status.served().await,
+            "certificates": self.certs.status(),
+        })
+    }
+
+    /// The dashboard's JSON: small, refreshed every few seconds.
+    pub async fn stats(&self) -> Value {
+        let ready = self.status.ready().await;
+        json!({
+            "node": self.node_name,
+            "mode": self.mode,
+            "ready": ready.is_ok(),
+            "not_ready_reason": ready.err(),
+            "config": self.source.stats(),
+            "served": self.status.served().await,
+            "certificates": self.certs.status(),
+            "now_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        })
+    }
+
+    async fn readiness(&self) -> HttpResponse {
+        match self.status.ready().await {
+            Ok(()) => respond(StatusCode::OK, "text/plain", "ready\n"),
+            Err(reason) => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {reason}\n"),
+            ),
+        }
+    }
+
+    async fn admin(self: Arc<Self>, request: Request<hyper::body::Incoming>) -> HttpResponse {
+        match (request.method(), request.uri().path()) {
+            (&Method::GET, "/") => respond(
+                StatusCode::OK,
+                "text/plain",
+                "weft admin\n  /config_dump        JSON dump of the config in force\n  /logging?level=L    show (GET) or set (POST, or GET with level) the log filter\n  /healthz/ready      readiness\n",
+            ),
+            (&Method::GET, "/config_dump") => json_response(StatusCode::OK, &self.config_dump().await),
+            (&Method::GET | &Method::POST, "/logging") => match query_param(&request, "level") {
+                None => respond(StatusCode::OK, "text/plain", format!("current log filter: {}\n", self.log.current())),
+                Some(level) => match self.log.set(&level) {
+                    Ok(()) => {
+                        tracing::info!(filter = %level, "log filter changed through the admin API");
+                        respond(StatusCode::OK, "text/plain", format!("log filter set to {level}\n"))
+                    }
+                    Err(reason) => respond(StatusCode::BAD_REQUEST, "text/plain", format!("invalid level {level:?}: {reason}\n")),
+                },
+            },
+            (&Method::GET, "/healthz/ready") => self.readiness().await,
+            (_, path) => respond(StatusCode::NOT_FOUND, "text/plain", format!("no such admin endpoint: {path}\n")),
+        }
+    }
+
+    async fn metrics_port(
+        self: Arc<Self>,
+        request: Request<hyper::body::Incoming>,
+    ) -> HttpResponse {
+        match (request.method(), request.uri().path()) {
+            (&Method::GET, "/metrics") => respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.metrics.render(),
+            ),
+            (&Method::GET, "/" | "/dashboard") => {
+                respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD)
+            }
+            (&Method::GET, "/stats") => json_response(StatusCode::OK, &self.stats().await),
+            (_, path) => respond(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                format!("not found: {path}\n"),
+            ),
+        }
+    }
+
+    async fn readiness_port(
+        self: Arc<Self>,
+        request: Request<hyper::body::Incoming>,
+    ) -> HttpResponse {
+        match request.uri().path() {
+            "/healthz/ready" => self.readiness().await,
+            path => respond(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                format!("not found: {path}\n"),
+            ),
+        }
+    }
+}
+
+/// The per-node dashboard: one self-contained page (no external assets).
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Listening addresses of the three servers.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminAddrs {
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    pub readiness: SocketAddr,
+}
+
+/// Binds and starts the admin, metrics and readiness servers.
+pub async fn start(
+    ctx: Arc<AdminContext>,
+    addrs: AdminAddrs,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let admin = tokio::net::TcpListener::bind(addrs.admin).await?;
+    let metrics = tokio::net::TcpListener::bind(addrs.metrics).await?;
+    let readiness = tokio::net::TcpListener::bind(addrs.readiness).await?;
+    let c = ctx.clone();
+    tokio::spawn(serve(admin, shutdown.clone(), "admin", move |r| {
+        Box::pin(c.clone().admin(r))
+    }));
+    let c = ctx.clone();
+    tokio::spawn(serve(metrics, shutdown.clone(), "metrics", move |r| {
+        Box::pin(c.clone().metrics_port(r))
+    }));
+    let c = ctx;
+    tokio::spawn(serve(readiness, shutdown, "readiness", move |r| {
+        Box::pin(c.clone().readiness_port(r))
+    }));
+    tracing::info!(admin = %addrs.admin, metrics = %addrs.metrics, readiness = %addrs.readiness, "admin, metrics and readiness endpoints up");
+    Ok(())
+}

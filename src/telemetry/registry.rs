@@ -1,0 +1,142 @@
+//! The process-wide Prometheus recorder: metric names and descriptions, explicit histogram
+//! buckets, idle expiry of label sets, the upkeep task, and process/daemon health metrics
+//! refreshed at scrape time.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
+
+pub const TCP_OPENED: &str = "istio_tcp_connections_opened_total";
+pub const TCP_CLOSED: &str = "istio_tcp_connections_closed_total";
+pub const TCP_SENT: &str = "istio_tcp_sent_bytes_total";
+pub const TCP_RECEIVED: &str = "istio_tcp_received_bytes_total";
+pub const CONNECTION_DURATION: &str = "weft_tcp_connection_duration_seconds";
+pub const OPEN_CONNECTIONS: &str = "weft_open_connections";
+pub const ENROLLED_PODS: &str = "weft_enrolled_pods";
+pub const CERT_EXPIRY: &str = "weft_certificate_expiry_seconds";
+pub const CONFIG_RELOADS: &str = "weft_config_reloads_total";
+pub const BUILD_INFO: &str = "weft_build_info";
+
+/// Buckets for connection durations (seconds): sub-millisecond to an hour.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+/// A label set untouched this long is dropped from the exposition.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Renders the exposition and refreshes process metrics first.
+#[derive(Clone)]
+pub struct MetricsHandle {
+    prometheus: PrometheusHandle,
+    process: Arc<Mutex<metrics_process::Collector>>,
+}
+
+impl MetricsHandle {
+    /// The Prometheus text exposition, with process metrics as of now.
+    pub fn render(&self) -> String {
+        if let Ok(collector) = self.process.lock() {
+            collector.collect();
+        }
+        self.prometheus.render()
+    }
+}
+
+/// Why metrics could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("building the Prometheus recorder: {0}")]
+    Build(String),
+    #[error("another metrics recorder is already installed in this process")]
+    AlreadyInstalled,
+}
+
+static INSTALLED: OnceLock<MetricsHandle> = OnceLock::new();
+
+/// Installs the global recorder once (later calls return the same handle) and starts
+/// its upkeep task on the current tokio runtime.
+pub fn install() -> Result<MetricsHandle, MetricsError> {
+    if let Some(handle) = INSTALLED.get() {
+        return Ok(handle.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(CONNECTION_DURATION.into()), &DURATION_BUCKETS)
+        .map_err(|e| MetricsError::Build(e.to_string()))?
+        .idle_timeout(
+            MetricKindMask::COUNTER | MetricKindMask::HISTOGRAM,
+            Some(IDLE_TIMEOUT),
+        )
+        .build_recorder();
+    let prometheus = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|_| MetricsError::AlreadyInstalled)?;
+    describe();
+    let collector = metrics_process::Collector::default();
+    collector.describe();
+    let handle = MetricsHandle {
+        prometheus,
+        process: Arc::new(Mutex::new(collector)),
+    };
+    let upkeep = handle.prometheus.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(INSTALLED.get_or_init(|| handle).clone())
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(TCP_OPENED, "TCP connections opened");
+    describe_counter!(TCP_CLOSED, "TCP connections closed");
+    describe_counter!(TCP_SENT, Unit::Bytes, "Bytes sent in the response direction (server to client), counted while the connection is open");
+    describe_counter!(TCP_RECEIVED, Unit::Bytes, "Bytes received in the request direction (client to server), counted while the connection is open");
+    describe_histogram!(
+        CONNECTION_DURATION,
+        Unit::Seconds,
+        "How long proxied TCP connections lasted"
+    );
+    describe_gauge!(
+        OPEN_CONNECTIONS,
+        "Proxied TCP connections open now, by direction"
+    );
+    describe_gauge!(ENROLLED_PODS, "Pods on this node enrolled in the mesh");
+    describe_gauge!(
+        CERT_EXPIRY,
+        Unit::Seconds,
+        "Seconds until the identity's certificate expires"
+    );
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Config reloads, by result (accepted or rejected)"
+    );
+    describe_gauge!(BUILD_INFO, "weft build information (always 1)");
+}
+
+/// Keeps the daemon health gauges current: certificate expiry per identity and config
+/// reload counts. Runs until the task is dropped.
+pub async fn update_health_forever(
+    certs: Arc<crate::identity::CertManager>,
+    source: Arc<crate::config::FileSource>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        for cert in certs.status() {
+            let remaining = cert.not_after_unix as f64 - now as f64;
+            metrics::gauge!(CERT_EXPIRY, "identity" => cert.identity).set(remaining);
+        }
+        let stats = source.stats();
+        metrics::counter!(CONFIG_RELOADS, "result" => "accepted").absolute(stats.accepted);
+        metrics::counter!(CONFIG_RELOADS, "result" => "rejected").absolute(stats.rejected);
+    }
+}
