@@ -22,3 +22,5 @@ for case in ("direct", "relay", "hbone"):
 print(f"  hbone / relay  = {gbit['hbone'] / gbit['relay']:.2f}")
 print(f"  hbone / direct = {gbit['hbone'] / gbit['direct']:.2f}")
 PY
+echo
+cargo bench --bench metrics_cost

@@ -428,7 +428,14 @@ impl Cluster {
 
     /// Starts the line echo server (tests/apps/echo_server.py) in a pod on `port`.
     pub fn start_echo(&mut self, pod: usize, port: u16) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/echo_server.py");
+        self.start_tcp_app(pod, "echo_server.py", port);
+    }
+
+    /// Starts a TCP app from tests/apps (taking the port as its argument) and waits for it.
+    pub fn start_tcp_app(&mut self, pod: usize, script_name: &str, port: u16) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/apps")
+            .join(script_name);
         let p = &mut self.pods[pod];
         let mut cmd = p.ns.command("python3");
         cmd.arg(&script).arg(port.to_string());

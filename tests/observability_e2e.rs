@@ -1,0 +1,467 @@
+//! Observability end to end with the real tools: a real Prometheus server scrapes both
+//! nodes' daemons while traffic flows and PromQL returns the exact byte count of a known
+//! transfer from both reporters; byte counters grow during a 10-second transfer; a denied
+//! connection is counted with response_flags="DENY" and logged with its policy;
+//! `promtool check metrics` accepts the exposition; headless Chromium renders the node
+//! dashboard with the testbed's pods and traffic; the admin API dumps config (no keys),
+//! changes the log level and reports readiness.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, AMBIENT};
+use common::testbed::*;
+use serde_json::Value;
+
+/// Bytes in the known transfer. Counters count payload bytes, not HBONE/TLS framing, so
+/// both reporters must match it exactly.
+const KNOWN_BYTES: u64 = 3_000_000;
+
+fn ready() -> bool {
+    e2e_ready(&[
+        "ip",
+        "nft",
+        "nsenter",
+        "curl",
+        "python3",
+        "prometheus",
+        "promtool",
+        "chromium",
+    ])
+}
+
+fn curl_text(ns: &Netns, url: &str) -> String {
+    let out = ns
+        .command("curl")
+        .args(["-sS", "--max-time", "5", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn http_status(ns: &Netns, url: &str) -> String {
+    let out = ns
+        .command("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            url,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Sum of a metric's samples whose labels contain all of `labels` (exposition text).
+fn metric_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn promql(ns: &Netns, query: &str) -> Option<f64> {
+    let out = ns
+        .command("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-G",
+            "http://127.0.0.1:9090/api/v1/query",
+            "--data-urlencode",
+        ])
+        .arg(format!("query={query}"))
+        .output()
+        .unwrap();
+    let body: Value = serde_json::from_slice(&out.stdout).ok()?;
+    body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+#[test]
+fn metrics_access_log_admin_and_dashboard() {
+    if !ready() {
+        return;
+    }
+    let mut c = Cluster::new(2);
+    c.namespace("shop", &[AMBIENT]);
+    c.extra_yaml = r#"apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-intruder, namespace: shop}
+spec:
+  action: DENY
+  rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/intruder"]}}]}]
+"#
+    .to_owned();
+    c.write_config();
+    c.start_daemon(0);
+    c.start_daemon(1);
+    let client = c
+        .add_pod(
+            0,
+            "shop",
+            "client",
+            "client",
+            &[("app", "client"), ("version", "v1")],
+        )
+        .unwrap();
+    let intruder = c.add_pod(0, "shop", "intruder", "intruder", &[]).unwrap();
+    let server = c
+        .add_pod(
+            1,
+            "shop",
+            "server",
+            "server",
+            &[("app", "server"), ("version", "v2")],
+        )
+        .unwrap();
+    c.start_tcp_app(server, "counter_server.py", 9000);
+    c.settle();
+    let server_ip = c.pods[server].ip.clone();
+    let node1 = &c.nodes[0];
+    let node2 = &c.nodes[1];
+
+    // Prometheus in node-1's namespace scrapes both daemons every second.
+    let prom_dir = c.work.path().join("prometheus");
+    std::fs::create_dir_all(prom_dir.join("data")).unwrap();
+    std::fs::write(
+        prom_dir.join("prometheus.yml"),
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n- job_name: weft\n  static_configs:\n  - targets: ['127.0.0.1:15020', '{}:15020']\n",
+            node2.underlay_ip
+        ),
+    )
+    .unwrap();
+    let mut prom_cmd = node1.ns.command("prometheus");
+    prom_cmd
+        .arg(format!(
+            "--config.file={}",
+            prom_dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            prom_dir.join("data").display()
+        ))
+        .arg("--web.listen-address=127.0.0.1:9090");
+    let mut prometheus = Process::spawn(prom_cmd, &prom_dir.join("prometheus.log"), "prometheus");
+    prometheus.wait_for_log(
+        "Server is ready to receive web requests",
+        Duration::from_secs(30),
+    );
+
+    // A known transfer: exactly KNOWN_BYTES from client to server.
+    let sender = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/sender.py");
+    let out = c.pods[client]
+        .ns
+        .command("python3")
+        .arg(&sender)
+        .args([&server_ip, "9000", &KNOWN_BYTES.to_string(), "0"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("received {KNOWN_BYTES}")
+    );
+    let answer_len = format!("received {KNOWN_BYTES}\n").len() as f64;
+
+    // Both reporters count it, in the daemon's own exposition...
+    let labels = [
+        ("source_workload", "client"),
+        ("destination_workload", "server"),
+    ];
+    for (node, reporter) in [(node1, "source"), (node2, "destination")] {
+        let text = curl_text(&node.ns, "http://127.0.0.1:15020/metrics");
+        let mut l = labels.to_vec();
+        l.push(("reporter", reporter));
+        assert_eq!(
+            metric_sum(&text, "istio_tcp_received_bytes_total", &l),
+            KNOWN_BYTES as f64,
+            "{reporter} received bytes:\n{text}"
+        );
+        assert_eq!(
+            metric_sum(&text, "istio_tcp_sent_bytes_total", &l),
+            answer_len,
+            "{reporter} sent bytes"
+        );
+        assert!(metric_sum(&text, "istio_tcp_connections_closed_total", &l) >= 1.0);
+        assert!(
+            text.contains("connection_security_policy=\"mutual_tls\""),
+            "HBONE must be mutual_tls"
+        );
+        assert!(text.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/client\""));
+        assert!(
+            text.contains("source_app=\"client\"") && text.contains("destination_version=\"v2\"")
+        );
+    }
+    // ...and Prometheus returns them through PromQL.
+    for reporter in ["source", "destination"] {
+        let query = format!(
+            "sum(istio_tcp_received_bytes_total{{reporter=\"{reporter}\",source_workload=\"client\",destination_workload=\"server\"}})"
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let value = loop {
+            if let Some(v) = promql(&node1.ns, &query) {
+                if v >= KNOWN_BYTES as f64 {
+                    break v;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus never returned {query}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let error = (value - KNOWN_BYTES as f64).abs() / KNOWN_BYTES as f64;
+        assert!(
+            error <= 0.01,
+            "{reporter}: Prometheus says {value}, sent {KNOWN_BYTES}"
+        );
+    }
+
+    // A 10-second transfer: the counter grows while it is still running.
+    let mut slow_cmd = c.pods[client].ns.command("python3");
+    slow_cmd
+        .arg(&sender)
+        .args([&server_ip, "9000", "20000000", "10"]);
+    let slow_log = c.work.path().join("slow.log");
+    let mut slow = Process::spawn(slow_cmd, &slow_log, "10 s transfer");
+    let reading = |at: &str| {
+        let text = curl_text(&node2.ns, "http://127.0.0.1:15020/metrics");
+        let v = metric_sum(
+            &text,
+            "istio_tcp_received_bytes_total",
+            &[("reporter", "destination"), ("source_workload", "client")],
+        );
+        eprintln!("{at}: {v} bytes counted");
+        v
+    };
+    let base = KNOWN_BYTES as f64;
+    std::thread::sleep(Duration::from_secs(3));
+    let early = reading("after 3 s");
+    std::thread::sleep(Duration::from_secs(3));
+    let later = reading("after 6 s");
+    assert!(
+        slow.child.try_wait().unwrap().is_none(),
+        "the transfer must still be running"
+    );
+    assert!(
+        early > base && later > early,
+        "counters must grow during the transfer ({early} then {later})"
+    );
+    assert!(
+        later < base + 20_000_000.0,
+        "not finished yet, so not all bytes counted"
+    );
+    let status = slow.child.wait().unwrap();
+    assert!(status.success());
+
+    // A denied connection: response_flags="DENY", and the access log names the policy.
+    let denied = Cluster::curl(&c.pods[intruder].ns, &format!("http://{server_ip}:9000/"));
+    assert!(denied.is_err(), "intruder must be denied");
+    std::thread::sleep(Duration::from_millis(300));
+    let text = curl_text(&node2.ns, "http://127.0.0.1:15020/metrics");
+    assert!(
+        metric_sum(
+            &text,
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "destination"),
+                ("source_workload", "intruder"),
+                ("response_flags", "DENY")
+            ]
+        ) >= 1.0,
+        "denied connection must be counted with DENY:\n{text}"
+    );
+    let log = c.daemon_log(1);
+    let line = log
+        .lines()
+        .find(|l| {
+            l.contains("weft::access") && l.contains("response_flags=\"DENY\"")
+                || (l.contains("weft::access") && l.contains("response_flags=DENY"))
+        })
+        .unwrap_or_else(|| panic!("no DENY access log line:\n{log}"));
+    assert!(
+        line.contains("shop/deny-intruder"),
+        "access log must name the policy: {line}"
+    );
+    // Access log lines carry the fields an SRE needs.
+    let access = log
+        .lines()
+        .find(|l| {
+            l.contains("weft::access") && l.contains(&format!("bytes_received={KNOWN_BYTES}"))
+        })
+        .unwrap_or_else(|| panic!("no access log line for the known transfer:\n{log}"));
+    for field in [
+        "src=",
+        "dst=",
+        "src_workload=client",
+        "dst_workload=server",
+        "src_identity=spiffe://",
+        "duration_ms=",
+        "bytes_sent=",
+    ] {
+        assert!(access.contains(field), "access log lacks {field}: {access}");
+    }
+
+    // promtool accepts the exposition.
+    let exposition = curl_text(&node2.ns, "http://127.0.0.1:15020/metrics");
+    for wanted in [
+        "weft_enrolled_pods",
+        "weft_certificate_expiry_seconds",
+        "weft_config_reloads_total",
+        "weft_build_info",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(exposition.contains(wanted), "missing {wanted}");
+    }
+    let mut check = std::process::Command::new("promtool");
+    check
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = check.spawn().unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(exposition.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let problems = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && problems.trim().is_empty(),
+        "promtool found problems:\n{problems}"
+    );
+
+    // Admin API: config dump (no private keys), log level, readiness.
+    let dump: Value =
+        serde_json::from_str(&curl_text(&node2.ns, "http://127.0.0.1:15000/config_dump"))
+            .expect("config dump is JSON");
+    assert!(dump["mesh"]["workloads"]
+        .as_array()
+        .is_some_and(|w| w.len() >= 3));
+    assert!(
+        dump["policies_in_force"]["shop/server"]["authorization_policies"]
+            .to_string()
+            .contains("shop/deny-intruder")
+    );
+    assert!(dump["certificates"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["not_after_unix"].as_u64().is_some())));
+    assert!(dump["served"].to_string().contains("\"enrolled\""));
+    let raw_dump = dump.to_string();
+    assert!(
+        !raw_dump.contains("PRIVATE KEY") && !raw_dump.contains("BEGIN"),
+        "the dump must never hold keys"
+    );
+    assert_eq!(
+        http_status(&node2.ns, "http://127.0.0.1:15000/logging?level=debug"),
+        "200"
+    );
+    assert_eq!(
+        http_status(
+            &node2.ns,
+            "http://127.0.0.1:15000/logging?level=not%20a%20level%3D%3D"
+        ),
+        "400"
+    );
+    assert_eq!(
+        http_status(&node2.ns, "http://127.0.0.1:15000/logging?level=info"),
+        "200"
+    );
+    assert_eq!(
+        http_status(&node2.ns, "http://127.0.0.1:15021/healthz/ready"),
+        "200"
+    );
+
+    // The dashboard: no external assets, and headless Chromium shows pods and traffic.
+    let page = curl_text(&node1.ns, "http://127.0.0.1:15020/");
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "dashboard must not load anything from outside"
+    );
+    // Some traffic on node-1 during the render, so throughput is live.
+    let mut bg_cmd = c.pods[client].ns.command("python3");
+    bg_cmd
+        .arg(&sender)
+        .args([&server_ip, "9000", "4000000", "8"]);
+    let _bg = Process::spawn(bg_cmd, &c.work.path().join("bg.log"), "background transfer");
+    let profile = c.work.path().join("chromium-profile");
+    let screenshot = c.work.path().join("dashboard.png");
+    let chromium = |extra: &[&str]| {
+        let mut cmd = node1.ns.command("chromium");
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+            "--no-first-run",
+            "--virtual-time-budget=7000",
+            "--window-size=1400,1000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg("http://127.0.0.1:15020/");
+        cmd.output().expect("run chromium")
+    };
+    let dom = String::from_utf8_lossy(&chromium(&["--dump-dom"]).stdout).into_owned();
+    assert!(
+        dom.contains("data-pod=\"client\"") && dom.contains("data-pod=\"intruder\""),
+        "dashboard must list node-1's pods:\n{dom}"
+    );
+    assert!(
+        dom.contains("shop/client") && dom.contains("shop/server"),
+        "dashboard must show the client -> server pair:\n{dom}"
+    );
+    let traffic_bytes: u64 = dom
+        .split("data-bytes=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        traffic_bytes >= KNOWN_BYTES,
+        "dashboard traffic rows must carry the transfer's bytes"
+    );
+    assert!(dom.contains("ready"), "readiness badge");
+    let shot = chromium(&[&format!("--screenshot={}", screenshot.display())]);
+    assert!(
+        screenshot.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    if let Ok(dest) = std::env::var("WEFT_DASHBOARD_SCREENSHOT") {
+        std::fs::copy(&screenshot, dest).unwrap();
+    }
+    drop(prometheus);
+}
