@@ -15,6 +15,8 @@ PACKAGES=(
   openssl             # certificate checks in tests
   python3             # tiny HTTP servers in tests
   procps
+  prometheus          # real Prometheus server + promtool for the metrics tests
+  chromium            # headless browser for the dashboard test
 )
 
 missing=()
