@@ -61,6 +61,7 @@ spec:
 YAML
 ip netns exec "$B" python3 tests/apps/http_app.py 10.200.0.2 8080 >/dev/null 2>&1 &
 PIDS+=($!)
+for _ in $(seq 100); do ip netns exec "$B" curl -s -o /dev/null http://10.200.0.2:8080/ && break; sleep 0.1; done
 ip netns exec "$A" $BIN/weft-node --mode host --config "$WORK/mesh.yaml" --ca-dir "$WORK/ca" \
   --node-name vm-a --socks5 127.0.0.1:15080 >"$WORK/vm-a.log" 2>&1 &
 PIDS+=($!)

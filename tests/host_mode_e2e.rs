@@ -96,6 +96,13 @@ fn socks5_through_two_host_daemons_carries_only_tls() {
         .arg(&app_path)
         .args([&format!("10.{subnet}.0.2"), "8080"]);
     let _app = Process::spawn(app_cmd, &work.path().join("app.log"), "http app");
+    // Wait for the app itself (a cold Python start can take a while on a fresh machine).
+    let app_url = format!("http://10.{subnet}.0.2:8080/");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while curl(&b, &[&app_url]).is_err() {
+        assert!(Instant::now() < deadline, "the test app never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let daemon = |ns: &Netns, node: &str, socks: bool| {
         let mut cmd = ns.command(&weft_node);
@@ -148,7 +155,13 @@ fn socks5_through_two_host_daemons_carries_only_tls() {
         &a,
         &[&socks[..], &["--data-binary", &body_arg, &url]].concat(),
     )
-    .expect("POST through the mesh");
+    .unwrap_or_else(|e| {
+        panic!(
+            "POST through the mesh: {e}\n--- vm-a ---\n{}\n--- vm-b ---\n{}",
+            node_a.log_text(),
+            node_b.log_text()
+        )
+    });
     assert_eq!(
         answer.trim(),
         format!("got {} bytes, marker True", MARKER.len() * 20_000)

@@ -85,14 +85,7 @@ fn l4_policies_across_nodes() {
     let outsider = c.add_pod(0, "legacy", "outsider", "default", &[]).unwrap();
     c.start_app(payment, 8080);
     // A second app port on payment: the same HTTP app on 9090.
-    {
-        let app = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/http_app.py");
-        let p = &mut c.pods[payment];
-        let mut cmd = p.ns.command("python3");
-        cmd.arg(&app).args(["0.0.0.0", "9090", "payment-9090"]);
-        let log = c.work.path().join("payment-9090.log");
-        p.extra.push(Process::spawn(cmd, &log, "payment 9090"));
-    }
+    c.start_app_named(payment, 9090, "payment-9090");
     c.start_echo(payment, 7070);
     let pay_ip = c.pods[payment].ip.clone();
     let outsider_cidr = format!("{}/32", c.pods[outsider].ip);

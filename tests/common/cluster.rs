@@ -48,7 +48,6 @@ pub struct Pod {
     pub ip: String,
     /// The final CNI result, cached for DEL as a runtime does.
     result: Value,
-    pub app: Option<Process>,
     /// Other processes started in the pod (killed with it).
     pub extra: Vec<Process>,
 }
@@ -359,7 +358,6 @@ impl Cluster {
             container_id,
             ip,
             result,
-            app: None,
             extra: Vec::new(),
         });
         self.write_config();
@@ -390,16 +388,21 @@ impl Cluster {
 
     /// Starts the test HTTP app in a pod on `port`, answering "<name> sees <client ip>".
     pub fn start_app(&mut self, pod: usize, port: u16) {
+        let name = self.pods[pod].spec.name.clone();
+        self.start_app_named(pod, port, &name);
+    }
+
+    /// Like [`Cluster::start_app`], answering as `name`; several may run in one pod.
+    pub fn start_app_named(&mut self, pod: usize, port: u16, name: &str) {
         let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/http_app.py");
         let p = &mut self.pods[pod];
         let mut cmd = p.ns.command("python3");
-        cmd.arg(&app)
-            .args(["0.0.0.0", &port.to_string(), &p.spec.name]);
-        let log = self.work.path().join(format!("app-{}.log", p.spec.name));
-        p.app = Some(Process::spawn(
+        cmd.arg(&app).args(["0.0.0.0", &port.to_string(), name]);
+        let log = self.work.path().join(format!("app-{name}-{port}.log"));
+        p.extra.push(Process::spawn(
             cmd,
             &log,
-            &format!("app in {}", p.spec.name),
+            &format!("app {name} in {}", p.spec.name),
         ));
         // Wait until it accepts, from inside the pod (loopback is never captured).
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -514,9 +517,36 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no pod {name}"))
     }
 
-    /// Waits until every daemon has applied the current config file.
+    /// Waits until every running daemon has applied the current config file: past the
+    /// file source's poll-and-stabilize window, and ready (every pod that should be enrolled
+    /// is serving).
     pub fn settle(&self) {
         std::thread::sleep(Duration::from_millis(900));
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        for node in self.nodes.iter().filter(|n| n.daemon.is_some()) {
+            loop {
+                let ready = node
+                    .ns
+                    .command("curl")
+                    .args([
+                        "-sf",
+                        "--max-time",
+                        "1",
+                        "http://127.0.0.1:15021/healthz/ready",
+                    ])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if ready {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} never became ready",
+                    node.name
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
 }
 
@@ -524,7 +554,6 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         // Apps and daemons first (Process drops kill them), then pods, nodes, underlay.
         for pod in &mut self.pods {
-            pod.app.take();
             pod.extra.clear();
         }
         for node in &mut self.nodes {
