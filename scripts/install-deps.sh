@@ -17,6 +17,7 @@ PACKAGES=(
   procps
   prometheus          # real Prometheus server + promtool for the metrics tests
   chromium            # headless browser for the dashboard test
+  nginx-light         # HTTP server for the latency and connection-rate benchmarks
 )
 
 missing=()

@@ -80,9 +80,24 @@ pub struct Args {
     readiness_addr: SocketAddr,
 }
 
+/// Every proxied connection costs file descriptors on both sides; lift the soft limit to
+/// the hard one so a busy node does not run out at the common default of 1024.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-files limit"),
+            Err(error) => tracing::warn!(%error, soft, "cannot raise the open-files limit"),
+        },
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read the open-files limit"),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let log_control = logging::init(args.log_format == LogFormat::Json);
+    raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
