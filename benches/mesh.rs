@@ -357,12 +357,25 @@ fn start_servers(c: &mut Cluster, work: &Path) {
     }
 }
 
-fn memory(c: &mut Cluster, settings: &Settings, work: &Path) -> Value {
+/// Daemon RSS with the 2 enrolled pods and no traffic yet.
+fn rss_at_rest(c: &mut Cluster) -> [f64; 2] {
     set_mode(c, Mode::Hbone);
     std::thread::sleep(Duration::from_secs(3));
     let rest = [daemon_rss_kib(c, 0), daemon_rss_kib(c, 1)];
     println!(
         "  memory at rest: node-1 {:.0} KiB, node-2 {:.0} KiB",
+        rest[0], rest[1]
+    );
+    rest
+}
+
+fn memory(c: &mut Cluster, settings: &Settings, work: &Path, at_rest: [f64; 2]) -> Value {
+    set_mode(c, Mode::Hbone);
+    std::thread::sleep(Duration::from_secs(3));
+    // Per-connection cost is measured from just before the idle connections open.
+    let rest = [daemon_rss_kib(c, 0), daemon_rss_kib(c, 1)];
+    println!(
+        "  before the idle connections: node-1 {:.0} KiB, node-2 {:.0} KiB",
         rest[0], rest[1]
     );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/hold_client.py");
@@ -406,7 +419,8 @@ fn memory(c: &mut Cluster, settings: &Settings, work: &Path) -> Value {
         settings.memory_settle_seconds, after[0], after[1]
     );
     json!({
-        "rss_at_rest_kib": {"node-1": rest[0], "node-2": rest[1]},
+        "rss_at_rest_kib": {"node-1": at_rest[0], "node-2": at_rest[1]},
+        "rss_before_idle_connections_kib": {"node-1": rest[0], "node-2": rest[1]},
         "idle_connections": settings.idle_connections,
         "rss_with_idle_connections_kib": {"node-1": loaded[0], "node-2": loaded[1]},
         "kib_per_idle_connection": {"node-1": per_conn[0], "node-2": per_conn[1]},
@@ -440,6 +454,8 @@ fn main() {
     };
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches");
     println!("== testbed: 2 nodes, client pod on node-1, server pod on node-2 (release binaries)");
+    // Daemons log as in production (info, with the access log), not the tests' debug level.
+    std::env::set_var("WEFT_TEST_DAEMON_LOG", "info");
     let mut c = Cluster::new(2);
     c.namespace("bench", &[AMBIENT]);
     c.write_config();
@@ -453,52 +469,88 @@ fn main() {
     start_servers(&mut c, &work);
     let server_ip = c.pods[1].ip.clone();
 
+    let cases: Vec<String> = args
+        .iter()
+        .position(|a| a == "--cases")
+        .and_then(|i| args.get(i + 1))
+        .map(|c| c.split(',').map(str::to_owned).collect())
+        .unwrap_or_else(|| {
+            ["throughput", "latency", "connrate", "memory"]
+                .map(String::from)
+                .to_vec()
+        });
+    let wants = |case: &str| cases.iter().any(|c| c == case);
+    println!("== memory at rest");
+    let at_rest = rss_at_rest(&mut c);
     let mut results = Results::default();
-    for run in 0..settings.runs {
+    let measures_traffic = ["throughput", "latency", "connrate"]
+        .iter()
+        .any(|c| wants(c));
+    for run in 0..if measures_traffic { settings.runs } else { 0 } {
         for mode in [Mode::Direct, Mode::Hbone] {
             println!("== run {} of {}, {:?}", run + 1, settings.runs, mode);
             set_mode(&mut c, mode);
             let label = format!("run{}-{}", run + 1, mode.tag());
-            wait_quiet(&mut results, &format!("{label}-iperf1"));
-            let cpu0 = daemon_cpu_seconds(&c);
-            let one = iperf(&c, &server_ip, 1, settings.iperf_seconds);
-            let cpu1 = daemon_cpu_seconds(&c);
-            results.add("throughput_1_stream_gbps", mode, one);
-            let gbit_moved = one * (settings.iperf_seconds as f64 + 1.0);
-            results.add("daemon_cpu_s_per_gbit", mode, (cpu1 - cpu0) / gbit_moved);
-            wait_quiet(&mut results, &format!("{label}-iperf4"));
-            results.add(
-                "throughput_4_streams_gbps",
-                mode,
-                iperf(&c, &server_ip, 4, settings.iperf_seconds),
-            );
-            wait_quiet(&mut results, &format!("{label}-latency"));
-            let (p50, p90, p99) = latency(
-                &c,
-                &server_ip,
-                settings.latency_seconds,
-                &work.join("h2load.log"),
-            );
-            results.add("latency_p50_ms", mode, p50);
-            results.add("latency_p90_ms", mode, p90);
-            results.add("latency_p99_ms", mode, p99);
-            wait_quiet(&mut results, &format!("{label}-connrate"));
-            results.add(
-                "connections_per_s",
-                mode,
-                connection_rate(&c, &server_ip, settings.conn_count),
-            );
+            if wants("throughput") {
+                wait_quiet(&mut results, &format!("{label}-iperf1"));
+                let cpu0 = daemon_cpu_seconds(&c);
+                let one = iperf(&c, &server_ip, 1, settings.iperf_seconds);
+                let cpu1 = daemon_cpu_seconds(&c);
+                results.add("throughput_1_stream_gbps", mode, one);
+                let gbit_moved = one * (settings.iperf_seconds as f64 + 1.0);
+                results.add("daemon_cpu_s_per_gbit", mode, (cpu1 - cpu0) / gbit_moved);
+                wait_quiet(&mut results, &format!("{label}-iperf4"));
+                let four = iperf(&c, &server_ip, 4, settings.iperf_seconds);
+                results.add("throughput_4_streams_gbps", mode, four);
+            }
+            if wants("latency") {
+                wait_quiet(&mut results, &format!("{label}-latency"));
+                let log = work.join("h2load.log");
+                let (p50, p90, p99) = latency(&c, &server_ip, settings.latency_seconds, &log);
+                results.add("latency_p50_ms", mode, p50);
+                results.add("latency_p90_ms", mode, p90);
+                results.add("latency_p99_ms", mode, p99);
+            }
+            if wants("connrate") {
+                wait_quiet(&mut results, &format!("{label}-connrate"));
+                let rate = connection_rate(&c, &server_ip, settings.conn_count);
+                results.add("connections_per_s", mode, rate);
+            }
         }
     }
+    if !wants("memory") || cases.len() < 4 {
+        println!("== partial run (--cases): results not written");
+        let med = |case: &str, tag| {
+            results
+                .samples
+                .get(&(case.to_owned(), tag))
+                .map(|v| median(v))
+        };
+        for ((case, tag), _) in results.samples.iter() {
+            println!(
+                "  {case} {tag}: median {:.3}",
+                med(case, tag).unwrap_or(f64::NAN)
+            );
+        }
+        if wants("memory") {
+            memory(&mut c, &settings, &work, at_rest);
+        }
+        return;
+    }
     println!("== memory");
-    let memory = memory(&mut c, &settings, &work);
+    let memory = memory(&mut c, &settings, &work, at_rest);
     write_results(&settings, &results, memory, &out_dir);
 }
 
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
-    s[s.len() / 2]
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
 }
 
 fn write_results(settings: &Settings, results: &Results, memory: Value, out_dir: &Path) {
@@ -577,7 +629,9 @@ fn write_results(settings: &Settings, results: &Results, memory: Value, out_dir:
         );
     let returned = (0..2).all(|i| {
         let n = format!("node-{}", i + 1);
-        let rest = memory["rss_at_rest_kib"][&n].as_f64().unwrap_or(0.0);
+        let rest = memory["rss_before_idle_connections_kib"][&n]
+            .as_f64()
+            .unwrap_or(0.0);
         let loaded = memory["rss_with_idle_connections_kib"][&n]
             .as_f64()
             .unwrap_or(0.0);

@@ -145,7 +145,7 @@ impl Socks5Server {
             return Err(Socks5Error::NoSourceWorkload);
         };
         let peer = client.peer_addr()?;
-        let opened = match self.outbound.connect(&snapshot, &source, peer, dst).await {
+        let opened = match Box::pin(self.outbound.connect(&snapshot, &source, peer, dst)).await {
             Ok(opened) => opened,
             Err(error) => {
                 let code = match &error {

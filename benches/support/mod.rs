@@ -111,8 +111,8 @@ pub async fn start_hbone_path(app: SocketAddr, ca_dir: std::path::PathBuf) -> So
                     Reporter::Source,
                     conn.peer_addr().unwrap(),
                     app,
-                    WorkloadLabels::default(),
-                    WorkloadLabels::default(),
+                    Arc::new(WorkloadLabels::default()),
+                    Arc::new(WorkloadLabels::default()),
                     None,
                     Security::MutualTls,
                 );

@@ -243,6 +243,7 @@ async fn serve_outbound(
     workload: Arc<Workload>,
 ) {
     accept_until_shutdown(&listener, &mut stop, "outbound 15001", |client, peer| {
+        let _ = client.set_nodelay(true);
         let outbound = outbound.clone();
         let store = store.clone();
         let workload = workload.clone();
@@ -255,7 +256,11 @@ async fn serve_outbound(
                 }
             };
             let snapshot = store.load();
-            match outbound.connect(&snapshot, &workload, peer, dst).await {
+            // Boxed: the connect future (TLS handshake state) is large and is freed once the
+            // connection is up, so a long-lived relay task stays small.
+            let opened = Box::pin(outbound.connect(&snapshot, &workload, peer, dst)).await;
+            drop(snapshot);
+            match opened {
                 Ok(opened) => {
                     tracing::debug!(%peer, %dst, route = ?opened.route, "outbound connection open");
                     opened.relay(client).await;
@@ -273,6 +278,7 @@ async fn serve_inbound_plaintext(
     inbound: Arc<PodInbound>,
 ) {
     accept_until_shutdown(&listener, &mut stop, "inbound 15006", |client, peer| {
+        let _ = client.set_nodelay(true);
         let inbound = inbound.clone();
         tokio::spawn(async move {
             let dst = match original_destination(&client) {
@@ -298,7 +304,7 @@ async fn serve_inbound_plaintext(
                     peer,
                     dst,
                     WorkloadLabels::at(&snapshot, peer, None),
-                    WorkloadLabels::of(Some(&inbound.current_workload(&snapshot)), Some(&inbound.identity)),
+                    WorkloadLabels::shared(Some(&inbound.current_workload(&snapshot)), Some(&inbound.identity)),
                     None,
                     Security::None,
                 )
@@ -307,7 +313,7 @@ async fn serve_inbound_plaintext(
                 report.refused("DENY", &denial.reason, denial.policy.as_deref());
                 return;
             }
-            match inbound.connect_upstream(Some(peer.ip()), dst).await {
+            match Box::pin(inbound.connect_upstream(Some(peer.ip()), dst)).await {
                 Ok(app) => {
                     let tracked = inbound.tracker.track(attrs);
                     let meter = report.opened();

@@ -203,7 +203,8 @@ impl<T: InboundTarget> HboneServer<T> {
             }
         };
         let peer = match tls::peer_identity(tls_stream.get_ref().1) {
-            Ok(peer) => peer,
+            // Shared by every stream of this connection.
+            Ok(peer) => Arc::new(peer),
             Err(error) => {
                 tracing::info!(%remote, %error, "refusing HBONE client without a mesh identity");
                 self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
@@ -271,7 +272,7 @@ impl<T: InboundTarget> HboneServer<T> {
         self: Arc<Self>,
         request: Request<h2::RecvStream>,
         mut respond: h2::server::SendResponse<Bytes>,
-        peer: SpiffeId,
+        peer: Arc<SpiffeId>,
         local: SocketAddr,
         remote: SocketAddr,
     ) {
@@ -363,7 +364,7 @@ impl<T: InboundTarget> HboneServer<T> {
     fn report(&self, attrs: &TrackedAttrs, local: SocketAddr) -> ConnectionReport {
         let (source, destination) = match self.target.snapshot() {
             Some(snapshot) => (
-                WorkloadLabels::at(&snapshot, attrs.source, attrs.peer.as_ref()),
+                WorkloadLabels::at(&snapshot, attrs.source, attrs.peer.as_deref()),
                 WorkloadLabels::at(
                     &snapshot,
                     attrs.destination,
@@ -371,8 +372,8 @@ impl<T: InboundTarget> HboneServer<T> {
                 ),
             ),
             None => (
-                WorkloadLabels::of(None, attrs.peer.as_ref()),
-                WorkloadLabels::of(None, self.target.identity_for(local).as_ref()),
+                WorkloadLabels::shared(None, attrs.peer.as_deref()),
+                WorkloadLabels::shared(None, self.target.identity_for(local).as_ref()),
             ),
         };
         ConnectionReport::new(

@@ -75,10 +75,16 @@ impl OutboundConnection {
     /// Copies bytes between the client and the upstream until both sides finish, counting
     /// them as they move; reports the close.
     pub async fn relay(self, client: TcpStream) {
-        let meter = self.report.opened();
-        let (totals, error) = copy_metered(client, self.upstream, meter, None).await;
-        self.report
-            .closed((totals.a_to_b, totals.b_to_a), error.as_ref());
+        let OutboundConnection {
+            route,
+            upstream,
+            report,
+        } = self;
+        // Not needed while bytes flow: keep long-lived connections small.
+        drop(route);
+        let meter = report.opened();
+        let (totals, error) = copy_metered(client, upstream, meter, None).await;
+        report.closed((totals.a_to_b, totals.b_to_a), error.as_ref());
     }
 }
 
@@ -176,12 +182,12 @@ impl OutboundProxy {
     pub async fn connect(
         &self,
         snapshot: &MeshSnapshot,
-        source: &Workload,
+        source: &Arc<Workload>,
         client: SocketAddr,
         dst: SocketAddr,
     ) -> Result<OutboundConnection, ProxyError> {
         let source_id = self.identity_of(source).ok();
-        let source_labels = WorkloadLabels::of(Some(source), source_id.as_ref());
+        let source_labels = WorkloadLabels::shared(Some(source), source_id.as_ref());
         let service = snapshot.service_by_vip(dst.ip()).map(|s| s.hostname());
         let route = self.route(snapshot, dst);
         let (destination, security) = match &route {

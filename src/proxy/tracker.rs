@@ -6,15 +6,49 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use std::sync::atomic::AtomicBool;
+
+use tokio::sync::Notify;
+
+/// A cancellation flag: lighter than a CancellationToken (no parent/child tree), which
+/// matters when every open connection carries one.
+#[derive(Debug, Default)]
+struct Cancel {
+    cancelled: AtomicBool,
+    notify: Notify,
+}
+
+impl Cancel {
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    async fn cancelled(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+type CancellationToken = Arc<Cancel>;
 
 use crate::identity::SpiffeId;
 
 /// What an inbound connection was authorized on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackedAttrs {
-    /// The peer's identity (HBONE), or None for plaintext.
-    pub peer: Option<SpiffeId>,
+    /// The peer's identity (HBONE, shared by the streams of one connection), or None for
+    /// plaintext.
+    pub peer: Option<Arc<SpiffeId>>,
     pub source: SocketAddr,
     pub destination: SocketAddr,
 }
@@ -58,7 +92,7 @@ impl ConnectionTracker {
     /// Remembers an admitted connection until the returned handle is dropped.
     pub fn track(self: &Arc<Self>, attrs: TrackedAttrs) -> TrackedConnection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let token = CancellationToken::new();
+        let token = CancellationToken::default();
         self.entries().insert(id, (attrs, token.clone()));
         TrackedConnection {
             id,
@@ -105,8 +139,8 @@ pub struct TrackedConnection {
 
 impl TrackedConnection {
     /// Completes when a policy change denies this connection.
-    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
-        self.token.cancelled()
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await
     }
 }
 

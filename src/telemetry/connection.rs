@@ -2,10 +2,11 @@
 //! counters bumped with a single atomic add per read while it is open, and on close the
 //! closed counter, the duration histogram and the access log line.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -82,7 +83,35 @@ impl Default for WorkloadLabels {
     }
 }
 
+type LabelKey = (usize, Option<SpiffeId>);
+
+/// Label sets shared by every connection between the same workloads, so a connection holds
+/// two pointers instead of a dozen strings. Entries keep their workload alive, so a key's
+/// address is never reused while it is cached; the cache is emptied when it grows large.
+type LabelCache = HashMap<LabelKey, (Option<Arc<Workload>>, Arc<WorkloadLabels>)>;
+static LABEL_CACHE: OnceLock<Mutex<LabelCache>> = OnceLock::new();
+const LABEL_CACHE_LIMIT: usize = 4096;
+
 impl WorkloadLabels {
+    /// Shared labels for a workload (and principal), built once and reused.
+    pub fn shared(workload: Option<&Arc<Workload>>, principal: Option<&SpiffeId>) -> Arc<Self> {
+        let key = (
+            workload.map_or(0, |w| Arc::as_ptr(w) as usize),
+            principal.cloned(),
+        );
+        let cache = LABEL_CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, labels)) = cache.get(&key) {
+            return labels.clone();
+        }
+        if cache.len() >= LABEL_CACHE_LIMIT {
+            cache.clear();
+        }
+        let labels = Arc::new(Self::of(workload.map(Arc::as_ref), principal));
+        cache.insert(key, (workload.cloned(), labels.clone()));
+        labels
+    }
+
     /// Labels for a workload, with its principal if the connection proved or expects one.
     pub fn of(workload: Option<&Workload>, principal: Option<&SpiffeId>) -> Self {
         let mut labels = WorkloadLabels::default();
@@ -105,11 +134,12 @@ impl WorkloadLabels {
     }
 
     /// Labels for whatever workload owns `addr` in the snapshot.
-    pub fn at(snapshot: &MeshSnapshot, addr: SocketAddr, principal: Option<&SpiffeId>) -> Self {
-        Self::of(
-            snapshot.workload_by_ip(addr.ip()).map(Arc::as_ref),
-            principal,
-        )
+    pub fn at(
+        snapshot: &MeshSnapshot,
+        addr: SocketAddr,
+        principal: Option<&SpiffeId>,
+    ) -> Arc<Self> {
+        Self::shared(snapshot.workload_by_ip(addr.ip()), principal)
     }
 }
 
@@ -119,9 +149,9 @@ pub struct ConnectionReport {
     reporter: Reporter,
     src: SocketAddr,
     dst: SocketAddr,
-    source: WorkloadLabels,
-    destination: WorkloadLabels,
-    destination_service: String,
+    source: Arc<WorkloadLabels>,
+    destination: Arc<WorkloadLabels>,
+    destination_service: Option<String>,
     security: Security,
     started: Instant,
 }
@@ -149,8 +179,8 @@ impl ConnectionReport {
         reporter: Reporter,
         src: SocketAddr,
         dst: SocketAddr,
-        source: WorkloadLabels,
-        destination: WorkloadLabels,
+        source: Arc<WorkloadLabels>,
+        destination: Arc<WorkloadLabels>,
         destination_service: Option<String>,
         security: Security,
     ) -> Self {
@@ -160,7 +190,7 @@ impl ConnectionReport {
             dst,
             source,
             destination,
-            destination_service: destination_service.unwrap_or_else(|| UNKNOWN.into()),
+            destination_service,
             security,
             started: Instant::now(),
         }
@@ -182,7 +212,12 @@ impl ConnectionReport {
             Label::new("destination_principal", self.destination.principal.clone()),
             Label::new("destination_app", self.destination.app.clone()),
             Label::new("destination_version", self.destination.version.clone()),
-            Label::new("destination_service", self.destination_service.clone()),
+            Label::new(
+                "destination_service",
+                self.destination_service
+                    .clone()
+                    .unwrap_or_else(|| UNKNOWN.into()),
+            ),
             Label::new("request_protocol", "tcp"),
             Label::new("connection_security_policy", self.security.as_str()),
             Label::new("response_flags", response_flags.to_owned()),
@@ -243,7 +278,7 @@ impl ConnectionReport {
             dst: self.dst,
             source: &self.source,
             destination: &self.destination,
-            destination_service: &self.destination_service,
+            destination_service: self.destination_service.as_deref().unwrap_or(UNKNOWN),
             security: self.security.as_str(),
             bytes_received: bytes.0,
             bytes_sent: bytes.1,

@@ -203,13 +203,22 @@ impl Cluster {
         let node = &mut self.nodes[i];
         let mut cmd = node.ns.command(&self.weft_node);
         cmd.args(["--mode", "pods", "--node-name", &node.name])
+            .args(
+                std::env::var("WEFT_TEST_DAEMON_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .arg("--config")
             .arg(&self.config_path)
             .arg("--ca-dir")
             .arg(&self.ca_dir)
             .arg("--run-dir")
             .arg(&node.run_dir)
-            .env("RUST_LOG", "info,weft=debug,weft_node=debug");
+            .env(
+                "RUST_LOG",
+                std::env::var("WEFT_TEST_DAEMON_LOG")
+                    .unwrap_or_else(|_| "info,weft=debug,weft_node=debug".into()),
+            );
         let log = node.run_dir.join(format!("daemon-{}.log", unique("r")));
         let mut process = Process::spawn(cmd, &log, &node.name);
         process.wait_for_log("weft-node ready", Duration::from_secs(15));
