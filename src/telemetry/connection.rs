@@ -21,7 +21,7 @@ use crate::identity::SpiffeId;
 use crate::model::{MeshSnapshot, Workload};
 
 /// Which end of the connection reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reporter {
     Source,
     Destination,
@@ -44,7 +44,7 @@ impl Reporter {
 }
 
 /// Whether the connection crossed the mesh tunnel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Security {
     MutualTls,
     None,
@@ -143,6 +143,37 @@ impl WorkloadLabels {
     }
 }
 
+/// The metric handles of one label set.
+struct Handles {
+    opened: Counter,
+    closed: Counter,
+    received: Counter,
+    sent: Counter,
+    open: metrics::Gauge,
+    duration: metrics::Histogram,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct HandleKey {
+    reporter: Reporter,
+    source: usize,
+    destination: usize,
+    service: Option<String>,
+    security: Security,
+}
+
+struct HandleEntry {
+    handles: Arc<Handles>,
+    /// Keeps the label sets (whose addresses are in the key) alive while cached.
+    _labels: (Arc<WorkloadLabels>, Arc<WorkloadLabels>),
+    created: Instant,
+}
+
+/// Cached handles are refreshed well within the recorder's idle timeout, so a handle is
+/// never kept after the registry dropped its series.
+const HANDLE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+static HANDLE_CACHE: OnceLock<Mutex<HashMap<HandleKey, HandleEntry>>> = OnceLock::new();
+
 /// Everything reported about one connection.
 #[derive(Debug)]
 pub struct ConnectionReport {
@@ -227,23 +258,65 @@ impl ConnectionReport {
     /// The connection is established: counts it opened and returns the byte counters,
     /// looked up once here so the copy only does atomic adds.
     pub fn opened(&self) -> ByteMeter {
-        let labels = self.labels("-");
-        metrics::counter!(TCP_OPENED, labels.iter()).increment(1);
-        metrics::gauge!(OPEN_CONNECTIONS, "direction" => self.reporter.direction()).increment(1.0);
+        let handles = self.handles();
+        handles.opened.increment(1);
+        handles.open.increment(1.0);
         ByteMeter {
+            received: handles.received.clone(),
+            sent: handles.sent.clone(),
+        }
+    }
+
+    /// The counters of this connection's label set, from the handle cache when another
+    /// connection between the same workloads looked them up recently (building 15 labels
+    /// and hashing them into the registry is most of a connection's telemetry cost).
+    fn handles(&self) -> Arc<Handles> {
+        let key = HandleKey {
+            reporter: self.reporter,
+            source: Arc::as_ptr(&self.source) as usize,
+            destination: Arc::as_ptr(&self.destination) as usize,
+            service: self.destination_service.clone(),
+            security: self.security,
+        };
+        let cache = HANDLE_CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = cache.get(&key) {
+            if entry.created.elapsed() < HANDLE_TTL {
+                return entry.handles.clone();
+            }
+        }
+        if cache.len() >= LABEL_CACHE_LIMIT {
+            cache.clear();
+        }
+        let labels = self.labels("-");
+        let handles = Arc::new(Handles {
+            opened: metrics::counter!(TCP_OPENED, labels.iter()),
+            closed: metrics::counter!(TCP_CLOSED, labels.iter()),
             received: metrics::counter!(TCP_RECEIVED, labels.iter()),
             sent: metrics::counter!(TCP_SENT, labels.iter()),
-        }
+            open: metrics::gauge!(OPEN_CONNECTIONS, "direction" => self.reporter.direction()),
+            duration: metrics::histogram!(CONNECTION_DURATION, "reporter" => self.reporter.as_str()),
+        });
+        cache.insert(
+            key,
+            HandleEntry {
+                handles: handles.clone(),
+                _labels: (self.source.clone(), self.destination.clone()),
+                created: Instant::now(),
+            },
+        );
+        handles
     }
 
     /// The established connection ended (`error` if it ended badly).
     pub fn closed(self, bytes: (u64, u64), error: Option<&io::Error>) {
-        let labels = self.labels("-");
-        metrics::counter!(TCP_CLOSED, labels.iter()).increment(1);
-        metrics::gauge!(OPEN_CONNECTIONS, "direction" => self.reporter.direction()).decrement(1.0);
+        let handles = self.handles();
+        handles.closed.increment(1);
+        handles.open.decrement(1.0);
+        handles
+            .duration
+            .record(self.started.elapsed().as_secs_f64());
         let elapsed = self.started.elapsed();
-        metrics::histogram!(CONNECTION_DURATION, "reporter" => self.reporter.as_str())
-            .record(elapsed.as_secs_f64());
         let error = error.map(|e| e.to_string());
         access_log::connection_closed(self.access(bytes, elapsed, "-", error.as_deref(), None));
     }
