@@ -58,13 +58,7 @@ fn run(stdin: &[u8]) -> (String, Result<Option<String>, CniError>) {
         Ok(conf) => conf,
         Err(e) => {
             // Report in the version the runtime asked for when it is readable.
-            let asked = serde_json::from_slice::<serde_json::Value>(stdin)
-                .ok()
-                .and_then(|v| {
-                    v.get("cniVersion")
-                        .and_then(|s| s.as_str())
-                        .map(str::to_owned)
-                })
+            let asked = requested_version(stdin)
                 .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
                 .unwrap_or_else(|| LATEST_VERSION.to_owned());
             return (asked, Err(e));
@@ -112,15 +106,17 @@ fn run(stdin: &[u8]) -> (String, Result<Option<String>, CniError>) {
     (version, result)
 }
 
+/// The `cniVersion` stdin asks for, if stdin is JSON that names one.
+fn requested_version(stdin: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(stdin)
+        .ok()?
+        .get("cniVersion")?
+        .as_str()
+        .map(str::to_owned)
+}
+
 fn version_text(stdin: &[u8]) -> String {
-    let asked = serde_json::from_slice::<serde_json::Value>(stdin)
-        .ok()
-        .and_then(|v| {
-            v.get("cniVersion")
-                .and_then(|s| s.as_str())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| LATEST_VERSION.to_owned());
+    let asked = requested_version(stdin).unwrap_or_else(|| LATEST_VERSION.to_owned());
     serde_json::json!({"cniVersion": asked, "supportedVersions": SUPPORTED_VERSIONS}).to_string()
 }
 

@@ -454,28 +454,31 @@ impl Cluster {
         let log = self
             .work
             .path()
-            .join(format!("echo-{}-{port}.log", p.spec.name));
+            .join(format!("{script_name}-{}-{port}.log", p.spec.name));
         p.extra.push(Process::spawn(
             cmd,
             &log,
-            &format!("echo in {}", p.spec.name),
+            &format!("{script_name} in {}", p.spec.name),
         ));
+        self.wait_for_port(pod, port, script_name);
+    }
+
+    /// Waits until something in the pod accepts TCP on 127.0.0.1:`port`.
+    pub fn wait_for_port(&self, pod: usize, port: u16, what: &str) {
+        let p = &self.pods[pod];
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let probe =
+            format!("import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1)");
         while !p
             .ns
             .command("python3")
-            .args([
-                "-c",
-                &format!(
-                    "import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1)"
-                ),
-            ])
+            .args(["-c", &probe])
             .output()
             .is_ok_and(|o| o.status.success())
         {
             assert!(
                 std::time::Instant::now() < deadline,
-                "echo server in {} did not start",
+                "{what} in {} did not start on port {port}",
                 p.spec.name
             );
             std::thread::sleep(Duration::from_millis(100));
