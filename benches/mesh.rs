@@ -580,7 +580,8 @@ fn write_results(settings: &Settings, results: &Results, memory: Value, out_dir:
             let hi = v.iter().cloned().fold(f64::MIN, f64::max);
             format!("{lo:.3}–{hi:.3}")
         };
-        let h_over_d = if md > 0.0 {
+        // The daemons do no work in D, so a ratio of their CPU is meaningless.
+        let h_over_d = if md > 1e-3 {
             format!("{:.3}", mh / md)
         } else {
             "n/a (D does not use the daemons)".to_owned()
