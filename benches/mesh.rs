@@ -712,7 +712,10 @@ fn write_results(settings: &Settings, results: &Results, memory: Value, out_dir:
         println!(
             "  {:<45} {:>10}  {}",
             t["target"].as_str().unwrap_or(""),
-            format!("{:.3}", t["value"].as_f64().unwrap_or(f64::NAN)),
+            t["value"]
+                .as_f64()
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_else(|| t["value"].to_string()),
             if t["holds"].as_bool() == Some(true) {
                 "holds"
             } else {
