@@ -412,7 +412,7 @@ fn memory(c: &mut Cluster, settings: &Settings, work: &Path, at_rest: [f64; 2]) 
 fn main() {
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!(
-            "mesh benchmark: needs root (network namespaces); run: sudo bash benches/mesh.sh"
+            "mesh benchmark: needs root (network namespaces); run as root: bash benches/mesh.sh"
         );
         std::process::exit(1);
     }
@@ -641,9 +641,9 @@ fn write_results(settings: &Settings, results: &Results, memory: Value, out_dir:
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     let command = if settings.quick {
-        "sudo bash benches/mesh.sh --quick"
+        "bash benches/mesh.sh --quick"
     } else {
-        "sudo bash benches/mesh.sh"
+        "bash benches/mesh.sh"
     };
     let report = json!({
         "date": date,

@@ -3,7 +3,7 @@
 //! them and prints what a newcomer wants to see: which identities talked, that only TLS
 //! crossed the wire, and the commands to poke at it by hand. Tears everything down on exit.
 //!
-//! Run it with `sudo bash scripts/demo.sh` (set KEEP=1 to keep the cluster up).
+//! Run it as root with `bash scripts/demo.sh` (set KEEP=1 to keep the cluster up).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -15,7 +15,7 @@ use common::testbed::{is_port, Capture};
 
 fn main() {
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("demo: needs root (network namespaces); run: sudo bash scripts/demo.sh");
+        eprintln!("demo: needs root (network namespaces); run as root: bash scripts/demo.sh");
         std::process::exit(1);
     }
     println!("== building a 2-node cluster on network namespaces (real CNI: bridge + host-local + weft-cni)");

@@ -2,10 +2,10 @@
 # weft host-mode demo (VMs): two "VMs" (network namespaces) each run weft-node; a client on the
 # first reaches an HTTP server on the second through the mesh (SOCKS5 entry, HBONE mTLS
 # tunnel). Prints who talked to whom and proof that only TLS crossed the wire, then tears
-# everything down. Usage: sudo bash scripts/demo-host.sh   (set KEEP=1 to keep it up for poking)
+# everything down. Usage (as root): bash scripts/demo-host.sh   (set KEEP=1 to keep it up for poking)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" -eq 0 ] || { echo "demo: needs root (network namespaces); run: sudo bash scripts/demo-host.sh" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || { echo "demo: needs root (network namespaces); run as root: bash scripts/demo-host.sh" >&2; exit 1; }
 bash scripts/install-deps.sh >/dev/null
 echo "== building release binaries"
 cargo build --release --workspace --bins --quiet

@@ -2,7 +2,7 @@
 # Runs every weft test on a fresh machine: installs the system packages, checks formatting
 # and lints, builds all binaries, then runs unit, integration and end-to-end tests.
 # End-to-end tests need root; as root this sets WEFT_E2E=1 so a missing tool fails them.
-# Usage: sudo bash scripts/test.sh
+# Usage (as root): bash scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
