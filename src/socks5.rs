@@ -140,7 +140,7 @@ impl Socks5Server {
                 return Err(Socks5Error::Unresolvable(target.host));
             }
         };
-        let Some(source) = self.host.served().into_iter().next() else {
+        let Some(source) = self.host.source_workload() else {
             send_reply(&mut client, Reply::NotAllowed, None).await?;
             return Err(Socks5Error::NoSourceWorkload);
         };

@@ -381,6 +381,23 @@ fn bad_cni_input_gets_spec_errors_and_the_daemon_keeps_serving() {
     gc["cni.dev/valid-attachments"] = json!([]);
     c.run_plugin(0, "GC", &gc, "", "", "").expect("GC");
 
+    // The node's own namespace given as a pod's: refused (pod rules there would capture the
+    // node's traffic), with the reason in the error.
+    let node_netns = format!("/var/run/netns/{}", c.nodes[0].ns.name);
+    let (_, stdout) = c
+        .run_plugin(0, "ADD", &weft, "c3", &node_netns, args)
+        .expect_err("the node's own netns must be refused");
+    assert!(stdout.contains("node's own"), "{stdout}");
+    assert!(
+        !c.nodes[0]
+            .ns
+            .command("nft")
+            .args(["list", "table", "inet", "weft"])
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "no pod rules may land in the node's namespace"
+    );
+
     // The daemon still enrolls a real pod afterwards.
     let pod = c
         .add_pod(0, "shop", "after", "after", &[])

@@ -107,7 +107,7 @@ pub async fn start_hbone_path(app: SocketAddr, ca_dir: std::path::PathBuf) -> So
                 let tunnel = client.connect(&request).await.unwrap();
                 // The same per-connection telemetry as the daemon's outbound side: counters
                 // are no-ops until a recorder is installed (the "metrics off" case).
-                let report = ConnectionReport::new(
+                let mut report = ConnectionReport::new(
                     Reporter::Source,
                     conn.peer_addr().unwrap(),
                     app,

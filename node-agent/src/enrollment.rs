@@ -32,6 +32,8 @@ struct Inner {
     restored: bool,
     known: BTreeMap<String, PodAttachment>,
     enrolled: HashMap<String, PodProxy>,
+    /// The enrolled IPs the node's probe rules were last written for.
+    node_rules_for: Option<Vec<IpAddr>>,
     enrolled_namespaces: Vec<String>,
 }
 
@@ -88,6 +90,7 @@ impl PodManager {
             cni_serving: std::sync::atomic::AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 restored: false,
+                node_rules_for: None,
                 known,
                 enrolled: HashMap::new(),
                 enrolled_namespaces: saved.enrolled_namespaces,
@@ -102,6 +105,22 @@ impl PodManager {
                 ok: false,
                 enrolled: false,
                 message: format!("network namespace {} does not exist", pod.netns),
+            };
+        }
+        // Pod rules in the node's own namespace would capture the node's traffic: refuse.
+        if self
+            .ctx
+            .home
+            .is_same_as(Path::new(&pod.netns))
+            .unwrap_or(true)
+        {
+            return Response {
+                ok: false,
+                enrolled: false,
+                message: format!(
+                    "network namespace {} is the node's own (or unreadable); a pod must have its own network namespace",
+                    pod.netns
+                ),
             };
         }
         let mut inner = self.inner.lock().await;
@@ -308,14 +327,21 @@ impl PodManager {
             tracing::error!(%error, "cannot write the state file");
         }
         metrics::gauge!(weft::telemetry::registry::ENROLLED_PODS).set(inner.enrolled.len() as f64);
-        let enrolled_ips: Vec<IpAddr> = inner
+        let mut enrolled_ips: Vec<IpAddr> = inner
             .enrolled
             .keys()
             .filter_map(|id| inner.known.get(id))
             .flat_map(|pod| pod.ips.iter().copied())
             .collect();
-        if let Err(error) = run_blocking(move || rules::apply_node_rules(&enrolled_ips)).await {
-            tracing::error!(%error, "cannot update the node's probe rules");
+        enrolled_ips.sort();
+        // Every config change lands here; only run nft when the enrolled set changed.
+        if inner.node_rules_for.as_ref() == Some(&enrolled_ips) {
+            return;
+        }
+        let ips = enrolled_ips.clone();
+        match run_blocking(move || rules::apply_node_rules(&ips)).await {
+            Ok(()) => inner.node_rules_for = Some(enrolled_ips),
+            Err(error) => tracing::error!(%error, "cannot update the node's probe rules"),
         }
     }
 }

@@ -66,6 +66,14 @@ impl Netns {
         &self.path
     }
 
+    /// Whether `path` names this same namespace (compared by device and inode).
+    pub fn is_same_as(&self, path: &Path) -> std::io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let mine = self.file.metadata()?;
+        let other = std::fs::metadata(path)?;
+        Ok(mine.dev() == other.dev() && mine.ino() == other.ino())
+    }
+
     /// Runs `f` with the calling thread inside this namespace, then returns it `home`.
     pub fn run<T>(&self, home: &Netns, f: impl FnOnce() -> T) -> Result<T, NetnsError> {
         setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {

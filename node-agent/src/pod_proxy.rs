@@ -54,16 +54,13 @@ impl PodProxy {
         workload: Arc<Workload>,
         pod_ips: Vec<IpAddr>,
     ) -> Result<PodProxy, NetnsError> {
-        let identity = SpiffeId::new(
-            &ctx.trust_domain,
-            &workload.namespace,
-            &workload.service_account,
-        )
-        .map_err(|e| NetnsError::Socket {
-            path: netns.path().to_owned(),
-            action: "pod identity".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let identity = workload
+            .spiffe_id(&ctx.trust_domain)
+            .map_err(|e| NetnsError::Socket {
+                path: netns.path().to_owned(),
+                action: "pod identity".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
         let has_v6 = pod_ips.iter().any(IpAddr::is_ipv6);
         let bind_all = |port| {
             let mut addrs = vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)];
@@ -297,7 +294,7 @@ async fn serve_inbound_plaintext(
                 source: peer,
                 destination: dst,
             };
-            let report = {
+            let mut report = {
                 let snapshot = inbound.store.load();
                 ConnectionReport::new(
                     Reporter::Destination,

@@ -325,7 +325,7 @@ impl<T: InboundTarget> HboneServer<T> {
             source: remote,
             destination: authority,
         };
-        let report = self.report(&attrs, local);
+        let mut report = self.report(&attrs, local);
         if let Err(denial) = self.target.authorize(&attrs) {
             report.refused("DENY", &denial.reason, denial.policy.as_deref());
             return refuse(&mut respond, StatusCode::UNAUTHORIZED, &denial.to_string());

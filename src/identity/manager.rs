@@ -128,11 +128,6 @@ impl CertManager {
         Ok(slot)
     }
 
-    /// Stops renewing an identity no workload here uses any more.
-    pub fn forget(&self, id: &SpiffeId) {
-        self.lock_entries().remove(id);
-    }
-
     /// Every identity held, with its certificate's validity.
     pub fn status(&self) -> Vec<CertStatus> {
         let mut list: Vec<CertStatus> = self

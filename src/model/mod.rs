@@ -59,6 +59,16 @@ pub struct Workload {
     pub named_ports: BTreeMap<String, u16>,
 }
 
+impl Workload {
+    /// The workload's SPIFFE ID in `trust_domain` (from its namespace and service account).
+    pub fn spiffe_id(
+        &self,
+        trust_domain: &str,
+    ) -> Result<crate::identity::SpiffeId, crate::identity::SpiffeIdError> {
+        crate::identity::SpiffeId::new(trust_domain, &self.namespace, &self.service_account)
+    }
+}
+
 /// A Service `targetPort`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]

@@ -51,9 +51,24 @@ impl HostWorkloads {
         let ips = self.local_ips.load();
         snapshot
             .workloads()
-            .filter(|w| !w.host_network && w.ips.iter().any(|ip| ips.contains(ip)))
+            .filter(|w| Self::is_local(w, &ips))
             .cloned()
             .collect()
+    }
+
+    /// The workload local clients (SOCKS5) act as: the first one served, by namespace/name.
+    pub fn source_workload(&self) -> Option<Arc<Workload>> {
+        let snapshot = self.store.load();
+        let ips = self.local_ips.load();
+        let found = snapshot
+            .workloads()
+            .find(|w| Self::is_local(w, &ips))
+            .cloned();
+        found
+    }
+
+    fn is_local(workload: &Workload, ips: &HashSet<IpAddr>) -> bool {
+        !workload.host_network && workload.ips.iter().any(|ip| ips.contains(ip))
     }
 
     fn local_workload(&self, ip: IpAddr) -> Option<Arc<Workload>> {
@@ -75,12 +90,7 @@ impl HostWorkloads {
 
     /// The SPIFFE ID of a workload in this trust domain.
     pub fn identity_of(&self, workload: &Workload) -> Option<SpiffeId> {
-        SpiffeId::new(
-            &self.trust_domain,
-            &workload.namespace,
-            &workload.service_account,
-        )
-        .ok()
+        workload.spiffe_id(&self.trust_domain).ok()
     }
 }
 

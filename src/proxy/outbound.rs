@@ -78,7 +78,7 @@ impl OutboundConnection {
         let OutboundConnection {
             route,
             upstream,
-            report,
+            mut report,
         } = self;
         // Not needed while bytes flow: keep long-lived connections small.
         drop(route);
@@ -110,15 +110,12 @@ impl OutboundProxy {
 
     /// The SPIFFE ID of a workload in this mesh's trust domain.
     pub fn identity_of(&self, workload: &Workload) -> Result<SpiffeId, ProxyError> {
-        SpiffeId::new(
-            &self.trust_domain,
-            &workload.namespace,
-            &workload.service_account,
-        )
-        .map_err(|e| ProxyError::BadIdentity {
-            workload: format!("{}/{}", workload.namespace, workload.name),
-            reason: e.to_string(),
-        })
+        workload
+            .spiffe_id(&self.trust_domain)
+            .map_err(|e| ProxyError::BadIdentity {
+                workload: format!("{}/{}", workload.namespace, workload.name),
+                reason: e.to_string(),
+            })
     }
 
     /// Decides where a connection to `dst` goes.
@@ -186,8 +183,8 @@ impl OutboundProxy {
         client: SocketAddr,
         dst: SocketAddr,
     ) -> Result<OutboundConnection, ProxyError> {
-        let source_id = self.identity_of(source).ok();
-        let source_labels = WorkloadLabels::shared(Some(source), source_id.as_ref());
+        let source_id = self.identity_of(source);
+        let source_labels = WorkloadLabels::shared(Some(source), source_id.as_ref().ok());
         let service = snapshot.service_by_vip(dst.ip()).map(|s| s.hostname());
         let route = self.route(snapshot, dst);
         let (destination, security) = match &route {
@@ -216,7 +213,7 @@ impl OutboundProxy {
                 return Err(error);
             }
         };
-        match self.open(source, &route).await {
+        match self.open(source, source_id, &route).await {
             Ok(upstream) => Ok(OutboundConnection {
                 route,
                 upstream,
@@ -237,13 +234,18 @@ impl OutboundProxy {
         }
     }
 
-    /// Opens the connection a route describes, on behalf of `source`.
-    pub async fn open(&self, source: &Workload, route: &Route) -> Result<Upstream, ProxyError> {
+    /// Opens the connection a route describes, on behalf of `source` (whose identity is
+    /// `source_id`; only a tunnel needs it).
+    async fn open(
+        &self,
+        source: &Workload,
+        source_id: Result<SpiffeId, ProxyError>,
+        route: &Route,
+    ) -> Result<Upstream, ProxyError> {
         match route {
             Route::Hbone(plan) => {
-                let source_id = self.identity_of(source)?;
                 let request = ConnectRequest {
-                    source: source_id,
+                    source: source_id?,
                     destination_identity: plan.destination_identity.clone(),
                     hbone_addr: plan.hbone_addr,
                     authority: plan.authority,

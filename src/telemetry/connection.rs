@@ -144,6 +144,7 @@ impl WorkloadLabels {
 }
 
 /// The metric handles of one label set.
+#[derive(Debug)]
 struct Handles {
     opened: Counter,
     closed: Counter,
@@ -185,6 +186,8 @@ pub struct ConnectionReport {
     destination_service: Option<String>,
     security: Security,
     started: Instant,
+    /// Set by `opened()`, reused by `closed()`.
+    handles: Option<Arc<Handles>>,
 }
 
 /// Counts bytes into the connection's counters while the copy runs.
@@ -192,16 +195,6 @@ pub struct ConnectionReport {
 pub struct ByteMeter {
     pub received: Counter,
     pub sent: Counter,
-}
-
-impl ByteMeter {
-    /// A meter that counts nothing (metrics off).
-    pub fn noop() -> Self {
-        ByteMeter {
-            received: Counter::noop(),
-            sent: Counter::noop(),
-        }
-    }
 }
 
 impl ConnectionReport {
@@ -224,6 +217,7 @@ impl ConnectionReport {
             destination_service,
             security,
             started: Instant::now(),
+            handles: None,
         }
     }
 
@@ -257,8 +251,9 @@ impl ConnectionReport {
 
     /// The connection is established: counts it opened and returns the byte counters,
     /// looked up once here so the copy only does atomic adds.
-    pub fn opened(&self) -> ByteMeter {
+    pub fn opened(&mut self) -> ByteMeter {
         let handles = self.handles();
+        self.handles = Some(handles.clone());
         handles.opened.increment(1);
         handles.open.increment(1.0);
         ByteMeter {
@@ -310,7 +305,7 @@ impl ConnectionReport {
 
     /// The established connection ended (`error` if it ended badly).
     pub fn closed(self, bytes: (u64, u64), error: Option<&io::Error>) {
-        let handles = self.handles();
+        let handles = self.handles.clone().unwrap_or_else(|| self.handles());
         handles.closed.increment(1);
         handles.open.decrement(1.0);
         handles
