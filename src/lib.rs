@@ -11,6 +11,7 @@ pub mod hbone;
 pub mod identity;
 pub mod listener;
 pub mod model;
+pub mod names;
 pub mod policy;
 pub mod proxy;
 pub mod sockets;

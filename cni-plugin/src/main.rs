@@ -79,15 +79,24 @@ fn run(stdin: &[u8]) -> (String, Result<Option<String>, CniError>) {
             }
             Ok(None)
         }
-        Command::Gc => {
-            let request = Request::Gc {
-                valid_container_ids: conf.valid_container_ids(),
-            };
-            if let Err(e) = daemon::ask(Path::new(&conf.socket_path), &request) {
-                eprintln!("weft-cni: GC: {e}");
+        Command::Gc => match conf.valid_container_ids() {
+            // Without the runtime's list of valid attachments there is nothing to compare
+            // against: collecting would release every pod.
+            Ok(None) => {
+                eprintln!("weft-cni: GC without cni.dev/valid-attachments: nothing to do");
+                Ok(None)
             }
-            Ok(None)
-        }
+            Ok(Some(valid_container_ids)) => {
+                let request = Request::Gc {
+                    valid_container_ids,
+                };
+                if let Err(e) = daemon::ask(Path::new(&conf.socket_path), &request) {
+                    eprintln!("weft-cni: GC: {e}");
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        },
         Command::Status => match daemon::ask(Path::new(&conf.socket_path), &Request::Status) {
             Ok(answer) if answer.ok => Ok(None),
             Ok(answer) => Err(CniError::new(
@@ -159,6 +168,11 @@ fn add_or_check(
     };
     match daemon::ask(Path::new(&conf.socket_path), &request) {
         Ok(answer) if answer.ok => Ok(output),
+        Ok(answer) if answer.permanent => Err(CniError::new(
+            Code::RefusedByDaemon,
+            format!("weft-node refused pod {namespace}/{name}"),
+            answer.message,
+        )),
         Ok(answer) => Err(CniError::new(
             Code::TryAgainLater,
             format!("weft-node could not set up pod {namespace}/{name}"),

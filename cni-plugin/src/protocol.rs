@@ -12,6 +12,31 @@ pub const STATE_FILE: &str = "state.json";
 pub const DEFAULT_RUN_DIR: &str = "/var/run/weft";
 pub const DEFAULT_SOCKET_PATH: &str = "/var/run/weft/cni.sock";
 
+/// Longest container id accepted (runtimes use 64 hex characters).
+pub const MAX_CONTAINER_ID: usize = 256;
+
+/// A container id as the CNI spec allows: alphanumerics plus `_`, `.` and `-`, bounded.
+/// Both ends check it: the plugin answers a bad one with a permanent error, the daemon
+/// refuses it from any client.
+pub fn check_container_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("the container id is empty".into());
+    }
+    if id.len() > MAX_CONTAINER_ID {
+        return Err(format!(
+            "the container id is {} characters long; at most {MAX_CONTAINER_ID} are accepted",
+            id.len()
+        ));
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err("the container id may contain only letters, digits, '_', '.' and '-'".into());
+    }
+    Ok(())
+}
+
 /// One pod sandbox as the container runtime described it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodAttachment {
@@ -35,7 +60,8 @@ pub enum Request {
     Del { container_id: String },
     /// Is the daemon ready to serve pods?
     Status,
-    /// Forget every pod not in this list.
+    /// Forget every pod not in this list. The plugin sends it only when the runtime gave
+    /// `cni.dev/valid-attachments`; without that list a GC is a no-op, never "release all".
     Gc { valid_container_ids: Vec<String> },
 }
 
@@ -48,6 +74,9 @@ pub struct Response {
     pub enrolled: bool,
     #[serde(default)]
     pub message: String,
+    /// The request can never succeed as sent (a retry would fail the same way).
+    #[serde(default)]
+    pub permanent: bool,
 }
 
 /// The part of the daemon's state file the plugin reads.

@@ -25,6 +25,8 @@ pub enum Code {
     DecodeFailure = 6,
     InvalidNetworkConfig = 7,
     TryAgainLater = 11,
+    /// weft-node refused the pod for a reason a retry cannot fix (plugin-specific code).
+    RefusedByDaemon = 100,
     PluginNotAvailable = 50,
 }
 
@@ -126,6 +128,15 @@ impl Environment {
                 "ADD, CHECK and DEL need the container id",
             ));
         }
+        if let Some(id) = env.container_id.as_deref() {
+            crate::protocol::check_container_id(id).map_err(|why| {
+                CniError::new(
+                    Code::InvalidEnvironment,
+                    "CNI_CONTAINERID is not valid",
+                    why,
+                )
+            })?;
+        }
         if matches!(command, Command::Add | Command::Check) && env.netns.is_none() {
             return Err(CniError::new(
                 Code::InvalidEnvironment,
@@ -221,29 +232,44 @@ impl NetConf {
         })
     }
 
-    /// Container ids listed as still valid in a GC request.
-    pub fn valid_container_ids(&self) -> Vec<String> {
-        self.valid_attachments
-            .iter()
-            .flatten()
-            .filter_map(|a| {
-                a.get("containerID")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
-            .collect()
+    /// Container ids listed as still valid in a GC request; `None` when the runtime gave no
+    /// `cni.dev/valid-attachments` list (then there is nothing to collect).
+    pub fn valid_container_ids(&self) -> Result<Option<Vec<String>>, CniError> {
+        let Some(attachments) = &self.valid_attachments else {
+            return Ok(None);
+        };
+        let mut ids = Vec::with_capacity(attachments.len());
+        for (i, attachment) in attachments.iter().enumerate() {
+            let id = attachment.get("containerID").and_then(Value::as_str);
+            let Some(id) = id else {
+                return Err(CniError::new(
+                    Code::DecodeFailure,
+                    format!("cni.dev/valid-attachments[{i}] has no containerID"),
+                    attachment.to_string(),
+                ));
+            };
+            ids.push(id.to_owned());
+        }
+        Ok(Some(ids))
     }
 }
 
-/// Pod IPs from a prevResult (`ips[].address` in CIDR form).
+/// Pod IPs from a prevResult (`ips[].address` in CIDR form). A result without any IP is
+/// refused: a pod the mesh cannot address cannot be served.
 pub fn ips_from_result(result: &Value) -> Result<Vec<IpAddr>, CniError> {
+    let entries = match result.get("ips") {
+        Some(Value::Array(entries)) => entries,
+        Some(other) => {
+            return Err(CniError::new(
+                Code::DecodeFailure,
+                "prevResult.ips is not a list",
+                format!("found {other}"),
+            ))
+        }
+        None => &Vec::new(),
+    };
     let mut ips = Vec::new();
-    for entry in result
-        .get("ips")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for entry in entries {
         let cidr = entry
             .get("address")
             .and_then(Value::as_str)
@@ -262,6 +288,13 @@ pub fn ips_from_result(result: &Value) -> Result<Vec<IpAddr>, CniError> {
                 "",
             )
         })?);
+    }
+    if ips.is_empty() {
+        return Err(CniError::new(
+            Code::InvalidNetworkConfig,
+            "prevResult has no IP addresses",
+            "list weft-cni after the interface and IPAM plugins in the conflist",
+        ));
     }
     Ok(ips)
 }
@@ -334,7 +367,44 @@ mod tests {
                 "fd00::5".parse().unwrap()
             ]
         );
-        let bad: Value = serde_json::from_str(r#"{"ips":[{"address":"nope/24"}]}"#).unwrap();
-        assert!(ips_from_result(&bad).is_err());
+        for bad in [
+            r#"{"ips":[{"address":"nope/24"}]}"#,
+            r#"{"ips":"nope"}"#,
+            r#"{"ips":[]}"#,
+            r#"{}"#,
+        ] {
+            let bad: Value = serde_json::from_str(bad).unwrap();
+            assert!(ips_from_result(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn container_ids_are_checked_as_permanent_errors() {
+        for bad in ["a/b", "x y", &"c".repeat(100 * 1024)] {
+            let err = env(&[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", bad),
+                ("CNI_NETNS", "/var/run/netns/p"),
+            ])
+            .unwrap_err();
+            assert_eq!(err.code, Code::InvalidEnvironment, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn gc_without_valid_attachments_collects_nothing() {
+        let conf =
+            NetConf::parse(br#"{"cniVersion":"1.1.0","name":"n","type":"weft-cni"}"#).unwrap();
+        assert_eq!(conf.valid_container_ids().unwrap(), None);
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.1.0","name":"n","type":"weft-cni","cni.dev/valid-attachments":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(conf.valid_container_ids().unwrap(), Some(vec![]));
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.1.0","name":"n","type":"weft-cni","cni.dev/valid-attachments":[{"ifname":"eth0"}]}"#,
+        )
+        .unwrap();
+        assert!(conf.valid_container_ids().is_err());
     }
 }

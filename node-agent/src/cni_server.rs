@@ -1,6 +1,11 @@
 //! The unix socket `weft-cni` talks to (`<run-dir>/cni.sock`): one JSON request line in,
 //! one JSON response line out. Malformed requests get an error answer; the server keeps
 //! serving.
+//!
+//! Only root may talk to it: the run dir is made 0700 and the socket 0600 explicitly (never
+//! from the umask), and every connection's peer credentials (SO_PEERCRED) must be uid 0 —
+//! an unprivileged process that could ADD a netns of its own would get listeners serving
+//! any pod's identity.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,12 +21,38 @@ use crate::enrollment::PodManager;
 /// Largest request accepted (a pod with many IPs is still far below this).
 const MAX_REQUEST: usize = 64 * 1024;
 
-/// Binds the socket, replacing a stale one from an earlier run.
+/// Creates the run dir (0700, fixed if it exists with looser modes) whatever the umask.
+pub fn prepare_run_dir(run_dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(run_dir)?;
+    std::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Binds the socket (0600), replacing a stale one from an earlier run.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if path.exists() {
+    use std::os::unix::fs::PermissionsExt;
+    if path.symlink_metadata().is_ok() {
         std::fs::remove_file(path)?;
     }
-    UnixListener::bind(path)
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Why a connection's peer may not use the socket, if it may not.
+fn refuse_peer(stream: &UnixStream) -> Option<String> {
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == 0 => None,
+        Ok(cred) => Some(format!(
+            "only root may use the CNI socket (peer uid {}, pid {:?})",
+            cred.uid(),
+            cred.pid()
+        )),
+        Err(error) => Some(format!("cannot read the peer's credentials: {error}")),
+    }
 }
 
 /// Serves CNI requests until `shutdown` turns true.
@@ -49,6 +80,21 @@ pub async fn serve(
 }
 
 async fn serve_one(stream: UnixStream, pods: Arc<PodManager>) {
+    if let Some(why) = refuse_peer(&stream) {
+        tracing::warn!("refused a CNI socket client: {why}");
+        metrics::counter!(weft::telemetry::registry::CONNECTIONS_REFUSED, "reason" => "cni_peer")
+            .increment(1);
+        let (_, mut write) = stream.into_split();
+        let response = Response {
+            ok: false,
+            enrolled: false,
+            message: why,
+            permanent: true,
+        };
+        let text = serde_json::to_string(&response).unwrap_or_default();
+        let _ = write.write_all(format!("{text}\n").as_bytes()).await;
+        return;
+    }
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
     let mut line = String::new();
@@ -59,12 +105,14 @@ async fn serve_one(stream: UnixStream, pods: Arc<PodManager>) {
                 ok: false,
                 enrolled: false,
                 message: format!("malformed request: {error}"),
+                permanent: true,
             },
         },
         Err(error) => Response {
             ok: false,
             enrolled: false,
             message: format!("cannot read request: {error}"),
+            permanent: false,
         },
     };
     let mut text =
@@ -90,6 +138,7 @@ async fn handle(request: Request, pods: &PodManager) -> Response {
             ok: true,
             enrolled: false,
             message: "ready".into(),
+            permanent: false,
         },
     }
 }

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use tokio::sync::watch;
 use weft::admin::{AdminAddrs, AdminContext, LogControl, NodeStatus};
-use weft::config::FileSource;
+use weft::config::{FileSource, FileSourceLimits};
 use weft::identity::{CertManager, RenewalPolicy, SpiffeId};
 use weft::model::{MeshSnapshot, MeshStore};
 use weft::telemetry::MetricsHandle;
@@ -35,7 +35,10 @@ pub fn start_basics(args: &Args) -> anyhow::Result<Basics> {
     };
     let certs = CertManager::new(args.ca_dir.clone(), policy).context("loading the mesh CA")?;
     let store = Arc::new(MeshStore::new(MeshSnapshot::empty()));
-    let source = FileSource::load_initial(&args.config, store.clone())
+    let limits = FileSourceLimits {
+        max_bytes: args.config_max_bytes,
+    };
+    let source = FileSource::load_initial_with(&args.config, store.clone(), limits)
         .with_context(|| format!("loading mesh config {}", args.config.display()))?;
     source.spawn_watch(Duration::from_millis(200));
     let metrics = weft::telemetry::install().context("setting up metrics")?;

@@ -7,6 +7,12 @@
 //! proxy) and then opens its listeners. Releasing closes the listeners and removes the
 //! rules. Every pod reported by CNI ADD is remembered with its netns, enrolled or not, so a
 //! later label change can enroll a running pod and a restarted daemon can find them all.
+//!
+//! A pod's network namespace is opened once, at ADD (or when restored from the run dir),
+//! checked to be a network namespace that is not the node's own, and that handle is what
+//! every later rule change and listener uses: retargeting the path afterwards changes
+//! nothing. ADD is refused for a pod the config schedules on another node, for a pod with
+//! no IPs, and for container ids no runtime would send.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -20,7 +26,7 @@ use weft::admin::NodeStatus;
 use weft::hbone::server::BoxFuture;
 
 use weft::model::{MeshSnapshot, Workload, DATAPLANE_MODE_LABEL};
-use weft_cni::protocol::{PodAttachment, Response};
+use weft_cni::protocol::{check_container_id, PodAttachment, Response};
 
 use crate::netns::Netns;
 use crate::pod_proxy::{NodeContext, PodProxy};
@@ -31,6 +37,8 @@ struct Inner {
     /// False until the pods recorded before a restart have been brought back.
     restored: bool,
     known: BTreeMap<String, PodAttachment>,
+    /// The network namespace of each known pod, opened once and checked.
+    handles: HashMap<String, Arc<Netns>>,
     enrolled: HashMap<String, PodProxy>,
     /// The enrolled IPs the node's probe rules were last written for.
     node_rules_for: Option<Vec<IpAddr>>,
@@ -76,12 +84,15 @@ impl PodManager {
     ) -> Result<Arc<PodManager>, state::StateError> {
         let saved = state::load(run_dir)?;
         let mut known = BTreeMap::new();
+        let mut handles = HashMap::new();
         for (id, pod) in saved.pods {
-            if Path::new(&pod.netns).exists() {
-                known.insert(id, pod);
-            } else {
-                tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), netns = %pod.netns,
-                    "forgetting a recorded pod whose network namespace is gone");
+            match open_pod_netns(&ctx.home, &pod.netns) {
+                Ok(handle) => {
+                    handles.insert(id.clone(), handle);
+                    known.insert(id, pod);
+                }
+                Err(why) => tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name),
+                    netns = %pod.netns, "forgetting a recorded pod: {why}"),
             }
         }
         Ok(Arc::new(PodManager {
@@ -92,6 +103,7 @@ impl PodManager {
                 restored: false,
                 node_rules_for: None,
                 known,
+                handles,
                 enrolled: HashMap::new(),
                 enrolled_namespaces: saved.enrolled_namespaces,
             }),
@@ -100,36 +112,42 @@ impl PodManager {
 
     /// CNI ADD: remember the pod and enroll it if it should be. Answers when done.
     pub async fn add(&self, pod: PodAttachment) -> Response {
-        if !Path::new(&pod.netns).exists() {
-            return Response {
-                ok: false,
-                enrolled: false,
-                message: format!("network namespace {} does not exist", pod.netns),
-            };
+        // Refusals that a retry cannot fix: the runtime should not retry them.
+        let refuse = |message: String| Response {
+            ok: false,
+            enrolled: false,
+            message,
+            permanent: true,
+        };
+        if let Err(why) = check_container_id(&pod.container_id) {
+            return refuse(why);
         }
-        // Pod rules in the node's own namespace would capture the node's traffic: refuse.
-        if self
-            .ctx
-            .home
-            .is_same_as(Path::new(&pod.netns))
-            .unwrap_or(true)
-        {
-            return Response {
-                ok: false,
-                enrolled: false,
-                message: format!(
-                    "network namespace {} is the node's own (or unreadable); a pod must have its own network namespace",
-                    pod.netns
-                ),
-            };
+        if pod.ips.is_empty() {
+            return refuse(format!(
+                "pod {}/{} has no IP addresses in prevResult; weft-cni must run after the IPAM plugin",
+                pod.namespace, pod.name
+            ));
         }
+        let snapshot = self.ctx.store.load();
+        if let (_, Some(workload)) = desired(&snapshot, &pod) {
+            if let Some(node) = workload.node.as_ref().filter(|n| **n != self.ctx.node_name) {
+                return refuse(format!(
+                    "pod {}/{} is scheduled on node {node}, not on this node ({}); refusing to serve its identity here",
+                    pod.namespace, pod.name, self.ctx.node_name
+                ));
+            }
+        }
+        let handle = match open_pod_netns(&self.ctx.home, &pod.netns) {
+            Ok(handle) => handle,
+            Err(why) => return refuse(why),
+        };
         let mut inner = self.inner.lock().await;
         let id = pod.container_id.clone();
         if let Some(previous) = inner.known.insert(id.clone(), pod) {
             tracing::debug!(container = %previous.container_id, "CNI ADD repeated for a known pod");
             inner.enrolled.remove(&id);
         }
-        let snapshot = self.ctx.store.load();
+        inner.handles.insert(id.clone(), handle);
         let result = self.reconcile_pod(&mut inner, &snapshot, &id).await;
         self.persist(&mut inner, &snapshot).await;
         match result {
@@ -137,6 +155,7 @@ impl PodManager {
                 ok: true,
                 enrolled,
                 message: String::new(),
+                permanent: false,
             },
             Err(message) => {
                 // Fail closed: forget nothing, but tell the runtime the pod is not ready.
@@ -144,6 +163,7 @@ impl PodManager {
                     ok: false,
                     enrolled: false,
                     message,
+                    permanent: false,
                 }
             }
         }
@@ -155,7 +175,11 @@ impl PodManager {
         let snapshot = self.ctx.store.load();
         let (should, _) = desired(&snapshot, pod);
         let is = inner.enrolled.contains_key(&pod.container_id);
-        let rules_ok = !should || rules::pod_rules_present(Path::new(&pod.netns));
+        let rules_ok = !should
+            || inner
+                .handles
+                .get(&pod.container_id)
+                .is_some_and(|netns| rules::pod_rules_present(&netns.pinned_path()));
         let ok = should == is && rules_ok;
         Response {
             ok,
@@ -168,6 +192,7 @@ impl PodManager {
                     pod.namespace, pod.name
                 )
             },
+            permanent: false,
         }
     }
 
@@ -175,14 +200,12 @@ impl PodManager {
     pub async fn del(&self, container_id: &str) -> Response {
         let mut inner = self.inner.lock().await;
         if let Some(pod) = inner.known.remove(container_id) {
-            if inner.enrolled.remove(container_id).is_some() {
-                let netns = PathBuf::from(&pod.netns);
-                // The netns may already be gone with the pod; that removes the rules too.
-                if netns.exists() {
-                    if let Err(error) = run_blocking(move || rules::remove_pod_rules(&netns)).await
-                    {
-                        tracing::debug!(%error, "removing rules of a deleted pod");
-                    }
+            let handle = inner.handles.remove(container_id);
+            if let (Some(_), Some(handle)) = (inner.enrolled.remove(container_id), handle) {
+                // The handle keeps the namespace alive, so this cannot hit another one.
+                let netns = handle.pinned_path();
+                if let Err(error) = run_blocking(move || rules::remove_pod_rules(&netns)).await {
+                    tracing::debug!(%error, "removing rules of a deleted pod");
                 }
             }
             tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), "pod deleted");
@@ -193,6 +216,7 @@ impl PodManager {
             ok: true,
             enrolled: false,
             message: String::new(),
+            permanent: false,
         }
     }
 
@@ -214,6 +238,7 @@ impl PodManager {
             ok: true,
             enrolled: false,
             message: String::new(),
+            permanent: false,
         }
     }
 
@@ -255,9 +280,22 @@ impl PodManager {
         };
         let (should, workload) = desired(snapshot, &pod);
         let label = format!("{}/{}", pod.namespace, pod.name);
+        let Some(handle) = inner.handles.get(id).cloned() else {
+            return Err(format!(
+                "pod {label}: its network namespace was never opened"
+            ));
+        };
+        // Checked before every change: pod rules in the node's namespace would capture the
+        // node's own traffic.
+        if handle.same_namespace(&self.ctx.home).unwrap_or(true) {
+            inner.enrolled.remove(id);
+            return Err(format!(
+                "pod {label}: its network namespace is the node's own; refusing to apply pod rules there"
+            ));
+        }
         if !should {
             if inner.enrolled.remove(id).is_some() {
-                let netns = PathBuf::from(&pod.netns);
+                let netns = handle.pinned_path();
                 run_blocking(move || rules::remove_pod_rules(&netns))
                     .await
                     .map_err(|e| e.to_string())?;
@@ -293,15 +331,13 @@ impl PodManager {
         }
         // Rules first: from here on the pod's traffic is captured, or refused while the
         // listeners are not up yet, but never bypasses the proxy.
-        let netns_path = PathBuf::from(&pod.netns);
+        let netns_path = handle.pinned_path();
         let ips = pod.ips.clone();
         run_blocking(move || rules::apply_pod_rules(&netns_path, &ips))
             .await
             .map_err(|e| format!("pod {label}: {e}"))?;
         inner.enrolled.remove(id);
-        let netns =
-            Arc::new(Netns::open(Path::new(&pod.netns)).map_err(|e| format!("pod {label}: {e}"))?);
-        let proxy = PodProxy::start(&self.ctx, netns, workload, pod.ips.clone())
+        let proxy = PodProxy::start(&self.ctx, handle, workload, pod.ips.clone())
             .map_err(|e| format!("pod {label}: {e}"))?;
         tracing::info!(pod = %label, identity = %proxy.identity, ips = ?pod.ips, "enrolled in the mesh");
         inner.enrolled.insert(id.to_owned(), proxy);
@@ -343,6 +379,24 @@ impl PodManager {
             Ok(()) => inner.node_rules_for = Some(enrolled_ips),
             Err(error) => tracing::error!(%error, "cannot update the node's probe rules"),
         }
+    }
+}
+
+/// Opens a pod's network namespace once and checks it: it must be a network namespace, and
+/// not the node's own (pod rules there would capture the node's traffic).
+fn open_pod_netns(home: &Netns, path: &str) -> Result<Arc<Netns>, String> {
+    let netns = Netns::open(Path::new(path)).map_err(|e| e.to_string())?;
+    match netns.is_network_namespace_like(home) {
+        Ok(true) => {}
+        Ok(false) => return Err(format!("{path} is not a network namespace")),
+        Err(e) => return Err(format!("cannot inspect {path}: {e}")),
+    }
+    match netns.same_namespace(home) {
+        Ok(false) => Ok(Arc::new(netns)),
+        Ok(true) => Err(format!(
+            "network namespace {path} is the node's own; a pod must have its own network namespace"
+        )),
+        Err(e) => Err(format!("cannot inspect {path}: {e}")),
     }
 }
 

@@ -91,6 +91,9 @@ pub struct Args {
     /// to the workloads, and avoiding cross-thread wake-ups on the latency path), else 2.
     #[arg(long)]
     worker_threads: Option<usize>,
+    /// A config file larger than this is rejected without being read whole.
+    #[arg(long, default_value_t = weft::config::file_source::DEFAULT_MAX_BYTES)]
+    config_max_bytes: u64,
     /// Readiness probe (/healthz/ready).
     #[arg(long, default_value = "0.0.0.0:15021")]
     readiness_addr: SocketAddr,

@@ -66,12 +66,35 @@ impl Netns {
         &self.path
     }
 
-    /// Whether `path` names this same namespace (compared by device and inode).
-    pub fn is_same_as(&self, path: &Path) -> std::io::Result<bool> {
+    /// The namespace's identity: device and inode of its nsfs file.
+    pub fn identity(&self) -> io::Result<(u64, u64)> {
         use std::os::unix::fs::MetadataExt;
-        let mine = self.file.metadata()?;
-        let other = std::fs::metadata(path)?;
-        Ok(mine.dev() == other.dev() && mine.ino() == other.ino())
+        let meta = self.file.metadata()?;
+        Ok((meta.dev(), meta.ino()))
+    }
+
+    /// Whether `other` is this same namespace (compared by device and inode of the open
+    /// handles, so a path retargeted since either was opened cannot fool it).
+    pub fn same_namespace(&self, other: &Netns) -> io::Result<bool> {
+        Ok(self.identity()? == other.identity()?)
+    }
+
+    /// Whether this handle is a network namespace at all: nsfs files share one device, so
+    /// it must be on the same device as `known` (a real netns) — a regular file or a
+    /// directory is not.
+    pub fn is_network_namespace_like(&self, known: &Netns) -> io::Result<bool> {
+        Ok(self.identity()?.0 == known.identity()?.0)
+    }
+
+    /// A path that names exactly the namespace this handle holds, for tools run as child
+    /// processes (`nsenter --net=...`), whatever the original path points to now.
+    pub fn pinned_path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            self.file.as_raw_fd()
+        ))
     }
 
     /// Runs `f` with the calling thread inside this namespace, then returns it `home`.

@@ -32,6 +32,8 @@ pub const HBONE_PORT: u16 = weft::hbone::HBONE_PORT;
 /// What every pod proxy on this node shares.
 pub struct NodeContext {
     pub home: Arc<Netns>,
+    /// This node's name: pods the config schedules elsewhere are refused.
+    pub node_name: String,
     pub certs: Arc<CertManager>,
     pub store: Arc<MeshStore>,
     pub trust_domain: String,

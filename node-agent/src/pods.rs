@@ -22,11 +22,12 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
     let basics = daemon::start_basics(&args)?;
     let Basics { certs, store, .. } = &basics;
     let (certs, store) = (certs.clone(), store.clone());
-    std::fs::create_dir_all(&args.run_dir)
+    cni_server::prepare_run_dir(&args.run_dir)
         .with_context(|| format!("creating run dir {}", args.run_dir.display()))?;
     let home = Arc::new(Netns::current().context("opening the daemon's own network namespace")?);
     let ctx = Arc::new(NodeContext {
         home,
+        node_name: args.node_name.clone(),
         certs,
         store: store.clone(),
         trust_domain: args.trust_domain.clone(),

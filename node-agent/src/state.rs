@@ -64,7 +64,19 @@ pub fn save(run_dir: &Path, state: &DaemonState) -> Result<(), StateError> {
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    std::fs::write(&tmp, text).map_err(io("write", &tmp))?;
+    // Written 0600 whatever the umask: it lists every pod's netns and container id.
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        file.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
+    }
     std::fs::rename(&tmp, &path).map_err(io("replace", &path))
 }
 

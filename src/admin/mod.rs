@@ -84,6 +84,30 @@ fn query_param(request: &Request<hyper::body::Incoming>, name: &str) -> Option<S
     })
 }
 
+/// The fields of a served workload the dashboard (on the node-wide :15020) shows; container
+/// ids, netns paths and uids stay on the loopback admin port's `/config_dump`.
+const DASHBOARD_FIELDS: [&str; 5] = ["name", "namespace", "identity", "ips", "state"];
+
+fn dashboard_view(served: Value) -> Value {
+    match served {
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|item| match item {
+                    Value::Object(fields) => Value::Object(
+                        fields
+                            .into_iter()
+                            .filter(|(key, _)| DASHBOARD_FIELDS.contains(&key.as_str()))
+                            .collect(),
+                    ),
+                    _ => Value::Null,
+                })
+                .collect(),
+        ),
+        _ => Value::Array(Vec::new()),
+    }
+}
+
 impl AdminContext {
     /// The full config dump.
     pub async fn config_dump(&self) -> Value {
@@ -116,21 +140,29 @@ impl AdminContext {
 
     /// The dashboard's JSON: small, refreshed every few seconds.
     pub async fn stats(&self) -> Value {
-        let ready = self.status.ready().await;
+        let ready = self.ready().await;
         json!({
             "node": self.node_name,
             "mode": self.mode,
             "ready": ready.is_ok(),
             "not_ready_reason": ready.err(),
             "config": self.source.stats(),
-            "served": self.status.served().await,
+            "served": dashboard_view(self.status.served().await),
             "certificates": self.certs.status(),
             "now_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         })
     }
 
+    /// Ready when the config source is live and the mode says every workload is served.
+    async fn ready(&self) -> Result<(), String> {
+        if let Some(stalled) = self.source.stalled() {
+            return Err(stalled);
+        }
+        self.status.ready().await
+    }
+
     async fn readiness(&self) -> HttpResponse {
-        match self.status.ready().await {
+        match self.ready().await {
             Ok(()) => respond(StatusCode::OK, "text/plain", "ready\n"),
             Err(reason) => respond(
                 StatusCode::SERVICE_UNAVAILABLE,

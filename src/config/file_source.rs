@@ -7,20 +7,141 @@
 //! replace the file by rename and several writes within one second are both seen. A change is
 //! applied once the content has stayed the same for one poll interval, so a file caught halfway
 //! through being written is not applied (a truncated file can still be valid YAML).
+//!
+//! The path is untrusted input: it is opened non-blocking (a FIFO cannot hang the watcher),
+//! must be a regular file (symlinks to one, as ConfigMap mounts use, are fine; `/dev/zero` is
+//! not) no larger than a cap, and is re-read only when its metadata changed (or it changed so
+//! recently that a same-tick edit could hide behind equal metadata, as git's "racy" check).
+//! An empty or document-less file is an error, and so is a reload that would release every
+//! enrolled pod because their namespaces vanished from the file: releasing everything takes
+//! an explicit edit (keep the Namespaces, remove their `weft.dev/dataplane-mode` label). A
+//! watcher that stops completing polls is reported by [`FileSource::stalled`].
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::io;
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
-use crate::model::{parse_and_build, ConfigError, MeshSnapshot, MeshStore};
+use crate::model::{ConfigError, MeshSnapshot, MeshStore, DATAPLANE_MODE_LABEL};
+
+/// Largest config file read by default (a cluster's worth of pods is far below this).
+pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// A file modified this recently is re-read even if its metadata looks unchanged: file
+/// timestamps are coarse, so two same-size writes in one tick look alike.
+const RACY_WINDOW: Duration = Duration::from_secs(2);
+/// The watcher counts as stalled when no poll completed for this many poll intervals
+/// (and at least [`MIN_STALL`]).
+const STALL_POLLS: u32 = 25;
+const MIN_STALL: Duration = Duration::from_secs(5);
+
+/// How a [`FileSource`] reads its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileSourceLimits {
+    /// A larger file is rejected without being read whole.
+    pub max_bytes: u64,
+}
+
+impl Default for FileSourceLimits {
+    fn default() -> Self {
+        FileSourceLimits {
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// The metadata that tells whether a file may have changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Fingerprint {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Fingerprint {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        }
+    }
+
+    /// Whether the content was modified within [`RACY_WINDOW`] before `seen_at`.
+    fn racy(&self, seen_at: SystemTime) -> bool {
+        let seen_ns = seen_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        seen_ns - self.mtime_ns < RACY_WINDOW.as_nanos() as i128
+    }
+}
+
+/// Reads the config file as untrusted input: non-blocking open, regular files only, at most
+/// `max_bytes`.
+fn read_config(path: &Path, max_bytes: u64) -> io::Result<(Vec<u8>, Fingerprint)> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "it is not a regular file (it is a {}); point --config at a regular file",
+                file_kind(&meta)
+            ),
+        ));
+    }
+    if meta.len() > max_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "it is {} bytes, larger than the {max_bytes}-byte limit; split the config or \
+                 raise --config-max-bytes",
+                meta.len()
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("it grew beyond the {max_bytes}-byte limit while being read"),
+        ));
+    }
+    Ok((bytes, Fingerprint::of(&meta)))
+}
+
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        "directory"
+    } else if kind.is_fifo() {
+        "FIFO"
+    } else if kind.is_char_device() {
+        "character device"
+    } else if kind.is_block_device() {
+        "block device"
+    } else if kind.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}
 
 /// Counters of the reloads of a [`FileSource`].
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
@@ -39,11 +160,11 @@ pub struct ReloadStats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Observed {
     Content { len: usize, hash: u64 },
-    Unreadable(io::ErrorKind),
+    Unreadable(String),
 }
 
 impl Observed {
-    fn of(read: &io::Result<Vec<u8>>) -> Self {
+    fn of(read: Result<&[u8], String>) -> Self {
         match read {
             Ok(bytes) => {
                 let mut hasher = DefaultHasher::new();
@@ -53,7 +174,7 @@ impl Observed {
                     hash: hasher.finish(),
                 }
             }
-            Err(e) => Observed::Unreadable(e.kind()),
+            Err(why) => Observed::Unreadable(why),
         }
     }
 }
@@ -61,6 +182,13 @@ impl Observed {
 #[derive(Debug)]
 struct WatchState {
     stats: ReloadStats,
+    /// Metadata of the file as last read, and when it was read.
+    last_read: Option<(Fingerprint, SystemTime)>,
+    /// How many times the file was opened and read.
+    reads: u64,
+    /// When the watcher last completed a poll (`None` before it starts).
+    last_poll: Option<Instant>,
+    poll_interval: Duration,
     /// The last state acted upon (applied or rejected).
     current: Observed,
     /// A different state seen by the previous poll, waiting to be seen again unchanged.
@@ -72,6 +200,7 @@ struct WatchState {
 pub struct FileSource {
     path: PathBuf,
     store: Arc<MeshStore>,
+    limits: FileSourceLimits,
     state: Mutex<WatchState>,
 }
 
@@ -82,9 +211,21 @@ impl FileSource {
         path: impl Into<PathBuf>,
         store: Arc<MeshStore>,
     ) -> Result<Arc<FileSource>, ConfigError> {
+        Self::load_initial_with(path, store, FileSourceLimits::default())
+    }
+
+    /// [`FileSource::load_initial`] with explicit limits.
+    pub fn load_initial_with(
+        path: impl Into<PathBuf>,
+        store: Arc<MeshStore>,
+        limits: FileSourceLimits,
+    ) -> Result<Arc<FileSource>, ConfigError> {
         let path = path.into();
-        let read = std::fs::read(&path);
-        let current = Observed::of(&read);
+        let read_at = SystemTime::now();
+        let read = read_config(&path, limits.max_bytes);
+        let last_read = read.as_ref().ok().map(|(_, print)| (*print, read_at));
+        let read = read.map(|(bytes, _)| bytes);
+        let current = Observed::of(read.as_deref().map_err(io::Error::to_string));
         let bytes = read.map_err(|source| ConfigError::Io {
             path: path.clone(),
             source,
@@ -103,7 +244,12 @@ impl FileSource {
         Ok(Arc::new(FileSource {
             path,
             store,
+            limits,
             state: Mutex::new(WatchState {
+                last_read,
+                reads: 1,
+                last_poll: None,
+                poll_interval: Duration::ZERO,
                 stats: ReloadStats {
                     accepted: 1,
                     rejected: 0,
@@ -123,6 +269,11 @@ impl FileSource {
         let this = Arc::clone(self);
         // `tokio::time::interval` panics on a zero period.
         let period = poll_interval.max(Duration::from_millis(1));
+        {
+            let mut state = self.lock();
+            state.poll_interval = period;
+            state.last_poll = Some(Instant::now());
+        }
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(period);
             ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -133,6 +284,7 @@ impl FileSource {
                 if let Err(e) = tokio::task::spawn_blocking(move || source.poll_once()).await {
                     warn!(path = %this.path.display(), "config file poll failed: {e}");
                 }
+                this.lock().last_poll = Some(Instant::now());
             }
         })
     }
@@ -140,6 +292,27 @@ impl FileSource {
     /// A copy of the reload counters.
     pub fn stats(&self) -> ReloadStats {
         self.lock().stats.clone()
+    }
+
+    /// How many times the file has been read (polls that found its metadata unchanged do
+    /// not read it).
+    pub fn reads(&self) -> u64 {
+        self.lock().reads
+    }
+
+    /// Why the watcher counts as stuck (no poll completed for a long while), if it does.
+    pub fn stalled(&self) -> Option<String> {
+        let state = self.lock();
+        let last = state.last_poll?;
+        let limit = (state.poll_interval * STALL_POLLS).max(MIN_STALL);
+        let age = last.elapsed();
+        (age > limit).then(|| {
+            format!(
+                "config source {} is stuck: no poll completed for {}s; edits are not applied",
+                self.path.display(),
+                age.as_secs()
+            )
+        })
     }
 
     /// The watched file.
@@ -154,10 +327,20 @@ impl FileSource {
 
     /// One poll: reloads if the file changed and has been stable for one poll.
     fn poll_once(&self) {
-        let read = std::fs::read(&self.path);
-        let observed = Observed::of(&read);
+        if self.unchanged_since_last_read() {
+            return;
+        }
+        let read_at = SystemTime::now();
+        let read = read_config(&self.path, self.limits.max_bytes);
+        let observed = Observed::of(
+            read.as_ref()
+                .map(|(bytes, _)| bytes.as_slice())
+                .map_err(io::Error::to_string),
+        );
         {
             let mut state = self.lock();
+            state.reads += 1;
+            state.last_read = read.as_ref().ok().map(|(_, print)| (*print, read_at));
             if observed == state.current {
                 state.pending = None;
                 return;
@@ -171,7 +354,8 @@ impl FileSource {
         }
 
         let result = match read {
-            Ok(bytes) => translate(&self.path, bytes),
+            Ok((bytes, _)) => translate(&self.path, bytes)
+                .and_then(|next| refuse_accidental_release(&self.store.load(), next)),
             Err(source) if source.kind() == io::ErrorKind::NotFound => Err(ConfigError::Io {
                 path: self.path.clone(),
                 source: io::Error::new(
@@ -226,6 +410,64 @@ impl FileSource {
     }
 }
 
+impl FileSource {
+    /// Whether the file's metadata is what it was at the last read, and that read was
+    /// long enough after the last change that an equal-metadata edit is impossible.
+    fn unchanged_since_last_read(&self) -> bool {
+        let Some((print, read_at)) = self.lock().last_read else {
+            return false;
+        };
+        match std::fs::metadata(&self.path) {
+            Ok(meta) => Fingerprint::of(&meta) == print && !print.racy(read_at),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Refuses a snapshot that would release every enrolled pod because the namespaces that
+/// enrolled them vanished from the file (a truncated or wrong file), rather than because an
+/// operator changed their labels.
+fn refuse_accidental_release(
+    current: &MeshSnapshot,
+    next: MeshSnapshot,
+) -> Result<MeshSnapshot, ConfigError> {
+    let ambient = |snapshot: &MeshSnapshot| -> Vec<String> {
+        snapshot
+            .namespaces()
+            .filter(|ns| ns.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) == Some("ambient"))
+            .map(|ns| ns.name.clone())
+            .collect()
+    };
+    let enrolled_now = ambient(current);
+    if enrolled_now.is_empty() || !ambient(&next).is_empty() {
+        return Ok(next);
+    }
+    let vanished: Vec<&String> = enrolled_now
+        .iter()
+        .filter(|name| next.namespace(name).is_none())
+        .collect();
+    if vanished.len() < enrolled_now.len() {
+        // At least one enrolled namespace is still declared with its label changed: the
+        // operator released it on purpose.
+        return Ok(next);
+    }
+    Err(ConfigError::Invalid {
+        document: 0,
+        object: None,
+        field: "(file)".into(),
+        message: format!(
+            "this reload would release every enrolled pod: the ambient namespaces {} are no \
+             longer declared; to release them on purpose keep their Namespace objects and \
+             remove the {DATAPLANE_MODE_LABEL} label",
+            vanished
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
 fn translate(path: &Path, bytes: Vec<u8>) -> Result<MeshSnapshot, ConfigError> {
     let text = String::from_utf8(bytes).map_err(|e| ConfigError::Io {
         path: path.to_owned(),
@@ -234,7 +476,18 @@ fn translate(path: &Path, bytes: Vec<u8>) -> Result<MeshSnapshot, ConfigError> {
             format!("the file is not UTF-8 text ({e}); save it as UTF-8"),
         ),
     })?;
-    parse_and_build(&text)
+    let objects = crate::model::parse_documents(&text)?;
+    if objects.is_empty() {
+        return Err(ConfigError::Io {
+            path: path.to_owned(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the file holds no objects (it is empty or only comments); an empty config \
+                 would release every pod: write the Namespaces and Pods back",
+            ),
+        });
+    }
+    crate::model::build(&objects)
 }
 
 struct Counts {
@@ -400,5 +653,163 @@ mod tests {
         wait_generation(&mut rx, 3).await;
         assert_eq!(store.load().workloads().count(), 1);
         watch.abort();
+    }
+
+    const AMBIENT: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {weft.dev/dataplane-mode: ambient}}\n";
+
+    async fn start(content: &str) -> (tempfile::TempDir, PathBuf, Arc<MeshStore>, Arc<FileSource>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesh.yaml");
+        std::fs::write(&path, content).unwrap();
+        let store = Arc::new(MeshStore::default());
+        let source = FileSource::load_initial(&path, Arc::clone(&store)).unwrap();
+        (dir, path, store, source)
+    }
+
+    #[test]
+    fn empty_or_comment_only_files_refuse_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content) in [("empty", ""), ("comments", "# nothing\n---\n# here\n")] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            let err = FileSource::load_initial(&path, Arc::new(MeshStore::default())).unwrap_err();
+            assert!(
+                err.to_string().contains("holds no objects"),
+                "{name}: {err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn emptying_the_file_keeps_the_last_good_config() {
+        let (_dir, path, store, source) =
+            start(&format!("{AMBIENT}---\n{}", pod("a", "10.0.0.1"))).await;
+        let watch = source.spawn_watch(POLL);
+        for (round, content) in ["", "# only a comment\n"].into_iter().enumerate() {
+            std::fs::write(&path, content).unwrap();
+            wait_until("rejection", || source.stats().rejected == round as u64 + 1).await;
+            let error = source.stats().last_error.unwrap();
+            assert!(error.contains("holds no objects"), "{error}");
+            assert_eq!(store.load().generation, 1);
+            assert!(store.load().namespace("shop").is_some());
+        }
+        watch.abort();
+    }
+
+    #[tokio::test]
+    async fn releasing_every_pod_needs_an_explicit_edit() {
+        let (_dir, path, store, source) =
+            start(&format!("{AMBIENT}---\n{}", pod("a", "10.0.0.1"))).await;
+        let mut rx = store.subscribe();
+        let watch = source.spawn_watch(POLL);
+        // The ambient namespace vanishes (a wrong or truncated file): refused.
+        std::fs::write(&path, pod("a", "10.0.0.1")).unwrap();
+        wait_until("rejection", || source.stats().rejected == 1).await;
+        let error = source.stats().last_error.unwrap();
+        assert!(
+            error.contains("release every enrolled pod") && error.contains("shop"),
+            "{error}"
+        );
+        assert_eq!(store.load().generation, 1);
+        // The namespace stays declared with its label removed: the operator meant it.
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n---\n{}",
+                pod("a", "10.0.0.1")
+            ),
+        )
+        .unwrap();
+        wait_generation(&mut rx, 2).await;
+        assert!(store.load().namespace("shop").unwrap().labels.is_empty());
+        watch.abort();
+    }
+
+    #[tokio::test]
+    async fn a_fifo_device_or_huge_file_is_refused_without_hanging() {
+        let (dir, path, store, source) = start(&pod("a", "10.0.0.1")).await;
+        let watch = source.spawn_watch(POLL);
+        // A FIFO with no writer: a blocking open would hang the watcher forever.
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        wait_until("FIFO rejection", || {
+            source
+                .stats()
+                .last_error
+                .is_some_and(|e| e.contains("FIFO"))
+        })
+        .await;
+        assert!(source.stalled().is_none());
+        // A symlink to /dev/zero: an endless read.
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        wait_until("device rejection", || {
+            source
+                .stats()
+                .last_error
+                .is_some_and(|e| e.contains("character device"))
+        })
+        .await;
+        // Larger than the cap.
+        std::fs::remove_file(&path).unwrap();
+        let big = dir.path().join("big.yaml");
+        let file = std::fs::File::create(&big).unwrap();
+        file.set_len(DEFAULT_MAX_BYTES + 1).unwrap();
+        std::fs::rename(&big, &path).unwrap();
+        wait_until("size rejection", || {
+            source
+                .stats()
+                .last_error
+                .is_some_and(|e| e.contains("limit"))
+        })
+        .await;
+        assert_eq!(store.load().generation, 1, "the first config stays");
+        // A symlink to a regular file (how ConfigMaps are mounted) is fine.
+        std::fs::remove_file(&path).unwrap();
+        let real = dir.path().join("real.yaml");
+        std::fs::write(&real, pod("b", "10.0.0.2")).unwrap();
+        std::os::unix::fs::symlink(&real, &path).unwrap();
+        let mut rx = store.subscribe();
+        wait_generation(&mut rx, 2).await;
+        watch.abort();
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_file_is_not_reread() {
+        let (_dir, path, _store, source) = start(&pod("a", "10.0.0.1")).await;
+        // Make the file old, so its metadata alone proves it unchanged.
+        let old = std::time::SystemTime::now() - Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let watch = source.spawn_watch(POLL);
+        // The first poll reads once (the metadata changed since load), then no more.
+        wait_until("first re-read", || source.reads() >= 2).await;
+        let reads = source.reads();
+        let polls_before = Instant::now();
+        while polls_before.elapsed() < POLL * 10 {
+            tokio::time::sleep(POLL).await;
+        }
+        assert_eq!(source.reads(), reads, "unchanged file re-read");
+        watch.abort();
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_stops_polling_is_reported_stalled() {
+        let (_dir, _path, _store, source) = start(&pod("a", "10.0.0.1")).await;
+        assert!(source.stalled().is_none(), "not watching yet");
+        let watch = source.spawn_watch(POLL);
+        assert!(source.stalled().is_none());
+        watch.abort();
+        // Pretend the last poll finished a minute ago (as a hung read would leave it).
+        source.lock().last_poll = Some(Instant::now() - Duration::from_secs(60));
+        let reason = source.stalled().unwrap();
+        assert!(
+            reason.contains("stuck") && reason.contains("mesh.yaml"),
+            "{reason}"
+        );
     }
 }

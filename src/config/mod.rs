@@ -7,4 +7,4 @@
 pub mod file_source;
 
 pub use crate::model::ConfigError;
-pub use file_source::{FileSource, ReloadStats};
+pub use file_source::{FileSource, FileSourceLimits, ReloadStats};

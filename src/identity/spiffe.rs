@@ -27,7 +27,7 @@ pub enum SpiffeIdError {
     BadSegment {
         value: String,
         part: &'static str,
-        reason: &'static str,
+        reason: String,
     },
 }
 
@@ -71,20 +71,34 @@ impl SpiffeId {
 }
 
 fn check_segment(whole: &str, part: &'static str, segment: &str) -> Result<(), SpiffeIdError> {
-    let bad = |reason| SpiffeIdError::BadSegment {
+    let checked = match part {
+        // Kubernetes namespaces are DNS labels, service accounts DNS subdomains.
+        "namespace" => crate::names::check_dns_label(segment),
+        "service account" => crate::names::check_dns_subdomain(segment),
+        _ => check_trust_domain(segment),
+    };
+    checked.map_err(|reason| SpiffeIdError::BadSegment {
         value: whole.to_owned(),
         part,
         reason,
-    };
+    })
+}
+
+/// A SPIFFE trust domain: lowercase letters, digits, '-', '.' and '_', no empty parts.
+fn check_trust_domain(segment: &str) -> Result<(), String> {
     if segment.is_empty() {
-        return Err(bad("it is empty"));
+        return Err("it is empty".into());
     }
-    if segment.len() > 253 {
-        return Err(bad("it is longer than 253 characters"));
+    if segment.len() > crate::names::MAX_SUBDOMAIN {
+        return Err("it is longer than 253 characters".into());
     }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+    let allowed =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_');
     if !segment.chars().all(allowed) {
-        return Err(bad("only letters, digits, '-', '.' and '_' are allowed"));
+        return Err("only lowercase letters, digits, '-', '.' and '_' are allowed".into());
+    }
+    if segment.split('.').any(str::is_empty) {
+        return Err("it must not contain empty parts ('..', or a leading or trailing '.')".into());
     }
     Ok(())
 }
@@ -142,6 +156,26 @@ mod tests {
         let err = "spiffe://td/ns//sa/b".parse::<SpiffeId>().unwrap_err();
         assert!(err.to_string().contains("namespace"), "{err}");
         let err = "spiffe://td/ns/a b/sa/b".parse::<SpiffeId>().unwrap_err();
-        assert!(err.to_string().contains("only letters"), "{err}");
+        assert!(err.to_string().contains("namespace"), "{err}");
+    }
+
+    #[test]
+    fn rejects_path_tricks_and_non_dns_segments() {
+        for bad in [
+            "spiffe://cluster.local/ns/../sa/x",
+            "spiffe://cluster.local/ns/./sa/x",
+            "spiffe://cluster.local/ns/shop/sa/..",
+            "spiffe://cluster.local/ns/shop/sa/a..b",
+            "spiffe://cluster.local/ns/Shop/sa/x",
+            "spiffe://cluster.local/ns/shop_1/sa/x",
+            "spiffe://../ns/shop/sa/x",
+            "spiffe://Cluster.local/ns/shop/sa/x",
+            "spiffe://cluster.local/ns/shop/sa/x/extra",
+        ] {
+            assert!(bad.parse::<SpiffeId>().is_err(), "{bad} was accepted");
+        }
+        assert!("spiffe://cluster.local/ns/shop/sa/order.v2"
+            .parse::<SpiffeId>()
+            .is_ok());
     }
 }

@@ -20,11 +20,14 @@ use super::{
     Endpoint, MeshSnapshot, Namespace, Service, ServicePort, TargetPort, Workload,
     DATAPLANE_MODE_LABEL, USE_WAYPOINT_LABEL,
 };
+use crate::names;
 
 /// What weft reads, for error messages.
 const SUPPORTED_KINDS: &str = "v1 Namespace, v1 Pod, v1 Service, discovery.k8s.io/v1 \
      EndpointSlice, and weft.dev/v1alpha1 AuthorizationPolicy and PeerAuthentication";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Namespaces every cluster has, so a config need not declare them.
+const BUILT_IN_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// Errors of the model and config layer. Messages name the document (1-based), the object and
 /// the field, with the offending value.
@@ -233,10 +236,44 @@ impl Ctx {
         }
     }
 
+    /// An address traffic can be routed to: loopback, unspecified and multicast addresses
+    /// are refused (an endpoint at 127.0.0.1 would make the proxy connect to itself).
     fn ip(&self, field: impl Into<String>, raw: &str) -> Result<IpAddr, ConfigError> {
-        raw.trim()
+        let field = field.into();
+        let ip: IpAddr = raw
+            .trim()
             .parse()
-            .map_err(|_| self.err(field, format!("{raw:?} is not an IP address")))
+            .map_err(|_| self.err(field.clone(), format!("{raw:?} is not an IP address")))?;
+        let canonical = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            IpAddr::V4(_) => ip,
+        };
+        let unroutable = if canonical.is_loopback() {
+            Some("a loopback address")
+        } else if canonical.is_unspecified() {
+            Some("the unspecified address")
+        } else if canonical.is_multicast() {
+            Some("a multicast address")
+        } else {
+            None
+        };
+        match unroutable {
+            Some(what) => Err(self.err(
+                field,
+                format!("{ip} is {what}; pod, service and endpoint addresses must be routable"),
+            )),
+            None => Ok(ip),
+        }
+    }
+
+    /// Checks a name with one of the [`crate::names`] rules.
+    pub(super) fn name(
+        &self,
+        field: impl Into<String>,
+        value: &str,
+        check: fn(&str) -> Result<(), String>,
+    ) -> Result<(), ConfigError> {
+        check(value).map_err(|reason| self.err(field, format!("{value:?} {reason}")))
     }
 
     fn port(&self, field: impl Into<String>, raw: i64) -> Result<u16, ConfigError> {
@@ -281,6 +318,16 @@ pub(super) fn identify(
     let Some(name) = name else {
         return Err(ctx.err("metadata.name", "missing; every object needs a name"));
     };
+    if namespaced {
+        ctx.name("metadata.namespace", namespace, names::check_dns_label)?;
+        ctx.name("metadata.name", name, names::check_dns_subdomain)?;
+    } else {
+        ctx.name("metadata.name", name, names::check_dns_label)?;
+    }
+    for (key, value) in meta.labels.iter().flatten() {
+        let field = format!("metadata.labels.{key}");
+        check_label(&ctx, &field, key, value)?;
+    }
     let key = (kind, namespace.to_owned(), name.clone());
     if let Some(first) = seen.insert(key, parsed.document) {
         return Err(ctx.err(
@@ -292,6 +339,13 @@ pub(super) fn identify(
         ));
     }
     Ok((ctx, namespace.to_owned(), name.clone()))
+}
+
+/// Checks one label's key and value as the API server would.
+fn check_label(ctx: &Ctx, field: &str, key: &str, value: &str) -> Result<(), ConfigError> {
+    names::check_label_key(key)
+        .map_err(|reason| ctx.err(field, format!("key {key:?} {reason}")))?;
+    names::check_label_value(value).map_err(|reason| ctx.err(field, format!("value {reason}")))
 }
 
 /// The waypoint named by `labels`, else the namespace's; `none` opts out.
@@ -360,6 +414,15 @@ pub fn build(objects: &[ParsedObject]) -> Result<MeshSnapshot, ConfigError> {
             let (ctx, service, vip_fields) =
                 translate_service(parsed, svc, &namespaces, &mut seen)?;
             for (vip, field) in vip_fields {
+                if let Some((doc, pod)) = pod_ips.get(&vip) {
+                    return Err(ctx.err(
+                        field,
+                        format!(
+                            "{vip} is the IP of {pod} (document {doc}); a cluster IP must not \
+                             be a pod's address"
+                        ),
+                    ));
+                }
                 if let Some((doc, other)) = vips.get(&vip) {
                     return Err(ctx.err(
                         field,
@@ -503,6 +566,18 @@ fn translate_pod(
     let ips = ip_fields.iter().map(|(ip, _)| *ip).collect();
 
     let ns = namespaces.get(&namespace);
+    if ns.is_none() && !BUILT_IN_NAMESPACES.contains(&namespace.as_str()) {
+        return Err(ctx.err(
+            "metadata.namespace",
+            format!("Namespace {namespace:?} is not declared; add a Namespace object for it"),
+        ));
+    }
+    let service_account = non_empty(spec.service_account_name.as_ref())
+        .map(|sa| ("spec.serviceAccountName", sa))
+        .or(non_empty(spec.service_account.as_ref()).map(|sa| ("spec.serviceAccount", sa)));
+    if let Some((field, sa)) = service_account {
+        ctx.name(field, sa, names::check_dns_subdomain)?;
+    }
     let enrolled = !host_network
         && ns.is_some_and(|ns| {
             ns.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) == Some("ambient")
@@ -513,9 +588,8 @@ fn translate_pod(
         uid: non_empty(meta.uid.as_ref())
             .cloned()
             .unwrap_or_else(|| format!("{namespace}/{name}")),
-        service_account: non_empty(spec.service_account_name.as_ref())
-            .or(non_empty(spec.service_account.as_ref()))
-            .cloned()
+        service_account: service_account
+            .map(|(_, sa)| sa.clone())
             .unwrap_or_else(|| "default".to_owned()),
         node: non_empty(spec.node_name.as_ref()).cloned(),
         waypoint: waypoint(&labels, ns),
@@ -1246,6 +1320,7 @@ spec: {clusterIP: None, ports: [{port: 80, targetPort: "8080"}]}
         // Same name, different kinds or namespaces: fine.
         let ok = format!(
             "{NS}---\n{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: p, namespace: shop}}\n\
+             ---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: other}}\n\
              ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: other}}\n",
             pod("p", "")
         );
@@ -1255,29 +1330,113 @@ spec: {clusterIP: None, ports: [{port: 80, targetPort: "8080"}]}
     #[test]
     fn pods_sharing_an_ip() {
         let yaml = format!(
-            "{}---\n{}",
+            "{NS}---\n{}---\n{}",
             pod("a", "status: {podIP: 10.0.0.1}"),
             pod("b", "status: {podIPs: [{ip: 10.0.0.2}, {ip: 10.0.0.1}]}")
         );
         assert_error(
             &yaml,
             &[
-                "document 2",
+                "document 3",
                 "Pod shop/b",
                 "status.podIPs[1].ip",
                 "10.0.0.1",
-                "Pod shop/a (document 1)",
+                "Pod shop/a (document 2)",
             ],
         );
         // hostNetwork pods share the node IP with each other and with nothing in the index.
         let ok = format!(
-            "{}---\n{}---\n{}",
+            "{NS}---\n{}---\n{}---\n{}",
             pod("a", "spec: {hostNetwork: true}\nstatus: {podIP: 10.0.0.1}"),
             pod("b", "spec: {hostNetwork: true}\nstatus: {podIP: 10.0.0.1}"),
             pod("c", "status: {podIP: 10.0.0.1}"),
         );
         let snap = parse_and_build(&ok).unwrap();
         assert_eq!(snap.workload_by_ip(ip("10.0.0.1")).unwrap().name, "c");
+    }
+
+    #[test]
+    fn names_and_labels_are_checked_as_the_api_server_would() {
+        let ns =
+            |name: &str| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name:?}}}\n");
+        assert_error(
+            &ns("Shop!/.."),
+            &["Namespace Shop!/..", "metadata.name", "lowercase"],
+        );
+        let long_value = "v".repeat(100_000);
+        for (labels, fragments) in [
+            (
+                "{\"bad key\": x}".to_owned(),
+                vec!["metadata.labels.bad key", "key"],
+            ),
+            ("{\"a/b/c\": x}".to_owned(), vec!["metadata.labels.a/b/c"]),
+            (
+                format!("{{app: {long_value}}}"),
+                vec!["metadata.labels.app", "63 characters"],
+            ),
+        ] {
+            let yaml = format!(
+                "{NS}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: shop, labels: {labels}}}\n"
+            );
+            let mut all = vec!["Pod shop/p"];
+            all.extend(fragments);
+            assert_error(&yaml, &all);
+        }
+        for sa in ["../admin", "a/sa/b", "Admin"] {
+            let yaml = format!(
+                "{NS}---\n{}",
+                pod("p", &format!("spec: {{serviceAccountName: {sa:?}}}"))
+            );
+            assert_error(&yaml, &["Pod shop/p", "spec.serviceAccountName", sa]);
+        }
+        // A pod in a namespace nobody declared; `default` always exists.
+        assert_error(
+            &pod("p", ""),
+            &["Pod shop/p", "metadata.namespace", "not declared"],
+        );
+        parse_and_build("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n").unwrap();
+    }
+
+    #[test]
+    fn unroutable_addresses_are_refused() {
+        for raw in [
+            "127.0.0.1",
+            "::1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "::ffff:127.0.0.1",
+        ] {
+            let yaml = format!(
+                "{NS}---\n{}",
+                pod("p", &format!("status: {{podIP: {raw:?}}}"))
+            );
+            assert_error(&yaml, &["Pod shop/p", "status.podIP", raw]);
+        }
+        let service = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n\
+                       spec: {clusterIP: 10.96.0.9, ports: [{port: 80, name: http}]}\n";
+        let slice = |addr: &str| {
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}\n\
+                 addressType: IPv4\nports: [{{name: http, port: 15001}}]\n\
+                 endpoints: [{{addresses: [{addr}]}}]\n"
+            )
+        };
+        assert_error(
+            &format!("{NS}---\n{service}---\n{}", slice("127.0.0.1")),
+            &[
+                "EndpointSlice shop/web-1",
+                "endpoints[0].addresses[0]",
+                "loopback",
+            ],
+        );
+        // A cluster IP that is a pod's address would capture the pod's own traffic.
+        let yaml = format!(
+            "{NS}---\n{}---\n{}",
+            pod("p", "status: {podIP: 10.96.0.9}"),
+            service
+        );
+        assert_error(&yaml, &["Service shop/web", "spec.clusterIP", "Pod shop/p"]);
     }
 
     #[test]

@@ -14,6 +14,14 @@ kind: Namespace
 metadata: {name: shop}
 ---
 apiVersion: v1
+kind: Namespace
+metadata: {name: other}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: weft-system}
+---
+apiVersion: v1
 kind: Pod
 metadata: {name: order, namespace: shop, labels: {app: order}}
 spec: {serviceAccountName: order}
@@ -571,6 +579,14 @@ const PA_MESH: &str = r#"
 apiVersion: v1
 kind: Namespace
 metadata: {name: a}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: b}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: c}
 ---
 apiVersion: v1
 kind: Pod

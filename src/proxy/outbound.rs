@@ -4,6 +4,11 @@
 //! an enrolled workload addressed directly) is reached over HBONE at `ip:15008` with the
 //! authority `ip:targetPort`; a known but not enrolled one by plain TCP; an address the
 //! model does not know is passed through untouched.
+//!
+//! A proxy never connects to itself: a target that is loopback, unspecified, one of the
+//! capture ports, or one of the daemon's own ports on the source's own address is refused
+//! (counted in `weft_connections_refused_total{reason="loop"}`) wherever the route came
+//! from, so one connection cannot chain into thousands.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -16,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::hbone::client::HboneError;
-use crate::hbone::{ConnectRequest, H2Stream, HboneClient, HBONE_PORT};
+use crate::hbone::{ConnectRequest, H2Stream, HboneClient, HBONE_PORT, OWN_PORTS};
 use crate::identity::SpiffeId;
 use crate::model::{MeshSnapshot, Workload};
 use crate::proxy::copy::copy_metered;
@@ -54,6 +59,8 @@ pub enum ProxyError {
     BadIdentity { workload: String, reason: String },
     #[error(transparent)]
     Hbone(#[from] HboneError),
+    #[error("refusing to connect to {addr}: it is this proxy itself ({why})")]
+    Loop { addr: SocketAddr, why: &'static str },
     #[error("plain TCP connect to {addr} failed: {source}")]
     Connect { addr: SocketAddr, source: io::Error },
 }
@@ -93,6 +100,41 @@ pub struct OutboundProxy {
     hbone: Arc<HboneClient>,
     trust_domain: String,
     next_endpoint: AtomicUsize,
+    /// Ports this daemon listens on besides [`OWN_PORTS`] (e.g. the SOCKS5 port).
+    extra_own_ports: Vec<u16>,
+}
+
+/// Capture ports: nothing legitimate is ever reached on them by plain TCP.
+const CAPTURE_PORTS: [u16; 2] = [15001, 15006];
+
+/// Why `target` would loop back into this proxy, if it would.
+///
+/// `source_ips` are the addresses of the workload the connection is made for: the daemon's
+/// own listeners live on them (in pods mode inside the pod, in host mode on the host).
+pub fn loop_reason(
+    target: SocketAddr,
+    source_ips: &[IpAddr],
+    extra_own_ports: &[u16],
+) -> Option<&'static str> {
+    let ip = target.ip();
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        IpAddr::V4(_) => ip,
+    };
+    if ip.is_loopback() {
+        return Some("loopback address");
+    }
+    if ip.is_unspecified() {
+        return Some("unspecified address");
+    }
+    if CAPTURE_PORTS.contains(&target.port()) {
+        return Some("capture port");
+    }
+    let own_port = OWN_PORTS.contains(&target.port()) || extra_own_ports.contains(&target.port());
+    if own_port && source_ips.contains(&ip) {
+        return Some("own port on the source's own address");
+    }
+    None
 }
 
 impl OutboundProxy {
@@ -101,6 +143,21 @@ impl OutboundProxy {
             hbone,
             trust_domain,
             next_endpoint: AtomicUsize::new(0),
+            extra_own_ports: Vec::new(),
+        })
+    }
+
+    /// The same proxy, also treating `ports` as its own (refused as loop targets).
+    pub fn with_own_ports(
+        hbone: Arc<HboneClient>,
+        trust_domain: String,
+        ports: Vec<u16>,
+    ) -> Arc<Self> {
+        Arc::new(OutboundProxy {
+            hbone,
+            trust_domain,
+            next_endpoint: AtomicUsize::new(0),
+            extra_own_ports: ports,
         })
     }
 
@@ -206,10 +263,18 @@ impl OutboundProxy {
             service,
             security,
         );
+        let route = route.and_then(|route| self.refuse_loops(route, source));
         let route = match route {
             Ok(route) => route,
             Err(error) => {
-                report.refused("CONNECT", &error.to_string(), None);
+                let flag = if matches!(error, ProxyError::Loop { .. }) {
+                    metrics::counter!(crate::telemetry::registry::CONNECTIONS_REFUSED, "reason" => "loop")
+                        .increment(1);
+                    "LOOP"
+                } else {
+                    "CONNECT"
+                };
+                report.refused(flag, &error.to_string(), None);
                 return Err(error);
             }
         };
@@ -231,6 +296,18 @@ impl OutboundProxy {
                 );
                 Err(error)
             }
+        }
+    }
+
+    /// Passes `route` unless its target is this proxy itself.
+    fn refuse_loops(&self, route: Route, source: &Workload) -> Result<Route, ProxyError> {
+        let target = match &route {
+            Route::Hbone(plan) => plan.authority,
+            Route::Direct(addr) | Route::Passthrough(addr) => *addr,
+        };
+        match loop_reason(target, &source.ips, &self.extra_own_ports) {
+            Some(why) => Err(ProxyError::Loop { addr: target, why }),
+            None => Ok(route),
         }
     }
 
@@ -311,5 +388,59 @@ impl AsyncWrite for Upstream {
             Upstream::Tunnel(s) => Pin::new(s).poll_shutdown(cx),
             Upstream::Plain(s) => Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn loop_targets_are_named() {
+        let own: Vec<IpAddr> = vec!["10.1.0.5".parse().unwrap()];
+        assert_eq!(
+            loop_reason(addr("127.0.0.1:15001"), &own, &[]),
+            Some("loopback address")
+        );
+        assert_eq!(
+            loop_reason(addr("127.0.0.7:8080"), &own, &[]),
+            Some("loopback address")
+        );
+        assert_eq!(
+            loop_reason(addr("[::ffff:127.0.0.1]:80"), &own, &[]),
+            Some("loopback address")
+        );
+        assert_eq!(
+            loop_reason(addr("[::1]:80"), &own, &[]),
+            Some("loopback address")
+        );
+        assert_eq!(
+            loop_reason(addr("0.0.0.0:80"), &own, &[]),
+            Some("unspecified address")
+        );
+        assert_eq!(
+            loop_reason(addr("10.9.9.9:15006"), &own, &[]),
+            Some("capture port")
+        );
+        assert_eq!(
+            loop_reason(addr("10.1.0.5:15008"), &own, &[]),
+            Some("own port on the source's own address")
+        );
+        assert_eq!(
+            loop_reason(addr("10.1.0.5:15080"), &own, &[15080]),
+            Some("own port on the source's own address")
+        );
+    }
+
+    #[test]
+    fn ordinary_targets_pass() {
+        let own: Vec<IpAddr> = vec!["10.1.0.5".parse().unwrap()];
+        assert_eq!(loop_reason(addr("10.1.0.5:8080"), &own, &[]), None);
+        assert_eq!(loop_reason(addr("10.2.0.7:15008"), &own, &[]), None);
+        assert_eq!(loop_reason(addr("10.2.0.7:15080"), &own, &[15080]), None);
     }
 }

@@ -18,6 +18,8 @@ pub const ENROLLED_PODS: &str = "weft_enrolled_pods";
 pub const CERT_EXPIRY: &str = "weft_certificate_expiry_seconds";
 pub const CONFIG_RELOADS: &str = "weft_config_reloads_total";
 pub const BUILD_INFO: &str = "weft_build_info";
+pub const CONFIG_STALLED: &str = "weft_config_source_stalled";
+pub const CONNECTIONS_REFUSED: &str = "weft_connections_refused_total";
 
 /// Buckets for connection durations (seconds): sub-millisecond to an hour.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -116,6 +118,14 @@ fn describe() {
         "Config reloads, by result (accepted or rejected)"
     );
     describe_gauge!(BUILD_INFO, "weft build information (always 1)");
+    describe_gauge!(
+        CONFIG_STALLED,
+        "1 while the config source has not completed a poll for a long time (edits are not applied)"
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections the daemon refused to protect itself, by reason (loop, per-source limit, fd reserve)"
+    );
 }
 
 /// Keeps the daemon health gauges current: certificate expiry per identity and config
@@ -138,5 +148,7 @@ pub async fn update_health_forever(
         let stats = source.stats();
         metrics::counter!(CONFIG_RELOADS, "result" => "accepted").absolute(stats.accepted);
         metrics::counter!(CONFIG_RELOADS, "result" => "rejected").absolute(stats.rejected);
+        let stalled = if source.stalled().is_some() { 1.0 } else { 0.0 };
+        metrics::gauge!(CONFIG_STALLED).set(stalled);
     }
 }

@@ -1,0 +1,147 @@
+//! Kubernetes naming rules, checked the way the API server checks them: DNS labels
+//! (namespaces), DNS subdomains (most object names, service accounts), label keys and
+//! values. Identities and the config translation both use these, so a name that could not
+//! exist in a cluster (`..`, `a/sa/b`, `Shop!`) is refused everywhere it enters.
+//!
+//! Each check returns `Err(reason)` with a sentence a user can act on.
+
+/// Longest DNS label (RFC 1123).
+pub const MAX_LABEL: usize = 63;
+/// Longest DNS subdomain (RFC 1123).
+pub const MAX_SUBDOMAIN: usize = 253;
+
+/// An RFC 1123 DNS label: 1-63 lowercase letters, digits or '-', starting and ending with a
+/// letter or digit (namespace names).
+pub fn check_dns_label(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("is empty".into());
+    }
+    if value.len() > MAX_LABEL {
+        return Err(format!("is longer than {MAX_LABEL} characters"));
+    }
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    if !value.chars().all(ok_char) {
+        return Err("must be lowercase letters, digits and '-' only".into());
+    }
+    if value.starts_with('-') || value.ends_with('-') {
+        return Err("must start and end with a letter or digit".into());
+    }
+    Ok(())
+}
+
+/// An RFC 1123 DNS subdomain: at most 253 characters of dot-separated DNS labels (object
+/// names, service account names).
+pub fn check_dns_subdomain(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("is empty".into());
+    }
+    if value.len() > MAX_SUBDOMAIN {
+        return Err(format!("is longer than {MAX_SUBDOMAIN} characters"));
+    }
+    for part in value.split('.') {
+        check_dns_label(part).map_err(|reason| {
+            if part.is_empty() {
+                "must not contain empty parts ('..', or a leading or trailing '.')".to_owned()
+            } else {
+                format!("part {part:?} {reason}")
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// A label or annotation name part, and label values: at most 63 characters of letters,
+/// digits, '-', '_' and '.', starting and ending with a letter or digit.
+fn check_qualified_part(value: &str) -> Result<(), String> {
+    if value.len() > MAX_LABEL {
+        return Err(format!("is longer than {MAX_LABEL} characters"));
+    }
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if !value.chars().all(ok_char) {
+        return Err("may contain only letters, digits, '-', '_' and '.'".into());
+    }
+    let edge_ok = |c: Option<char>| c.is_none_or(|c| c.is_ascii_alphanumeric());
+    if !(edge_ok(value.chars().next()) && edge_ok(value.chars().last())) {
+        return Err("must start and end with a letter or digit".into());
+    }
+    Ok(())
+}
+
+/// A label key: an optional DNS-subdomain prefix and '/', then a name of at most 63
+/// characters.
+pub fn check_label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix {
+        check_dns_subdomain(prefix).map_err(|reason| format!("prefix {prefix:?} {reason}"))?;
+    }
+    if name.is_empty() {
+        return Err("has an empty name".into());
+    }
+    check_qualified_part(name).map_err(|reason| format!("name {name:?} {reason}"))
+}
+
+/// A label value: empty, or at most 63 characters as for a key's name.
+pub fn check_label_value(value: &str) -> Result<(), String> {
+    check_qualified_part(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        assert!(check_dns_label("shop").is_ok());
+        assert!(check_dns_label("a-1").is_ok());
+        for bad in [
+            "",
+            "Shop",
+            "shop!",
+            "-a",
+            "a-",
+            "a.b",
+            "..",
+            &"a".repeat(64),
+        ] {
+            assert!(check_dns_label(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dns_subdomains() {
+        assert!(check_dns_subdomain("order").is_ok());
+        assert!(check_dns_subdomain("order.v2").is_ok());
+        for bad in [
+            "",
+            "..",
+            "../admin",
+            "a/sa/b",
+            "a..b",
+            ".a",
+            "A",
+            &"a".repeat(254),
+        ] {
+            assert!(check_dns_subdomain(bad).is_err(), "{bad:?}");
+        }
+        let err = check_dns_subdomain("a..b").unwrap_err();
+        assert!(err.contains("empty parts"), "{err}");
+    }
+
+    #[test]
+    fn label_keys_and_values() {
+        assert!(check_label_key("app").is_ok());
+        assert!(check_label_key("weft.dev/dataplane-mode").is_ok());
+        assert!(check_label_key("app.kubernetes.io/name").is_ok());
+        for bad in ["", "/x", "a/", "bad key", "Weft.dev/x", "a/b/c", "-a"] {
+            assert!(check_label_key(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_label_value("").is_ok());
+        assert!(check_label_value("v1.2_x").is_ok());
+        assert!(check_label_value(&"v".repeat(64)).is_err());
+        assert!(check_label_value("a b").is_err());
+        assert!(check_label_value("-a").is_err());
+    }
+}
