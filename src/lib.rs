@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod hbone;
 pub mod identity;
+pub mod limits;
 pub mod listener;
 pub mod model;
 pub mod names;

@@ -1,6 +1,7 @@
 //! The accept loop every weft listener shares: accept until shutdown is signalled, hand
 //! each connection to a handler, and ride out transient accept errors (e.g. out of fds)
-//! without spinning.
+//! without spinning. Proxy listeners use [`accept_gated`], which admits each connection
+//! through the process-wide [`crate::limits`] gate and closes the ones it sheds.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,4 +32,23 @@ pub async fn accept_until_shutdown(
             }
         }
     }
+}
+
+/// Like [`accept_until_shutdown`], but every connection must first get a permit from the
+/// process-wide gate (keyed by the client's IP); shed connections are closed at once. The
+/// handler keeps the permit for as long as the connection lives.
+pub async fn accept_gated(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+    what: &str,
+    mut on_accept: impl FnMut(TcpStream, SocketAddr, crate::limits::Permit),
+) {
+    let gate = crate::limits::global();
+    accept_until_shutdown(listener, shutdown, what, |stream, remote| {
+        match gate.admit(remote.ip(), what) {
+            Ok(permit) => on_accept(stream, remote, permit),
+            Err(_) => drop(stream),
+        }
+    })
+    .await
 }

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::listener::accept_until_shutdown;
+use crate::listener::accept_gated;
 use crate::model::{MeshSnapshot, MeshStore};
 use crate::proxy::outbound::ProxyError;
 use crate::proxy::{HostWorkloads, OutboundProxy};
@@ -98,18 +98,24 @@ impl Socks5Server {
         listener: TcpListener,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        accept_until_shutdown(&listener, &mut shutdown, "socks5", |client, remote| {
-            let server = self.clone();
-            let open = server.sessions_open.clone();
-            open.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                let result = server.serve_client(client).await;
-                open.fetch_sub(1, Ordering::Relaxed);
-                if let Err(error) = result {
-                    tracing::info!(%remote, %error, "SOCKS5 session failed");
-                }
-            });
-        })
+        accept_gated(
+            &listener,
+            &mut shutdown,
+            "socks5",
+            |client, remote, permit| {
+                let server = self.clone();
+                let open = server.sessions_open.clone();
+                open.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let result = server.serve_client(client).await;
+                    open.fetch_sub(1, Ordering::Relaxed);
+                    if let Err(error) = result {
+                        tracing::info!(%remote, %error, "SOCKS5 session failed");
+                    }
+                });
+            },
+        )
         .await;
     }
 

@@ -196,6 +196,24 @@ fn issue_rejects_bad_input_with_clear_errors() {
         ]));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("spiffe://"));
+    // Path tricks and names no cluster could hold are refused, never signed.
+    for bad in [
+        "spiffe://cluster.local/ns/../sa/x",
+        "spiffe://cluster.local/ns/shop/sa/a/sa/b",
+        "spiffe://cluster.local/ns/Shop!/sa/x",
+        "spiffe://cluster.local/ns/shop/sa/",
+    ] {
+        let cert = dir.path().join("bad-cert.pem");
+        let out = run(Command::new(WEFT)
+            .args(["ca", "issue", "--dir"])
+            .arg(dir.path())
+            .args(["--spiffe-id", bad, "--out-cert"])
+            .arg(&cert)
+            .arg("--out-key")
+            .arg(dir.path().join("bad-key.pem")));
+        assert!(!out.status.success(), "{bad} was signed");
+        assert!(!cert.exists(), "{bad}: a certificate was written");
+    }
 }
 
 /// An operator's own RSA root, given as root-cert.pem + ca-key.pem only.

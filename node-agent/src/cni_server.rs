@@ -80,26 +80,25 @@ pub async fn serve(
 }
 
 async fn serve_one(stream: UnixStream, pods: Arc<PodManager>) {
-    if let Some(why) = refuse_peer(&stream) {
-        tracing::warn!("refused a CNI socket client: {why}");
-        metrics::counter!(weft::telemetry::registry::CONNECTIONS_REFUSED, "reason" => "cni_peer")
-            .increment(1);
-        let (_, mut write) = stream.into_split();
-        let response = Response {
-            ok: false,
-            enrolled: false,
-            message: why,
-            permanent: true,
-        };
-        let text = serde_json::to_string(&response).unwrap_or_default();
-        let _ = write.write_all(format!("{text}\n").as_bytes()).await;
-        return;
-    }
+    let refused = refuse_peer(&stream);
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
     let mut line = String::new();
-    let response = match reader.read_line(&mut line).await {
-        Ok(_) => match serde_json::from_str::<Request>(line.trim()) {
+    let response = match (refused, reader.read_line(&mut line).await) {
+        // The request is read (and ignored) first, so the client sees the answer rather
+        // than a broken pipe.
+        (Some(why), _) => {
+            tracing::warn!("refused a CNI socket client: {why}");
+            metrics::counter!(weft::telemetry::registry::CONNECTIONS_REFUSED, "reason" => "cni_peer")
+                .increment(1);
+            Response {
+                ok: false,
+                enrolled: false,
+                message: why,
+                permanent: true,
+            }
+        }
+        (None, Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
             Ok(request) => handle(request, &pods).await,
             Err(error) => Response {
                 ok: false,
@@ -108,7 +107,7 @@ async fn serve_one(stream: UnixStream, pods: Arc<PodManager>) {
                 permanent: true,
             },
         },
-        Err(error) => Response {
+        (None, Err(error)) => Response {
             ok: false,
             enrolled: false,
             message: format!("cannot read request: {error}"),

@@ -245,6 +245,13 @@ impl PodManager {
     /// Brings every known pod to the state the current config asks for.
     pub async fn reconcile_all(&self) {
         let mut inner = self.inner.lock().await;
+        if inner.node_rules_for.is_none() {
+            // The node's anti-spoofing rules go in before any pod trusts the probe address.
+            match run_blocking(|| rules::apply_node_rules(&[])).await {
+                Ok(()) => inner.node_rules_for = Some(Vec::new()),
+                Err(error) => tracing::error!(%error, "cannot install the node's probe rules"),
+            }
+        }
         let snapshot = self.ctx.store.load();
         let ids: Vec<String> = inner.known.keys().cloned().collect();
         for id in ids {

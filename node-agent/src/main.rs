@@ -94,29 +94,58 @@ pub struct Args {
     /// A config file larger than this is rejected without being read whole.
     #[arg(long, default_value_t = weft::config::file_source::DEFAULT_MAX_BYTES)]
     config_max_bytes: u64,
+    /// Most concurrent connections (and HBONE streams) one source IP may hold; more are
+    /// closed at once and counted.
+    #[arg(long, default_value_t = weft::limits::DEFAULT_PER_SOURCE)]
+    max_connections_per_source: usize,
+    /// File descriptors kept free for the daemon's own work (reloads, CNI, admin).
+    #[arg(long, default_value_t = weft::limits::DEFAULT_FD_RESERVE)]
+    fd_reserve: u64,
     /// Readiness probe (/healthz/ready).
     #[arg(long, default_value = "0.0.0.0:15021")]
     readiness_addr: SocketAddr,
 }
 
 /// Every proxied connection costs file descriptors on both sides; lift the soft limit to
-/// the hard one so a busy node does not run out at the common default of 1024.
-fn raise_fd_limit() {
+/// the hard one so a busy node does not run out at the common default of 1024. Returns the
+/// limit in force.
+fn raise_fd_limit() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-files limit"),
-            Err(error) => tracing::warn!(%error, soft, "cannot raise the open-files limit"),
+            Ok(()) => {
+                tracing::debug!(from = soft, to = hard, "raised the open-files limit");
+                hard
+            }
+            Err(error) => {
+                tracing::warn!(%error, soft, "cannot raise the open-files limit");
+                soft
+            }
         },
-        Ok(_) => {}
-        Err(error) => tracing::warn!(%error, "cannot read the open-files limit"),
+        Ok((soft, _)) => soft,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the open-files limit");
+            1024
+        }
     }
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let log_control = logging::init(args.log_format == LogFormat::Json);
-    raise_fd_limit();
+    let nofile = raise_fd_limit();
+    let limits = weft::limits::Limits::for_fd_limit(
+        nofile,
+        args.fd_reserve,
+        args.max_connections_per_source,
+    );
+    weft::limits::configure(limits);
+    tracing::info!(
+        open_files = nofile,
+        max_connections = limits.max_total,
+        per_source = limits.per_source,
+        "connection limits"
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use weft::hbone::server::{BoxFuture, InboundTarget};
 use weft::hbone::{HboneClient, HboneClientConfig, HboneServer, HboneServerConfig, OWN_PORTS};
 use weft::identity::{CertManager, SpiffeId};
-use weft::listener::accept_until_shutdown;
+use weft::listener::accept_gated;
 use weft::model::{MeshSnapshot, MeshStore, Workload};
 use weft::proxy::authz::{check_inbound, recheck_on_change};
 use weft::proxy::{copy_metered, ConnectionTracker, Denial, OutboundProxy, TrackedAttrs};
@@ -241,12 +241,13 @@ async fn serve_outbound(
     store: Arc<MeshStore>,
     workload: Arc<Workload>,
 ) {
-    accept_until_shutdown(&listener, &mut stop, "outbound 15001", |client, peer| {
+    accept_gated(&listener, &mut stop, "outbound 15001", |client, peer, permit| {
         let _ = client.set_nodelay(true);
         let outbound = outbound.clone();
         let store = store.clone();
         let workload = workload.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let dst = match original_destination(&client) {
                 Ok(dst) => dst,
                 Err(error) => {
@@ -276,10 +277,11 @@ async fn serve_inbound_plaintext(
     mut stop: watch::Receiver<bool>,
     inbound: Arc<PodInbound>,
 ) {
-    accept_until_shutdown(&listener, &mut stop, "inbound 15006", |client, peer| {
+    accept_gated(&listener, &mut stop, "inbound 15006", |client, peer, permit| {
         let _ = client.set_nodelay(true);
         let inbound = inbound.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let dst = match original_destination(&client) {
                 Ok(dst) => dst,
                 Err(error) => {

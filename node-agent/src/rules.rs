@@ -2,6 +2,12 @@
 //! to 15001/15006, marks, route table 100) and on the node (SNAT of node-originated TCP to
 //! enrolled pods, so kubelet probes reach the app uncaptured).
 //!
+//! The probe address is trusted by every enrolled pod, so it must be unforgeable by pods:
+//! the node drops every packet with that source that it did not originate itself — frames
+//! entering its bridges from a pod port (`bridge` prerouting, before any forwarding, with
+//! or without a VLAN tag) and packets it would route (`inet` forward). Its own SNAT-ed
+//! probes leave through the output path and are untouched.
+//!
 //! Every apply is one `nft -f` transaction that replaces weft's table whole, so rules are
 //! applied atomically and re-applying is harmless. Commands run inside the pod's namespace
 //! with `nsenter --net=<path>`.
@@ -17,6 +23,7 @@ pub const PROBE_ADDR: &str = "169.254.7.127";
 pub const ROUTE_TABLE: &str = "100";
 const POD_TABLE: &str = "weft";
 const NODE_TABLE: &str = "weft-node";
+const NODE_BRIDGE_TABLE: &str = "weft-node-bridge";
 
 /// A rule command that failed.
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +227,19 @@ table inet {NODE_TABLE} {{
     type nat hook postrouting priority srcnat; policy accept;
     ip daddr @enrolled4 meta l4proto tcp fib saddr type local snat ip to {PROBE_ADDR}
   }}
+  chain forward {{
+    type filter hook forward priority filter - 10; policy accept;
+    ip saddr {PROBE_ADDR} counter drop comment "spoofed probe source"
+  }}
+}}
+table bridge {NODE_BRIDGE_TABLE}
+delete table bridge {NODE_BRIDGE_TABLE}
+table bridge {NODE_BRIDGE_TABLE} {{
+  chain prerouting {{
+    type filter hook prerouting priority -300; policy accept;
+    ether type ip ip saddr {PROBE_ADDR} counter drop comment "spoofed probe source"
+    ether type 8021q vlan type ip ip saddr {PROBE_ADDR} counter drop comment "spoofed probe source"
+  }}
 }}
 "#,
         elements(&v4),
@@ -262,5 +282,11 @@ mod tests {
         );
         let empty = node_ruleset(&[]);
         assert!(!empty.contains("elements"), "{empty}");
+        // Pods cannot forge the probe source, even with no pod enrolled yet.
+        assert!(empty.contains("table bridge weft-node-bridge"), "{empty}");
+        assert!(
+            empty.contains("ip saddr 169.254.7.127 counter drop"),
+            "{empty}"
+        );
     }
 }

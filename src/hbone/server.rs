@@ -27,7 +27,7 @@ use super::{
     set_nodelay, CONNECTION_WINDOW, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, OWN_PORTS, STREAM_WINDOW,
 };
 use crate::identity::{CertManager, SpiffeId};
-use crate::listener::accept_until_shutdown;
+use crate::listener::accept_gated;
 use crate::model::MeshSnapshot;
 use crate::proxy::copy::copy_metered;
 use crate::proxy::tracker::{ConnectionTracker, Denial, TrackedAttrs};
@@ -123,13 +123,16 @@ impl<T: InboundTarget> HboneServer<T> {
     /// (GOAWAY) and returns. Callers wait for `stats().connections_open` to drain.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
         let mut stop = shutdown.clone();
-        accept_until_shutdown(&listener, &mut stop, "hbone", |tcp, remote| {
+        accept_gated(&listener, &mut stop, "hbone", |tcp, remote, permit| {
             let server = self.clone();
             let shutdown = shutdown.clone();
             let span = tracing::debug_span!("hbone_in", %remote);
             tokio::spawn(
-                async move { server.serve_connection(tcp, remote, shutdown).await }
-                    .instrument(span),
+                async move {
+                    let _permit = permit;
+                    server.serve_connection(tcp, remote, shutdown).await
+                }
+                .instrument(span),
             );
         })
         .await;
@@ -292,6 +295,17 @@ impl<T: InboundTarget> HboneServer<T> {
                 "only CONNECT is served",
             );
         }
+        // Each stream opens an upstream socket: it counts against the peer's share.
+        let _permit = match crate::limits::global().admit(remote.ip(), "hbone stream") {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                return refuse(
+                    &mut respond,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &refusal.to_string(),
+                )
+            }
+        };
         let authority = match request
             .uri()
             .authority()

@@ -61,6 +61,10 @@ pub struct Cluster {
     pub pods: Vec<Pod>,
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pub extra_yaml: String,
+    /// Extra flags for every daemon this cluster starts.
+    pub daemon_args: Vec<String>,
+    /// The umask daemons start with (e.g. "000", as a careless operator's shell has).
+    pub daemon_umask: Option<String>,
     weft_node: PathBuf,
     weft_cni: PathBuf,
     _underlay: Netns,
@@ -145,6 +149,8 @@ impl Cluster {
             pods: Vec::new(),
             namespaces: BTreeMap::new(),
             extra_yaml: String::new(),
+            daemon_args: Vec::new(),
+            daemon_umask: None,
             weft_node: binary("weft-node"),
             weft_cni: binary("weft-cni"),
             _underlay: underlay,
@@ -201,8 +207,17 @@ impl Cluster {
     /// Starts (or restarts) the daemon of node `i` and waits until it is ready.
     pub fn start_daemon(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        let mut cmd = node.ns.command(&self.weft_node);
+        let mut cmd = match &self.daemon_umask {
+            Some(umask) => {
+                let mut cmd = node.ns.command("sh");
+                cmd.args(["-c", &format!("umask {umask} && exec \"$0\" \"$@\"")])
+                    .arg(&self.weft_node);
+                cmd
+            }
+            None => node.ns.command(&self.weft_node),
+        };
         cmd.args(["--mode", "pods", "--node-name", &node.name])
+            .args(&self.daemon_args)
             .args(
                 std::env::var("WEFT_TEST_DAEMON_ARGS")
                     .unwrap_or_default()
@@ -239,6 +254,24 @@ impl Cluster {
             .as_ref()
             .map(|d| d.log_text())
             .unwrap_or_default()
+    }
+
+    /// The weft-cni entry of node `i`'s conflist, ready to run on its own.
+    pub fn weft_cni_conf(&self, i: usize, cni_version: &str) -> Value {
+        let mut conf = self.conflist(&self.nodes[i]).pop().expect("weft-cni entry");
+        conf["cniVersion"] = json!(cni_version);
+        conf["name"] = json!("weftnet");
+        conf
+    }
+
+    /// The daemon's process id on node `i`.
+    pub fn daemon_pid(&self, i: usize) -> u32 {
+        self.nodes[i].daemon.as_ref().expect("daemon").child.id()
+    }
+
+    /// GET from inside node `i`'s namespace (its metrics, admin or readiness port).
+    pub fn node_get(&self, i: usize, url: &str) -> String {
+        Cluster::curl(&self.nodes[i].ns, url).unwrap_or_else(|e| panic!("GET {url}: {e}"))
     }
 
     fn conflist(&self, node: &Node) -> Vec<Value> {
