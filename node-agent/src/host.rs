@@ -63,7 +63,9 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
             ..HboneClientConfig::default()
         },
     );
-    let outbound = OutboundProxy::new(client, args.trust_domain.clone());
+    // The SOCKS5 port is this daemon too: a SOCKS5 CONNECT to it would loop.
+    let own_ports = args.socks5.iter().map(|addr| addr.port()).collect();
+    let outbound = OutboundProxy::with_own_ports(client, args.trust_domain.clone(), own_ports);
     let socks = match args.socks5 {
         Some(addr) => {
             let socks = Socks5Server::new(outbound.clone(), store.clone(), host.clone());

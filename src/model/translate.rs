@@ -236,10 +236,21 @@ impl Ctx {
         }
     }
 
-    /// An address traffic can be routed to: loopback, unspecified and multicast addresses
-    /// are refused (an endpoint at 127.0.0.1 would make the proxy connect to itself).
+    /// An IP address; unspecified and multicast addresses are refused. Pods may sit on
+    /// loopback (host mode on one machine, in-process tests): the outbound loop guard
+    /// still refuses to connect to them.
     fn ip(&self, field: impl Into<String>, raw: &str) -> Result<IpAddr, ConfigError> {
-        let field = field.into();
+        self.checked_ip(field.into(), raw, false)
+    }
+
+    /// An address traffic is sent to by the proxy (a Service VIP or an endpoint): loopback
+    /// is refused too, since an endpoint at 127.0.0.1 would make the proxy connect to
+    /// itself.
+    fn routable_ip(&self, field: impl Into<String>, raw: &str) -> Result<IpAddr, ConfigError> {
+        self.checked_ip(field.into(), raw, true)
+    }
+
+    fn checked_ip(&self, field: String, raw: &str, routable: bool) -> Result<IpAddr, ConfigError> {
         let ip: IpAddr = raw
             .trim()
             .parse()
@@ -248,8 +259,8 @@ impl Ctx {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             IpAddr::V4(_) => ip,
         };
-        let unroutable = if canonical.is_loopback() {
-            Some("a loopback address")
+        let unusable = if routable && canonical.is_loopback() {
+            Some("a loopback address; service and endpoint addresses must be routable")
         } else if canonical.is_unspecified() {
             Some("the unspecified address")
         } else if canonical.is_multicast() {
@@ -257,11 +268,8 @@ impl Ctx {
         } else {
             None
         };
-        match unroutable {
-            Some(what) => Err(self.err(
-                field,
-                format!("{ip} is {what}; pod, service and endpoint addresses must be routable"),
-            )),
+        match unusable {
+            Some(what) => Err(self.err(field, format!("{ip} is {what}"))),
             None => Ok(ip),
         }
     }
@@ -620,11 +628,14 @@ fn translate_service(
     for (i, raw) in spec.cluster_ips.iter().flatten().enumerate() {
         if is_vip(&raw) {
             let field = format!("spec.clusterIPs[{i}]");
-            vip_fields.push((ctx.ip(field.clone(), raw)?, field));
+            vip_fields.push((ctx.routable_ip(field.clone(), raw)?, field));
         }
     }
     if let Some(raw) = spec.cluster_ip.as_ref().filter(is_vip) {
-        vip_fields.push((ctx.ip("spec.clusterIP", raw)?, "spec.clusterIP".to_owned()));
+        vip_fields.push((
+            ctx.routable_ip("spec.clusterIP", raw)?,
+            "spec.clusterIP".to_owned(),
+        ));
     }
     let mut unique = HashSet::new();
     vip_fields.retain(|(ip, _)| unique.insert(*ip));
@@ -716,7 +727,7 @@ fn translate_slice(
     for (i, endpoint) in slice.endpoints.iter().flatten().enumerate() {
         let mut ips = Vec::new();
         for (j, raw) in endpoint.addresses.iter().flatten().enumerate() {
-            ips.push(ctx.ip(format!("endpoints[{i}].addresses[{j}]"), raw)?);
+            ips.push(ctx.routable_ip(format!("endpoints[{i}].addresses[{j}]"), raw)?);
         }
         let ready = endpoint
             .conditions
@@ -1399,18 +1410,19 @@ spec: {clusterIP: None, ports: [{port: 80, targetPort: "8080"}]}
 
     #[test]
     fn unroutable_addresses_are_refused() {
-        for raw in [
-            "127.0.0.1",
-            "::1",
-            "0.0.0.0",
-            "224.0.0.1",
-            "::ffff:127.0.0.1",
-        ] {
+        for raw in ["0.0.0.0", "224.0.0.1", "::"] {
             let yaml = format!(
                 "{NS}---\n{}",
                 pod("p", &format!("status: {{podIP: {raw:?}}}"))
             );
             assert_error(&yaml, &["Pod shop/p", "status.podIP", raw]);
+        }
+        for raw in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            let yaml = format!(
+                "{NS}---\napiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: shop}}\n\
+                 spec: {{clusterIP: {raw:?}}}\n"
+            );
+            assert_error(&yaml, &["Service shop/s", "spec.clusterIP", "loopback"]);
         }
         let service = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n\
                        spec: {clusterIP: 10.96.0.9, ports: [{port: 80, name: http}]}\n";
