@@ -355,7 +355,7 @@ impl FileSource {
 
         let result = match read {
             Ok((bytes, _)) => translate(&self.path, bytes)
-                .and_then(|next| refuse_accidental_release(&self.store.load(), next)),
+                .and_then(|next| refuse_accidental_release(&self.path, &self.store.load(), next)),
             Err(source) if source.kind() == io::ErrorKind::NotFound => Err(ConfigError::Io {
                 path: self.path.clone(),
                 source: io::Error::new(
@@ -428,6 +428,7 @@ impl FileSource {
 /// enrolled them vanished from the file (a truncated or wrong file), rather than because an
 /// operator changed their labels.
 fn refuse_accidental_release(
+    path: &Path,
     current: &MeshSnapshot,
     next: MeshSnapshot,
 ) -> Result<MeshSnapshot, ConfigError> {
@@ -451,10 +452,8 @@ fn refuse_accidental_release(
         // operator released it on purpose.
         return Ok(next);
     }
-    Err(ConfigError::Invalid {
-        document: 0,
-        object: None,
-        field: "(file)".into(),
+    Err(ConfigError::Refused {
+        path: path.display().to_string(),
         message: format!(
             "this reload would release every enrolled pod: the ambient namespaces {} are no \
              longer declared; to release them on purpose keep their Namespace objects and \

@@ -40,6 +40,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The file as a whole is refused (e.g. it would release every enrolled pod).
+    #[error("{path}: {message}")]
+    Refused { path: String, message: String },
     /// A document is not valid YAML.
     #[error("document {document}: invalid YAML: {message}")]
     Yaml { document: usize, message: String },
