@@ -3,7 +3,7 @@
 //!
 //! Every proxied connection (and every HBONE stream, which opens an upstream socket) holds
 //! a [`Permit`] from the process-wide [`ConnectionGate`]. A source IP (a pod, or a peer)
-//! may hold at most `per_source` permits at once; all sources together at most
+//! may hold at most `per_source` permits at once on each listener; all sources together at most
 //! `max_total`, which the daemon derives from its open-files limit minus a reserve kept
 //! for its own work (config reloads, the CNI socket, the admin ports, new handshakes). A
 //! refusal is counted in `weft_connections_refused_total{reason}` and logged (at most once
@@ -72,7 +72,8 @@ impl Refusal {
 pub struct ConnectionGate {
     limits: Mutex<Limits>,
     total: AtomicUsize,
-    by_source: Mutex<HashMap<IpAddr, usize>>,
+    /// Permits held per (listener, source IP).
+    by_source: Mutex<HashMap<(&'static str, IpAddr), usize>>,
     last_warning_secs: AtomicU64,
 }
 
@@ -80,7 +81,7 @@ pub struct ConnectionGate {
 #[derive(Debug)]
 pub struct Permit {
     gate: &'static ConnectionGate,
-    source: IpAddr,
+    key: (&'static str, IpAddr),
 }
 
 static GLOBAL: OnceLock<ConnectionGate> = OnceLock::new();
@@ -119,15 +120,19 @@ impl ConnectionGate {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// Admits one connection from `source`, or says why not (counted and logged).
-    pub fn admit(&'static self, source: IpAddr, listener: &str) -> Result<Permit, Refusal> {
+    /// Admits one connection from `source` on `listener`, or says why not (counted and
+    /// logged). Each listener has its own per-source share, so a pod's outbound
+    /// connections and the HBONE streams it sends to a pod on the same node do not
+    /// compete.
+    pub fn admit(&'static self, source: IpAddr, listener: &'static str) -> Result<Permit, Refusal> {
+        let key = (listener, source);
         let limits = self.limits();
         let refusal = {
             let mut by_source = self
                 .by_source
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let held = by_source.get(&source).copied().unwrap_or(0);
+            let held = by_source.get(&key).copied().unwrap_or(0);
             if held >= limits.per_source {
                 Some(Refusal::PerSource {
                     client: source,
@@ -138,13 +143,13 @@ impl ConnectionGate {
                     limit: limits.max_total,
                 })
             } else {
-                by_source.insert(source, held + 1);
+                by_source.insert(key, held + 1);
                 self.total.fetch_add(1, Ordering::Relaxed);
                 None
             }
         };
         match refusal {
-            None => Ok(Permit { gate: self, source }),
+            None => Ok(Permit { gate: self, key }),
             Some(refusal) => {
                 metrics::counter!(
                     crate::telemetry::registry::CONNECTIONS_REFUSED,
@@ -169,15 +174,15 @@ impl ConnectionGate {
         }
     }
 
-    fn release(&self, source: IpAddr) {
+    fn release(&self, key: (&'static str, IpAddr)) {
         let mut by_source = self
             .by_source
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(held) = by_source.get_mut(&source) {
+        if let Some(held) = by_source.get_mut(&key) {
             *held -= 1;
             if *held == 0 {
-                by_source.remove(&source);
+                by_source.remove(&key);
             }
         }
         self.total.fetch_sub(1, Ordering::Relaxed);
@@ -188,7 +193,7 @@ impl ConnectionGate {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.gate.release(self.source);
+        self.gate.release(self.key);
     }
 }
 
@@ -218,9 +223,12 @@ mod tests {
             }
         );
         let _other = gate.admit(b, "t").expect("another source is still served");
+        let _elsewhere = gate
+            .admit(a, "other listener")
+            .expect("each listener has its own share");
         drop(p1);
         let _again = gate.admit(a, "t").expect("a released slot is reusable");
-        assert_eq!(gate.open(), 3);
+        assert_eq!(gate.open(), 4);
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub async fn accept_until_shutdown(
 pub async fn accept_gated(
     listener: &TcpListener,
     shutdown: &mut watch::Receiver<bool>,
-    what: &str,
+    what: &'static str,
     mut on_accept: impl FnMut(TcpStream, SocketAddr, crate::limits::Permit),
 ) {
     let gate = crate::limits::global();

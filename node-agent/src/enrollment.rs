@@ -129,7 +129,9 @@ impl PodManager {
             ));
         }
         let snapshot = self.ctx.store.load();
-        if let (_, Some(workload)) = desired(&snapshot, &pod) {
+        // Only the pod object itself (by uid) can say it runs elsewhere; a same-named pod
+        // from a stale config cannot.
+        if let Some(workload) = snapshot.workload_by_uid(&pod.uid) {
             if let Some(node) = workload.node.as_ref().filter(|n| **n != self.ctx.node_name) {
                 return refuse(format!(
                     "pod {}/{} is scheduled on node {node}, not on this node ({}); refusing to serve its identity here",
@@ -335,6 +337,16 @@ impl PodManager {
             .is_some_and(|proxy| proxy.workload.service_account == workload.service_account);
         if up_to_date {
             return Ok(true);
+        }
+        // Pods trust the probe address: never enroll one before the node drops forged ones.
+        if inner.node_rules_for.is_none() {
+            let current: Vec<IpAddr> = Vec::new();
+            run_blocking(move || rules::apply_node_rules(&current))
+                .await
+                .map_err(|e| {
+                    format!("pod {label}: the node's anti-spoofing rules are not in place: {e}")
+                })?;
+            inner.node_rules_for = Some(Vec::new());
         }
         // Rules first: from here on the pod's traffic is captured, or refused while the
         // listeners are not up yet, but never bypasses the proxy.

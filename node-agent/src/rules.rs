@@ -4,8 +4,8 @@
 //!
 //! The probe address is trusted by every enrolled pod, so it must be unforgeable by pods:
 //! the node drops every packet with that source that it did not originate itself — frames
-//! entering its bridges from a pod port (`bridge` prerouting, before any forwarding, with
-//! or without a VLAN tag) and packets it would route (`inet` forward). Its own SNAT-ed
+//! entering its bridges from a pod port (`bridge` prerouting, before any forwarding; VLAN-
+//! tagged frames from pods are dropped outright) and packets it would route (`inet` forward). Its own SNAT-ed
 //! probes leave through the output path and are untouched.
 //!
 //! Every apply is one `nft -f` transaction that replaces weft's table whole, so rules are
@@ -238,7 +238,7 @@ table bridge {NODE_BRIDGE_TABLE} {{
   chain prerouting {{
     type filter hook prerouting priority -300; policy accept;
     ether type ip ip saddr {PROBE_ADDR} counter drop comment "spoofed probe source"
-    ether type 8021q vlan type ip ip saddr {PROBE_ADDR} counter drop comment "spoofed probe source"
+    ether type {{ 8021q, 8021ad }} counter drop comment "VLAN-tagged frames could carry a spoofed probe source"
   }}
 }}
 "#,

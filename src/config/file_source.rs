@@ -114,8 +114,9 @@ fn read_config(path: &Path, max_bytes: u64) -> io::Result<(Vec<u8>, Fingerprint)
             ),
         ));
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
+    let mut bytes = Vec::with_capacity(meta.len().min(1024 * 1024) as usize);
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max_bytes {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -414,8 +415,14 @@ impl FileSource {
     /// Whether the file's metadata is what it was at the last read, and that read was
     /// long enough after the last change that an equal-metadata edit is impossible.
     fn unchanged_since_last_read(&self) -> bool {
-        let Some((print, read_at)) = self.lock().last_read else {
-            return false;
+        let (print, read_at) = {
+            let state = self.lock();
+            // New content waiting to be confirmed by a second read must get that read,
+            // whatever the metadata says (a file moved in with an old mtime).
+            match state.last_read {
+                Some(last) if state.pending.is_none() => last,
+                _ => return false,
+            }
         };
         match std::fs::metadata(&self.path) {
             Ok(meta) => Fingerprint::of(&meta) == print && !print.racy(read_at),
@@ -810,5 +817,28 @@ mod tests {
             reason.contains("stuck") && reason.contains("mesh.yaml"),
             "{reason}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_file_moved_in_with_an_old_mtime_is_applied() {
+        let (dir, path, store, source) = start(&pod("a", "10.0.0.1")).await;
+        let mut rx = store.subscribe();
+        let watch = source.spawn_watch(POLL);
+        // As `cp -p`, `rsync -a` or `mv` of an old file would leave it.
+        let staged = dir.path().join("staged.yaml");
+        std::fs::write(&staged, pod("b", "10.0.0.2")).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&staged)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+            .unwrap();
+        std::fs::rename(&staged, &path).unwrap();
+        wait_generation(&mut rx, 2).await;
+        assert!(store
+            .load()
+            .workload_by_ip("10.0.0.2".parse().unwrap())
+            .is_some());
+        watch.abort();
     }
 }
