@@ -28,3 +28,5 @@ fi
 bash scripts/clean-testbed.sh
 echo "== cargo test"
 cargo test --workspace -- --test-threads 2
+echo "== fuzz targets: build and a 1 s smoke run each (benches/fuzz.sh runs them for real)"
+bash benches/fuzz.sh --smoke
