@@ -38,8 +38,17 @@ pub fn start_basics(args: &Args) -> anyhow::Result<Basics> {
     let limits = FileSourceLimits {
         max_bytes: args.config_max_bytes,
     };
-    let source = FileSource::load_initial_with(&args.config, store.clone(), limits)
-        .with_context(|| format!("loading mesh config {}", args.config.display()))?;
+    // In pods mode the state file says which namespaces were enrolled when the daemon last
+    // ran: a first config that drops all of them is refused like a reload would be.
+    let enrolled_before = match args.mode {
+        crate::Mode::Pods => crate::state::load(&args.run_dir)
+            .map(|state| state.enrolled_namespaces)
+            .unwrap_or_default(),
+        crate::Mode::Host => Vec::new(),
+    };
+    let source =
+        FileSource::load_initial_guarded(&args.config, store.clone(), limits, &enrolled_before)
+            .with_context(|| format!("loading mesh config {}", args.config.display()))?;
     source.spawn_watch(Duration::from_millis(200));
     let metrics = weft::telemetry::install().context("setting up metrics")?;
     tokio::spawn(weft::telemetry::registry::update_health_forever(

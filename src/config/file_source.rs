@@ -221,6 +221,19 @@ impl FileSource {
         store: Arc<MeshStore>,
         limits: FileSourceLimits,
     ) -> Result<Arc<FileSource>, ConfigError> {
+        Self::load_initial_guarded(path, store, limits, &[])
+    }
+
+    /// Like [`FileSource::load_initial_with`], for a daemon that had `enrolled_before`
+    /// namespaces enrolled when it last ran (its state file): a first config in which all
+    /// of them vanished is refused, as a reload would be, so a restart with a wrong file
+    /// cannot release every pod.
+    pub fn load_initial_guarded(
+        path: impl Into<PathBuf>,
+        store: Arc<MeshStore>,
+        limits: FileSourceLimits,
+        enrolled_before: &[String],
+    ) -> Result<Arc<FileSource>, ConfigError> {
         let path = path.into();
         let read_at = SystemTime::now();
         let read = read_config(&path, limits.max_bytes);
@@ -231,7 +244,7 @@ impl FileSource {
             path: path.clone(),
             source,
         })?;
-        let snapshot = translate(&path, bytes)?;
+        let snapshot = refuse_release_of(&path, enrolled_before, translate(&path, bytes)?)?;
         let counts = Counts::of(&snapshot);
         let generation = store.publish(snapshot);
         info!(
@@ -439,15 +452,25 @@ fn refuse_accidental_release(
     current: &MeshSnapshot,
     next: MeshSnapshot,
 ) -> Result<MeshSnapshot, ConfigError> {
-    let ambient = |snapshot: &MeshSnapshot| -> Vec<String> {
-        snapshot
-            .namespaces()
-            .filter(|ns| ns.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) == Some("ambient"))
-            .map(|ns| ns.name.clone())
-            .collect()
-    };
-    let enrolled_now = ambient(current);
-    if enrolled_now.is_empty() || !ambient(&next).is_empty() {
+    let enrolled_now: Vec<String> = ambient_namespaces(current);
+    refuse_release_of(path, &enrolled_now, next)
+}
+
+fn ambient_namespaces(snapshot: &MeshSnapshot) -> Vec<String> {
+    snapshot
+        .namespaces()
+        .filter(|ns| ns.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) == Some("ambient"))
+        .map(|ns| ns.name.clone())
+        .collect()
+}
+
+/// The release-everything check against the namespaces enrolled until now.
+fn refuse_release_of(
+    path: &Path,
+    enrolled_now: &[String],
+    next: MeshSnapshot,
+) -> Result<MeshSnapshot, ConfigError> {
+    if enrolled_now.is_empty() || !ambient_namespaces(&next).is_empty() {
         return Ok(next);
     }
     let vanished: Vec<&String> = enrolled_now
@@ -840,5 +863,29 @@ mod tests {
             .workload_by_ip("10.0.0.2".parse().unwrap())
             .is_some());
         watch.abort();
+    }
+
+    #[test]
+    fn a_restart_with_a_file_missing_every_enrolled_namespace_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesh.yaml");
+        std::fs::write(&path, pod("a", "10.0.0.1")).unwrap();
+        let enrolled = vec!["shop".to_owned()];
+        let store = Arc::new(MeshStore::default());
+        let limits = FileSourceLimits::default();
+        let err =
+            FileSource::load_initial_guarded(&path, store.clone(), limits, &enrolled).unwrap_err();
+        assert!(
+            err.to_string().contains("release every enrolled pod"),
+            "{err}"
+        );
+        assert_eq!(store.load().generation, 0);
+        // Keeping the namespace without its label is the explicit way.
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
+        )
+        .unwrap();
+        FileSource::load_initial_guarded(&path, store, limits, &enrolled).unwrap();
     }
 }
