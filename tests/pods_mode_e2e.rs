@@ -32,10 +32,7 @@ fn ready() -> bool {
 }
 
 fn nft_table_present(ns: &Netns) -> bool {
-    ns.command("nft")
-        .args(["list", "table", "inet", "weft"])
-        .output()
-        .is_ok_and(|o| o.status.success())
+    nft_table(ns, "inet", "weft").is_some()
 }
 
 #[test]

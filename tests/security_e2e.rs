@@ -49,17 +49,6 @@ fn metric_value(c: &Cluster, i: usize, metric: &str, labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn nft_table(ns: &Netns, family: &str, table: &str) -> Option<String> {
-    let out = ns
-        .command("nft")
-        .args(["list", "table", family, table])
-        .output()
-        .expect("nft");
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())

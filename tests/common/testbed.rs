@@ -267,3 +267,15 @@ pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
 pub fn is_port(line: &str, port: u16) -> bool {
     line.contains(&format!(".{port} ")) || line.contains(&format!(".{port}:"))
 }
+
+/// The listing of nft table `family table` in `ns`, if it exists.
+pub fn nft_table(ns: &Netns, family: &str, table: &str) -> Option<String> {
+    let out = ns
+        .command("nft")
+        .args(["list", "table", family, table])
+        .output()
+        .expect("nft");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
