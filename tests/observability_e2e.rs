@@ -134,6 +134,8 @@ spec:
         )
         .unwrap();
     c.start_tcp_app(server, "counter_server.py", 9000);
+    // An HTTP app that answers, so a refused request is refused by policy, not by silence.
+    c.start_app(server, 8080);
     c.settle();
     let server_ip = c.pods[server].ip.clone();
     let node1 = &c.nodes[0];
@@ -274,22 +276,34 @@ spec:
     assert!(status.success());
 
     // A denied connection: response_flags="DENY", and the access log names the policy.
-    let denied = Cluster::curl(&c.pods[intruder].ns, &format!("http://{server_ip}:9000/"));
-    assert!(denied.is_err(), "intruder must be denied");
-    std::thread::sleep(Duration::from_millis(300));
-    let text = curl_text(&node2.ns, "http://127.0.0.1:15020/metrics");
-    assert!(
+    // The same app answers the client, so the intruder's failure is the policy's doing.
+    let app_url = format!("http://{server_ip}:8080/");
+    assert_eq!(
+        Cluster::curl(&c.pods[client].ns, &app_url).expect("client -> server:8080"),
+        format!("server sees {}", c.pods[client].ip)
+    );
+    let denied_count = || {
         metric_sum(
-            &text,
+            &curl_text(&node2.ns, "http://127.0.0.1:15020/metrics"),
             "istio_tcp_connections_opened_total",
             &[
                 ("reporter", "destination"),
                 ("source_workload", "intruder"),
-                ("response_flags", "DENY")
-            ]
-        ) >= 1.0,
-        "denied connection must be counted with DENY:\n{text}"
-    );
+                ("response_flags", "DENY"),
+            ],
+        )
+    };
+    let denied_before = denied_count();
+    let denied = Cluster::curl(&c.pods[intruder].ns, &app_url);
+    assert!(denied.is_err(), "intruder must be denied: {denied:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while denied_count() < denied_before + 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "denied connection must be counted with DENY (still {denied_before})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let log = c.daemon_log(1);
     let line = log
         .lines()
@@ -321,19 +335,83 @@ spec:
         assert!(access.contains(field), "access log lacks {field}: {access}");
     }
 
-    // promtool accepts the exposition.
-    let exposition = curl_text(&node2.ns, "http://127.0.0.1:15020/metrics");
-    for wanted in [
-        "weft_enrolled_pods",
+    // Health metrics carry the right values, not just their names. The health task
+    // refreshes every few seconds, so poll until it has run once since the pods came up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exposition = loop {
+        let text = curl_text(&node2.ns, "http://127.0.0.1:15020/metrics");
+        let expiry = metric_sum(
+            &text,
+            "weft_certificate_expiry_seconds",
+            &[("identity", "spiffe://cluster.local/ns/shop/sa/server")],
+        );
+        let accepted = metric_sum(
+            &text,
+            "weft_config_reloads_total",
+            &[("result", "accepted")],
+        );
+        if expiry > 0.0 && accepted >= 1.0 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health gauges never filled in:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let gauge = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}:\n{text}"))
+    };
+    assert_eq!(
+        gauge(&exposition, "weft_enrolled_pods"),
+        1.0,
+        "node-2 enrolls only server"
+    );
+    let node1_metrics = curl_text(&node1.ns, "http://127.0.0.1:15020/metrics");
+    assert_eq!(
+        gauge(&node1_metrics, "weft_enrolled_pods"),
+        2.0,
+        "node-1 enrolls client and intruder"
+    );
+    assert_eq!(
+        metric_sum(
+            &exposition,
+            "weft_config_reloads_total",
+            &[("result", "rejected")]
+        ),
+        0.0,
+        "no config was rejected"
+    );
+    assert_eq!(
+        metric_sum(
+            &exposition,
+            "weft_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    let expiry = metric_sum(
+        &exposition,
         "weft_certificate_expiry_seconds",
-        "weft_config_reloads_total",
-        "weft_build_info",
-        "process_resident_memory_bytes",
-        "process_open_fds",
-        "process_cpu_seconds_total",
-    ] {
-        assert!(exposition.contains(wanted), "missing {wanted}");
+        &[("identity", "spiffe://cluster.local/ns/shop/sa/server")],
+    );
+    assert!(
+        expiry > 3600.0 && expiry <= 25.0 * 3600.0,
+        "the server's leaf lives about a day: {expiry} s left"
+    );
+    for wanted in ["process_resident_memory_bytes", "process_open_fds"] {
+        assert!(
+            gauge(&exposition, wanted) > 0.0,
+            "{wanted} must be positive"
+        );
     }
+    // metrics-process counts CPU in whole seconds: a young daemon may still read 0.
+    assert!(gauge(&exposition, "process_cpu_seconds_total") >= 0.0);
+
+    // promtool accepts the exposition.
     let mut check = std::process::Command::new("promtool");
     check
         .args(["check", "metrics"])
@@ -382,10 +460,8 @@ spec:
         !raw_dump.contains("PRIVATE KEY") && !raw_dump.contains("BEGIN"),
         "the dump must never hold keys"
     );
-    assert_eq!(
-        http_status(&node2.ns, "http://127.0.0.1:15000/logging?level=debug"),
-        "200"
-    );
+    // The log filter: a bad one is refused and changes nothing; `warn` really silences the
+    // access log, and `info` brings it back.
     assert_eq!(
         http_status(
             &node2.ns,
@@ -393,9 +469,68 @@ spec:
         ),
         "400"
     );
+    let filter = curl_text(&node2.ns, "http://127.0.0.1:15000/logging");
+    assert!(
+        filter.contains("weft=debug"),
+        "filter unchanged by a bad request: {filter}"
+    );
+    assert_eq!(
+        http_status(&node2.ns, "http://127.0.0.1:15000/logging?level=warn"),
+        "200"
+    );
+    assert_eq!(
+        curl_text(&node2.ns, "http://127.0.0.1:15000/logging").trim(),
+        "current log filter: warn"
+    );
+    let closed_count = || {
+        metric_sum(
+            &curl_text(&node2.ns, "http://127.0.0.1:15020/metrics"),
+            "istio_tcp_connections_closed_total",
+            &[("reporter", "destination"), ("source_workload", "client")],
+        )
+    };
+    // Transfers of sizes no other connection in this test has, one at each level.
+    let transfer = |bytes: u64| {
+        let before = closed_count();
+        let out = c.pods[client]
+            .ns
+            .command("python3")
+            .arg(&sender)
+            .args([&server_ip, "9000", &bytes.to_string(), "0"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("received {bytes}")
+        );
+        // The close is counted just before its access line is written.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while closed_count() < before + 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "transfer of {bytes} never closed"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    transfer(1_234_567);
     assert_eq!(
         http_status(&node2.ns, "http://127.0.0.1:15000/logging?level=info"),
         "200"
+    );
+    transfer(7_654_321);
+    let log = c.daemon_log(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.daemon_log(1).contains("bytes_received=7654321") {
+        assert!(
+            Instant::now() < deadline,
+            "at level info the access line is written:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !c.daemon_log(1).contains("bytes_received=1234567"),
+        "at level warn no access line may be written"
     );
     assert_eq!(
         http_status(&node2.ns, "http://127.0.0.1:15021/healthz/ready"),
@@ -453,7 +588,10 @@ spec:
         traffic_bytes >= KNOWN_BYTES,
         "dashboard traffic rows must carry the transfer's bytes"
     );
-    assert!(dom.contains("ready"), "readiness badge");
+    assert!(
+        dom.contains("<span id=\"ready\" class=\"badge ok\">ready</span>"),
+        "readiness badge must say ready:\n{dom}"
+    );
     let shot = chromium(&[&format!("--screenshot={}", screenshot.display())]);
     assert!(
         screenshot.exists(),
@@ -464,4 +602,61 @@ spec:
         std::fs::copy(&screenshot, dest).unwrap();
     }
     drop(prometheus);
+}
+
+/// `--log-format json`: every line the daemon writes is one JSON object, and a
+/// connection's access line carries its fields as JSON values.
+#[test]
+fn json_log_format_writes_one_object_per_line() {
+    if !ready() {
+        return;
+    }
+    let mut c = Cluster::new(1);
+    c.namespace("shop", &[AMBIENT]);
+    c.daemon_args = vec!["--log-format".into(), "json".into()];
+    c.write_config();
+    c.start_daemon(0);
+    let client = c.add_pod(0, "shop", "client", "client", &[]).unwrap();
+    let server = c.add_pod(0, "shop", "server", "server", &[]).unwrap();
+    c.start_app(server, 8080);
+    let url = format!("http://{}:8080/", c.pods[server].ip);
+    assert_eq!(
+        Cluster::curl(&c.pods[client].ns, &url).expect("client -> server"),
+        format!("server sees {}", c.pods[client].ip)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let access = loop {
+        let log = c.daemon_log(0);
+        let lines: Vec<Value> = log
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"))
+            })
+            .collect();
+        assert!(!lines.is_empty());
+        let found = lines
+            .into_iter()
+            .find(|l| l["target"] == "weft::access" && l["fields"]["direction"] == "inbound");
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no JSON access line:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let fields = &access["fields"];
+    assert_eq!(fields["src_workload"], "client", "{access}");
+    assert_eq!(fields["dst_workload"], "server", "{access}");
+    assert_eq!(
+        fields["src_identity"], "spiffe://cluster.local/ns/shop/sa/client",
+        "{access}"
+    );
+    assert!(
+        fields["bytes_received"].as_u64().is_some_and(|b| b > 0),
+        "{access}"
+    );
+    assert!(
+        access["level"] == "INFO" && access["timestamp"].is_string(),
+        "{access}"
+    );
 }

@@ -35,6 +35,23 @@ fn nft_table_present(ns: &Netns) -> bool {
     nft_table(ns, "inet", "weft").is_some()
 }
 
+/// Whether something listens on TCP `port` inside `ns`.
+fn listening(ns: &Netns, port: u16) -> bool {
+    !ns.run(&["ss", "-Hltn", &format!("sport = :{port}")])
+        .trim()
+        .is_empty()
+}
+
+/// Polls `condition` until it holds (listeners close when their task is dropped, a moment
+/// after the daemon answered).
+fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn pods_mode_end_to_end() {
     if !ready() {
@@ -164,26 +181,67 @@ fn pods_mode_end_to_end() {
     );
 
     // Node 2's daemon dies: traffic to its enrolled pod is refused, not sent in clear.
+    // Watched where each attempt really goes: node-2's underlay leg (client on node-1 ->
+    // web-2) and web-2's own interface (legacy and web-2 are both on node-2's bridge).
     c.kill_daemon(1);
-    let capture = Capture::start(&c.nodes[1].ns, "ul0", c.work.path());
+    let underlay = Capture::start(&c.nodes[1].ns, "ul0", c.work.path());
+    let pod_link = Capture::start(&c.pods[web2].ns, "eth0", c.work.path());
+    let post_marker = |c: &Cluster, from: usize, to: &str| {
+        c.pods[from]
+            .ns
+            .command("curl")
+            .args(["-sS", "--max-time", "3", "--data", &body])
+            .arg(format!("http://{to}:8080/"))
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
     assert!(
-        Cluster::curl(&c.pods[client].ns, &format!("http://{web2_ip}:8080/")).is_err(),
+        !post_marker(&c, client, &web2_ip),
         "client -> web-2 must fail"
     );
     // ...and connections from its enrolled pod are refused too.
     assert!(
-        Cluster::curl(&c.pods[web2].ns, &format!("http://{legacy_ip}:8080/")).is_err(),
+        !post_marker(&c, web2, &legacy_ip),
         "web-2 -> legacy must fail while web-2's daemon is down"
     );
     assert!(
-        Cluster::curl(&c.pods[legacy].ns, &format!("http://{web2_ip}:8080/")).is_err(),
+        !post_marker(&c, legacy, &web2_ip),
         "legacy -> web-2 must fail"
     );
-    let (_, lines) = capture.stop();
+    let (raw, lines) = underlay.stop();
     assert!(
-        !lines.iter().any(|l| is_port(l, 8080)),
-        "plain traffic to web-2 while its daemon was down: {lines:?}"
+        !lines.is_empty(),
+        "the client's attempt never reached node-2's underlay: the capture proves nothing"
     );
+    assert!(
+        lines.iter().all(|l| is_port(l, 15008)),
+        "only HBONE may cross the underlay while web-2's daemon is down: {lines:?}"
+    );
+    assert!(!contains_bytes(&raw, MARKER.as_bytes()));
+    let (raw, lines) = pod_link.stop();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("{legacy_ip}.")) && is_port(l, 8080)),
+        "legacy's attempt never reached web-2's interface: the capture proves nothing: {lines:?}"
+    );
+    assert!(
+        !contains_bytes(&raw, MARKER.as_bytes()),
+        "payload reached or left web-2 in clear while its daemon was down"
+    );
+    for line in lines.iter().filter(|l| is_port(l, 8080)) {
+        assert!(
+            line.ends_with("length 0"),
+            "data to or from port 8080 on web-2 while its daemon was down: {line}"
+        );
+        assert!(
+            !(line.contains(&format!(" {web2_ip}."))
+                && line.contains(&format!("> {legacy_ip}.8080:"))),
+            "web-2 sent a plain connection to legacy: {line}"
+        );
+    }
     // CNI ADD with the daemon down: an error for the enrolled namespace, pass-through otherwise.
     let refused = c
         .add_pod(1, "shop", "late", "web", &[])
@@ -209,6 +267,7 @@ fn pods_mode_end_to_end() {
     assert_eq!(back_plain, format!("web-2 sees {legacy_ip}"));
 
     // Label removed: pods released live (no rules, direct traffic). Added back: enrolled.
+    assert!(listening(&c.pods[web1].ns, 15008));
     c.namespace("shop", &[]);
     c.write_config();
     c.settle();
@@ -216,6 +275,11 @@ fn pods_mode_end_to_end() {
         !nft_table_present(&c.pods[web1].ns),
         "released pod still has rules"
     );
+    wait_until("the released pod's listeners close", || {
+        ![15001, 15006, 15008]
+            .iter()
+            .any(|&port| listening(&c.pods[web1].ns, port))
+    });
     assert!(
         !nft_table_present(&c.pods[client].ns),
         "released pod still has rules"
@@ -242,6 +306,7 @@ fn pods_mode_end_to_end() {
         .expect("client -> web-2 re-enrolled");
     assert_eq!(again, format!("web-2 sees {client_ip}"));
     let (_, lines) = capture.stop();
+    assert!(!lines.is_empty(), "nothing captured on the underlay");
     assert!(
         lines.iter().all(|l| is_port(l, 15008)),
         "re-enrolled traffic must be HBONE: {lines:?}"
@@ -259,9 +324,132 @@ fn pods_mode_end_to_end() {
         .expect("client -> newly enrolled legacy");
     assert_eq!(enrolled_later, format!("legacy sees {client_ip}"));
 
-    // DEL is idempotent and forgets the pod.
+    // A pod that opts out by label stays out of an enrolled namespace.
+    c.namespace("shop", &[AMBIENT]);
+    let opted_out = c
+        .add_pod(
+            0,
+            "shop",
+            "opted-out",
+            "web",
+            &[("weft.dev/dataplane-mode", "none")],
+        )
+        .expect("ADD opted-out");
+    assert!(!nft_table_present(&c.pods[opted_out].ns));
+    assert!(!listening(&c.pods[opted_out].ns, 15008));
+    assert!(
+        nft_table_present(&c.pods[client].ns),
+        "its neighbours stay enrolled"
+    );
+
+    // DEL releases and forgets an enrolled pod; a second DEL changes nothing and succeeds.
+    let web1_id = c.pods[web1].container_id.clone();
+    assert!(c.state_file_pods(0).contains(&web1_id));
+    assert!(nft_table_present(&c.pods[web1].ns));
+    c.cni_del(web1).expect("DEL");
+    assert!(
+        !c.state_file_pods(0).contains(&web1_id),
+        "DEL must forget the pod in the state file"
+    );
+    assert!(
+        !nft_table_present(&c.pods[web1].ns),
+        "DEL must remove the pod's rules"
+    );
+    wait_until("the deleted pod's listeners close", || {
+        !listening(&c.pods[web1].ns, 15008)
+    });
+    c.cni_del(web1).expect("a repeated DEL succeeds");
+    assert!(!c.state_file_pods(0).contains(&web1_id));
+
+    // CHECK: an enrolled pod passes; with its rules gone behind the daemon's back it fails.
+    c.cni_check(client).expect("CHECK of an enrolled pod");
+    c.pods[client]
+        .ns
+        .run(&["nft", "delete", "table", "inet", "weft"]);
+    let (code, out) = c
+        .cni_check(client)
+        .expect_err("CHECK must notice the missing rules");
+    assert_ne!(code, 0);
+    assert!(out.contains("rules present: false"), "{out}");
+
+    // GC with the runtime's list forgets (and releases) exactly the pods not on it.
+    let web2_id = c.pods[web2].container_id.clone();
+    let legacy_id = c.pods[legacy].container_id.clone();
+    assert!(c.state_file_pods(1).contains(&legacy_id));
+    assert!(nft_table_present(&c.pods[legacy].ns));
+    let mut gc = c.weft_cni_conf(1, "1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": web2_id, "ifname": "eth0"}]);
+    c.run_plugin(1, "GC", &gc, "", "", "").expect("GC");
+    let kept = c.state_file_pods(1);
+    assert!(
+        kept.contains(&web2_id),
+        "GC must keep listed pods: {kept:?}"
+    );
+    assert!(
+        !kept.contains(&legacy_id),
+        "GC must forget unlisted pods: {kept:?}"
+    );
+    assert!(
+        !nft_table_present(&c.pods[legacy].ns),
+        "GC must release what it forgets"
+    );
+    assert!(
+        nft_table_present(&c.pods[web2].ns),
+        "GC must leave listed pods enrolled"
+    );
+
     let late = c.pod_index("late-legacy");
     c.del_pod(late);
+}
+
+/// A pod whose CNI ADD arrives before the config lists it is enrolled at once (as its
+/// namespace's `default` service account, as Kubernetes would run it) and gets its own
+/// identity as soon as the config catches up.
+#[test]
+fn a_pod_added_before_the_config_lists_it_is_enrolled_then_gets_its_identity() {
+    if !ready() {
+        return;
+    }
+    let mut c = Cluster::new(1);
+    c.namespace("shop", &[AMBIENT]);
+    c.write_config();
+    c.start_daemon(0);
+    let served = |c: &Cluster| -> serde_json::Value {
+        serde_json::from_str(&c.node_get(0, "http://127.0.0.1:15000/config_dump")).unwrap()
+    };
+    let identity_of = |c: &Cluster, name: &str| -> Option<String> {
+        served(c)["served"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["identity"].as_str().map(str::to_owned))
+    };
+    let early = c
+        .add_pod_unlisted(0, "shop", "early", "early")
+        .expect("ADD before the config lists the pod");
+    // Enrolled at ADD, before any config names it: the capture is in place.
+    assert!(nft_table_present(&c.pods[early].ns));
+    assert!(
+        c.daemon_log(0).contains("pod not in the mesh config"),
+        "{}",
+        c.daemon_log(0)
+    );
+    assert!(listening(&c.pods[early].ns, 15008));
+    // add_pod_unlisted lists the pod once ADD is done; the daemon switches identities.
+    c.settle();
+    wait_until("the pod is served with its own service account", || {
+        identity_of(&c, "early").as_deref() == Some("spiffe://cluster.local/ns/shop/sa/early")
+    });
+    let client = c.add_pod(0, "shop", "client", "client", &[]).unwrap();
+    c.start_app(early, 8080);
+    assert_eq!(
+        Cluster::curl(
+            &c.pods[client].ns,
+            &format!("http://{}:8080/", c.pods[early].ip)
+        )
+        .expect("client -> early"),
+        format!("early sees {}", c.pods[client].ip)
+    );
 }
 
 #[test]
@@ -407,5 +595,24 @@ fn bad_cni_input_gets_spec_errors_and_the_daemon_keeps_serving() {
         c.run_plugin(0, "STATUS", &weft, "", "", ""),
         50,
         "STATUS with the daemon down",
+    );
+
+    // The daemon down and its state file too: nothing says the namespace is safe to leave
+    // unprotected, so even a namespace the mesh never enrolled is refused (code 11).
+    let plain_args = "K8S_POD_NAMESPACE=legacy;K8S_POD_NAME=y;K8S_POD_UID=u2";
+    let sandbox = Netns::new("wpod");
+    let sandbox_path = format!("/var/run/netns/{}", sandbox.name);
+    // With the state file, a namespace it does not list as enrolled passes through.
+    c.run_plugin(0, "ADD", &weft, "c4", &sandbox_path, plain_args)
+        .expect("ADD in a plain namespace passes through with the daemon down");
+    std::fs::remove_file(c.nodes[0].run_dir.join("state.json")).expect("state file exists");
+    let (_, stdout) = c
+        .run_plugin(0, "ADD", &weft, "c5", &sandbox_path, plain_args)
+        .expect_err("ADD with neither daemon nor state file must fail");
+    let error: serde_json::Value = serde_json::from_str(stdout.trim()).expect("error JSON");
+    assert_eq!(error["code"], json!(11), "{error}");
+    assert!(
+        error["msg"].as_str().unwrap().contains("unknown"),
+        "{error}"
     );
 }

@@ -157,9 +157,10 @@ fn l4_policies_across_nodes() {
     // A malformed policy is rejected naming the object and field; policies in force stay.
     let good = c.extra_yaml.clone();
     c.extra_yaml = good.replace("action: ALLOW", "action: PERMIT");
+    let seen = c.daemon_log_mark(1);
     c.write_config();
     c.settle();
-    let log = c.daemon_log(1);
+    let log = c.daemon_log_since(1, seen);
     assert!(
         log.contains("payment-callers") && log.contains("spec.action") && log.contains("PERMIT"),
         "unclear rejection:\n{log}"
@@ -174,9 +175,11 @@ fn l4_policies_across_nodes() {
         (good.replace("\"7070\"", "\"70000\""), "ports"),
     ] {
         c.extra_yaml = bad;
+        // Only what the daemon logged about this edit counts.
+        let seen = c.daemon_log_mark(1);
         c.write_config();
         c.settle();
-        let log = c.daemon_log(1);
+        let log = c.daemon_log_since(1, seen);
         assert!(
             log.contains(field) && log.contains("payment-callers"),
             "rejection must name {field}:\n{log}"
@@ -245,9 +248,10 @@ spec:
     c.extra_yaml = payment_allow(&outsider_cidr, ", \"cluster.local/ns/shop/sa/inventory\"");
     c.write_config();
     c.settle();
+    // Both connections carry data before the change (start_stream_client returns once a
+    // ping came back), so a cut measured below is a cut, not a refusal from the start.
     let mut doomed = c.start_stream_client(order, &pay_ip, 7070, 8);
     let mut survivor = c.start_stream_client(inventory, &pay_ip, 7070, 8);
-    std::thread::sleep(Duration::from_millis(500));
     // order is no longer allowed; inventory still is.
     c.extra_yaml = payment_allow(&outsider_cidr, "").replace(
         "cluster.local/ns/shop/sa/order",
@@ -259,6 +263,15 @@ spec:
     assert_eq!(doomed_state, "closed", "order's connection must be cut");
     let delay = closed_at - changed_at;
     eprintln!("denied connection closed {delay:.3} s after the policy change");
+    assert!(
+        doomed.log_text().contains("echoed "),
+        "the cut connection must have carried data before the change"
+    );
+    assert!(
+        delay > 0.0,
+        "the connection closed {:.3} s before the policy change: it was never cut by it",
+        -delay
+    );
     assert!(
         delay < 1.0,
         "cut took {delay:.3} s; it must be within a second"

@@ -5,8 +5,12 @@
 //! does: ADD in order passing prevResult, DEL in reverse with the cached result.
 //!
 //! One shared mesh config file is written from the namespaces, pods and extra objects the
-//! test declares; every daemon watches it.
+//! test declares; every daemon watches it. Each write carries a revision (the label of a
+//! `weft-test-revision` Namespace), so [`Cluster::settle`] can wait until every daemon has
+//! really read that write (applied: the revision shows in its `/config_dump`; rejected: its
+//! rejected-reload count went up) instead of sleeping.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -68,7 +72,14 @@ pub struct Cluster {
     weft_node: PathBuf,
     weft_cni: PathBuf,
     _underlay: Netns,
+    /// Revision of the last config written.
+    revision: Cell<u64>,
+    /// Writes not yet confirmed by every running daemon: (node, rejected count before).
+    unsettled: RefCell<Vec<(usize, u64)>>,
 }
+
+/// The Namespace whose label carries the config revision.
+const REVISION_NAMESPACE: &str = "weft-test-revision";
 
 impl Cluster {
     /// Builds `nodes` nodes on a fresh underlay; no daemons yet.
@@ -154,6 +165,8 @@ impl Cluster {
             weft_node: binary("weft-node"),
             weft_cni: binary("weft-cni"),
             _underlay: underlay,
+            revision: Cell::new(0),
+            unsettled: RefCell::new(Vec::new()),
         };
         cluster.write_config();
         cluster
@@ -172,7 +185,21 @@ impl Cluster {
 
     /// Writes the mesh config (atomically) from everything declared so far.
     pub fn write_config(&self) {
-        let mut docs = Vec::new();
+        self.write_config_text(None);
+    }
+
+    /// Writes the config with `spec` already listed (no IP yet), as the API server would
+    /// know a pod before its sandbox exists.
+    fn write_config_with_pending(&self, spec: &PodSpec) {
+        self.write_config_text(Some(spec));
+    }
+
+    fn write_config_text(&self, pending: Option<&PodSpec>) {
+        let revision = self.revision.get() + 1;
+        self.revision.set(revision);
+        let mut docs = vec![format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {REVISION_NAMESPACE}\n  labels: {{revision: \"{revision}\"}}\n"
+        )];
         for (name, labels) in &self.namespaces {
             docs.push(format!(
                 "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels: {}\n",
@@ -182,26 +209,49 @@ impl Cluster {
         for pod in &self.pods {
             docs.push(pod_doc(&pod.spec, Some(&pod.ip)));
         }
+        if let Some(spec) = pending {
+            docs.push(pod_doc(spec, None));
+        }
         let mut text = docs.join("---\n");
         if !self.extra_yaml.is_empty() {
             text.push_str("---\n");
             text.push_str(&self.extra_yaml);
         }
+        // Baselines first: a daemon may read the file the moment it is renamed.
+        let baselines: Vec<(usize, u64)> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].daemon.is_some())
+            .filter_map(|i| self.config_status(i).map(|(_, rejected)| (i, rejected)))
+            .collect();
         let tmp = self.config_path.with_extension("tmp");
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, &self.config_path).unwrap();
+        // Only the newest write matters; its baseline is the latest one.
+        *self.unsettled.borrow_mut() = baselines;
     }
 
-    /// Writes the config with `spec` already listed (no IP yet), as the API server would
-    /// know a pod before its sandbox exists.
-    fn write_config_with_pending(&self, spec: &PodSpec) {
-        self.write_config();
-        let mut text = std::fs::read_to_string(&self.config_path).unwrap();
-        text.push_str("---\n");
-        text.push_str(&pod_doc(spec, None));
-        let tmp = self.config_path.with_extension("tmp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &self.config_path).unwrap();
+    /// Node `i`'s daemon's view of the config: (revision in force, rejected reloads).
+    /// None while its admin port does not answer.
+    pub fn config_status(&self, i: usize) -> Option<(u64, u64)> {
+        let out = self.nodes[i]
+            .ns
+            .command("curl")
+            .args([
+                "-sf",
+                "--max-time",
+                "2",
+                "http://127.0.0.1:15000/config_dump",
+            ])
+            .output()
+            .ok()?;
+        let dump: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let revision = dump["mesh"]["namespaces"]
+            .as_array()?
+            .iter()
+            .find(|ns| ns["name"] == REVISION_NAMESPACE)
+            .and_then(|ns| ns["labels"]["revision"].as_str()?.parse().ok())
+            .unwrap_or(0);
+        let rejected = dump["config"]["reloads"]["rejected"].as_u64()?;
+        Some((revision, rejected))
     }
 
     /// Starts (or restarts) the daemon of node `i` and waits until it is ready.
@@ -254,6 +304,17 @@ impl Cluster {
             .as_ref()
             .map(|d| d.log_text())
             .unwrap_or_default()
+    }
+
+    /// Length of node `i`'s daemon log so far: pass it to [`Cluster::daemon_log_since`].
+    pub fn daemon_log_mark(&self, i: usize) -> usize {
+        self.daemon_log(i).len()
+    }
+
+    /// What node `i`'s daemon logged after `mark`.
+    pub fn daemon_log_since(&self, i: usize, mark: usize) -> String {
+        let log = self.daemon_log(i);
+        String::from_utf8_lossy(log.as_bytes().get(mark..).unwrap_or_default()).into_owned()
     }
 
     /// The weft-cni entry of node `i`'s conflist, ready to run on its own.
@@ -350,6 +411,30 @@ impl Cluster {
         service_account: &str,
         labels: &[(&str, &str)],
     ) -> Result<usize, (i32, String)> {
+        self.add_pod_listed(node, namespace, name, service_account, labels, true)
+    }
+
+    /// Creates a pod whose CNI ADD reaches the daemons before the config lists it (as when
+    /// the API server's watch lags the kubelet); the config lists it once ADD is done.
+    pub fn add_pod_unlisted(
+        &mut self,
+        node: usize,
+        namespace: &str,
+        name: &str,
+        service_account: &str,
+    ) -> Result<usize, (i32, String)> {
+        self.add_pod_listed(node, namespace, name, service_account, &[], false)
+    }
+
+    fn add_pod_listed(
+        &mut self,
+        node: usize,
+        namespace: &str,
+        name: &str,
+        service_account: &str,
+        labels: &[(&str, &str)],
+        listed_before_add: bool,
+    ) -> Result<usize, (i32, String)> {
         let spec = PodSpec {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
@@ -361,16 +446,15 @@ impl Cluster {
                 .collect(),
             node,
         };
-        self.write_config_with_pending(&spec);
-        // Let every daemon see the pod before its sandbox appears.
-        std::thread::sleep(Duration::from_millis(700));
+        if listed_before_add {
+            self.write_config_with_pending(&spec);
+            // Every daemon knows the pod before its sandbox appears.
+            self.settle();
+        }
         let ns = Netns::new("wpod");
         let netns_path = format!("/var/run/netns/{}", ns.name);
         let container_id = unique("ctr");
-        let args = format!(
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_UID={}",
-            spec.uid
-        );
+        let args = pod_args(&spec);
         let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
         self.run_plugin(node, "ADD", &lo, &container_id, &netns_path, &args)?;
         let mut prev: Option<Value> = None;
@@ -408,24 +492,70 @@ impl Cluster {
 
     /// Deletes a pod the way a runtime does: DEL through the chain in reverse order.
     pub fn del_pod(&mut self, index: usize) {
+        self.cni_del(index).expect("DEL succeeds");
         let pod = self.pods.remove(index);
+        let netns_path = format!("/var/run/netns/{}", pod.ns.name);
+        let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
+        let _ = self.run_plugin(
+            pod.spec.node,
+            "DEL",
+            &lo,
+            &pod.container_id,
+            &netns_path,
+            &pod_args(&pod.spec),
+        );
+        self.write_config();
+    }
+
+    /// Runs CNI DEL for pod `index` through the chain (reverse order) and keeps the pod's
+    /// sandbox, so a test can look at it afterwards or run DEL again.
+    pub fn cni_del(&self, index: usize) -> Result<(), (i32, String)> {
+        let pod = &self.pods[index];
         let node = pod.spec.node;
         let netns_path = format!("/var/run/netns/{}", pod.ns.name);
-        let args = format!(
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={}",
-            pod.spec.namespace, pod.spec.name, pod.spec.uid
-        );
         for plugin in self.conflist(&self.nodes[node]).into_iter().rev() {
             let mut conf = plugin.clone();
             conf["cniVersion"] = json!("1.0.0");
             conf["name"] = json!("weftnet");
             conf["prevResult"] = pod.result.clone();
-            self.run_plugin(node, "DEL", &conf, &pod.container_id, &netns_path, &args)
-                .expect("DEL succeeds");
+            self.run_plugin(
+                node,
+                "DEL",
+                &conf,
+                &pod.container_id,
+                &netns_path,
+                &pod_args(&pod.spec),
+            )?;
         }
-        let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
-        let _ = self.run_plugin(node, "DEL", &lo, &pod.container_id, &netns_path, &args);
-        self.write_config();
+        Ok(())
+    }
+
+    /// Runs weft-cni's CHECK for pod `index` (with its cached result), as a runtime does.
+    pub fn cni_check(&self, index: usize) -> Result<String, (i32, String)> {
+        let pod = &self.pods[index];
+        let mut conf = self.weft_cni_conf(pod.spec.node, "1.0.0");
+        conf["prevResult"] = pod.result.clone();
+        let netns_path = format!("/var/run/netns/{}", pod.ns.name);
+        self.run_plugin(
+            pod.spec.node,
+            "CHECK",
+            &conf,
+            &pod.container_id,
+            &netns_path,
+            &pod_args(&pod.spec),
+        )
+    }
+
+    /// The pods node `i`'s state file lists, by container id.
+    pub fn state_file_pods(&self, i: usize) -> Vec<String> {
+        let path = self.nodes[i].run_dir.join("state.json");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let state: Value = serde_json::from_str(&text).expect("state.json is JSON");
+        state["pods"]
+            .as_object()
+            .map(|pods| pods.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Starts the test HTTP app in a pod on `port`, answering "<name> sees <client ip>".
@@ -518,7 +648,8 @@ impl Cluster {
         }
     }
 
-    /// Starts tests/apps/stream_client.py in a pod: one long-lived connection to `target`.
+    /// Starts tests/apps/stream_client.py in a pod: one long-lived connection to `target`,
+    /// returned once its first ping came back.
     pub fn start_stream_client(&self, pod: usize, host: &str, port: u16, seconds: u32) -> Process {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/stream_client.py");
         let p = &self.pods[pod];
@@ -530,7 +661,8 @@ impl Cluster {
             unique(&format!("stream-{}-", p.spec.name))
         ));
         let mut process = Process::spawn(cmd, &log, &format!("stream client in {}", p.spec.name));
-        process.wait_for_log("open ", Duration::from_secs(10));
+        // Returned only once data went both ways: the connection was admitted and works.
+        process.wait_for_log("echoed ", Duration::from_secs(10));
         process
     }
 
@@ -562,12 +694,31 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no pod {name}"))
     }
 
-    /// Waits until every running daemon has applied the current config file: past the
-    /// file source's poll-and-stabilize window, and ready (every pod that should be enrolled
-    /// is serving).
+    /// Waits until every running daemon has read the last config written (applied it, or
+    /// rejected it) and is ready (every pod that should be enrolled is serving).
     pub fn settle(&self) {
-        std::thread::sleep(Duration::from_millis(900));
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let revision = self.revision.get();
+        let unsettled = std::mem::take(&mut *self.unsettled.borrow_mut());
+        for (i, rejected_before) in unsettled {
+            if self.nodes[i].daemon.is_none() {
+                continue;
+            }
+            loop {
+                match self.config_status(i) {
+                    Some((seen, _)) if seen == revision => break,
+                    Some((_, rejected)) if rejected > rejected_before => break,
+                    _ => {}
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} never read config revision {revision} (status {:?})",
+                    self.nodes[i].name,
+                    self.config_status(i)
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         for node in self.nodes.iter().filter(|n| n.daemon.is_some()) {
             loop {
                 let ready = node
@@ -589,7 +740,7 @@ impl Cluster {
                     "{} never became ready",
                     node.name
                 );
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(50));
             }
         }
     }
@@ -606,6 +757,14 @@ impl Drop for Cluster {
         }
         self.pods.clear();
     }
+}
+
+/// CNI_ARGS for a pod, as the kubelet passes them.
+fn pod_args(spec: &PodSpec) -> String {
+    format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={}",
+        spec.namespace, spec.name, spec.uid
+    )
 }
 
 fn pod_doc(spec: &PodSpec, ip: Option<&str>) -> String {
