@@ -23,7 +23,9 @@ pub const DEFAULT_FD_RESERVE: u64 = 512;
 /// The limits in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// Connections one source address may hold on one listener.
     pub per_source: usize,
+    /// Connections the whole process may hold.
     pub max_total: usize,
 }
 
@@ -51,10 +53,20 @@ impl Default for Limits {
 /// Why a connection was shed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    /// The source already holds its share.
     #[error("{client} already holds {limit} connections (the per-source limit)")]
-    PerSource { client: IpAddr, limit: usize },
+    PerSource {
+        /// The source address.
+        client: IpAddr,
+        /// Its share.
+        limit: usize,
+    },
+    /// The process holds all the connections its descriptors allow.
     #[error("the daemon holds {limit} connections; the rest of its file descriptors are reserved for its own work")]
-    Total { limit: usize },
+    Total {
+        /// The total limit.
+        limit: usize,
+    },
 }
 
 impl Refusal {
@@ -102,6 +114,7 @@ pub fn configure(limits: Limits) {
 // === impl ConnectionGate ===
 
 impl ConnectionGate {
+    /// A gate with no permits held.
     pub fn new(limits: Limits) -> ConnectionGate {
         ConnectionGate {
             limits: Mutex::new(limits),
@@ -111,6 +124,7 @@ impl ConnectionGate {
         }
     }
 
+    /// The limits this gate enforces.
     pub fn limits(&self) -> Limits {
         *self.limits.lock().unwrap_or_else(PoisonError::into_inner)
     }

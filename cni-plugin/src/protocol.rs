@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 pub const SOCKET_FILE: &str = "cni.sock";
 /// The daemon's last written state inside the run dir.
 pub const STATE_FILE: &str = "state.json";
+/// Where weft-node keeps its socket and state file unless the conf says otherwise.
 pub const DEFAULT_RUN_DIR: &str = "/var/run/weft";
+/// The daemon's CNI socket unless the conf names another.
 pub const DEFAULT_SOCKET_PATH: &str = "/var/run/weft/cni.sock";
 
 /// Longest container id accepted (runtimes use 64 hex characters).
@@ -40,11 +42,17 @@ pub fn check_container_id(id: &str) -> Result<(), String> {
 /// One pod sandbox as the container runtime described it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodAttachment {
+    /// The runtime's container id (CNI_CONTAINERID).
     pub container_id: String,
+    /// Path of the pod's network namespace (CNI_NETNS).
     pub netns: String,
+    /// The pod's Kubernetes namespace (K8S_POD_NAMESPACE).
     pub namespace: String,
+    /// The pod's name (K8S_POD_NAME).
     pub name: String,
+    /// The pod's uid (K8S_POD_UID): the key the config matches the pod by.
     pub uid: String,
+    /// The pod's addresses, from the IPAM plugin's prevResult.
     pub ips: Vec<IpAddr>,
 }
 
@@ -56,23 +64,31 @@ pub enum Request {
     Add(PodAttachment),
     /// Is this pod's setup intact?
     Check(PodAttachment),
-    /// The pod is going away.
-    Del { container_id: String },
+    /// The pod is going away: release and forget it (idempotent).
+    Del {
+        /// The runtime's container id.
+        container_id: String,
+    },
     /// Is the daemon ready to serve pods?
     Status,
     /// Forget every pod not in this list. The plugin sends it only when the runtime gave
     /// `cni.dev/valid-attachments`; without that list a GC is a no-op, never "release all".
-    Gc { valid_container_ids: Vec<String> },
+    Gc {
+        /// Container ids the runtime still has.
+        valid_container_ids: Vec<String>,
+    },
 }
 
 /// What the daemon answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
+    /// The request succeeded.
     pub ok: bool,
     /// For Add/Check: the pod is enrolled (rules applied, listeners up).
     #[serde(default)]
     pub enrolled: bool,
     #[serde(default)]
+    /// Why it did not succeed (empty when it did).
     pub message: String,
     /// The request can never succeed as sent (a retry would fail the same way).
     #[serde(default)]
@@ -83,6 +99,7 @@ pub struct Response {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateView {
     #[serde(default)]
+    /// Namespaces the daemon enrolled when it last wrote the file.
     pub enrolled_namespaces: Vec<String>,
 }
 

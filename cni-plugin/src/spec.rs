@@ -17,28 +17,41 @@ pub const LATEST_VERSION: &str = "1.1.0";
 /// Error codes from the CNI spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
+    /// The config's cniVersion is not one this plugin speaks.
     IncompatibleVersion = 1,
+    /// A field of the network config is not supported.
     UnsupportedField = 2,
+    /// The container (or its netns) does not exist.
     ContainerUnknown = 3,
+    /// A required CNI_* variable is missing or malformed.
     InvalidEnvironment = 4,
+    /// Reading stdin or writing stdout failed.
     IoFailure = 5,
+    /// stdin is not a JSON network config.
     DecodeFailure = 6,
+    /// The network config is JSON but not valid.
     InvalidNetworkConfig = 7,
+    /// A transient failure: the runtime should retry (e.g. weft-node unreachable).
     TryAgainLater = 11,
     /// weft-node refused the pod for a reason a retry cannot fix (plugin-specific code).
     RefusedByDaemon = 100,
+    /// STATUS: the plugin cannot serve ADDs now.
     PluginNotAvailable = 50,
 }
 
 /// A CNI error, printed as the spec's JSON on stdout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CniError {
+    /// The spec's error code.
     pub code: Code,
+    /// A short message for humans.
     pub msg: String,
+    /// Longer details: what to do about it.
     pub details: String,
 }
 
 impl CniError {
+    /// An error with its code, message and details.
     pub fn new(code: Code, msg: impl Into<String>, details: impl Into<String>) -> Self {
         CniError {
             code,
@@ -62,20 +75,30 @@ impl CniError {
 /// The commands a runtime can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
+    /// Set up a container's network.
     Add,
+    /// Tear it down (idempotent).
     Del,
+    /// Verify it is still as set up.
     Check,
+    /// Report the spec versions this plugin speaks.
     Version,
+    /// Whether the plugin can serve ADDs now.
     Status,
+    /// Forget attachments the runtime no longer has.
     Gc,
 }
 
 /// Everything the runtime passes through the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Environment {
+    /// CNI_COMMAND.
     pub command: Command,
+    /// CNI_CONTAINERID.
     pub container_id: Option<String>,
+    /// CNI_NETNS.
     pub netns: Option<String>,
+    /// CNI_ARGS, split into key/value pairs.
     pub args: BTreeMap<String, String>,
 }
 
@@ -163,18 +186,25 @@ impl Environment {
 /// The network config on stdin (only the fields weft-cni reads).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct NetConf {
+    /// The spec version the runtime speaks.
     #[serde(rename = "cniVersion")]
     pub cni_version: String,
+    /// The network's name.
     #[serde(default)]
     pub name: String,
+    /// The plugin type (`weft-cni`).
     #[serde(rename = "type", default)]
     pub plugin_type: String,
+    /// weft-node's CNI socket.
     #[serde(rename = "socketPath", default = "default_socket_path")]
     pub socket_path: String,
+    /// weft-node's run dir (its state file, read when the daemon is down).
     #[serde(rename = "runDir", default = "default_run_dir")]
     pub run_dir: String,
+    /// The result of the plugins before this one in the chain.
     #[serde(rename = "prevResult", default)]
     pub prev_result: Option<Value>,
+    /// GC: the attachments the runtime still has.
     #[serde(rename = "cni.dev/valid-attachments", default)]
     pub valid_attachments: Option<Vec<Value>>,
 }

@@ -44,7 +44,7 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Opens the namespace at `path` (e.g. /var/run/netns/x or /proc/<pid>/ns/net).
+    /// Opens the namespace at `path` (e.g. `/var/run/netns/x` or `/proc/<pid>/ns/net`).
     pub fn open(path: &Path) -> Result<Netns, NetnsError> {
         let open_error = |source| NetnsError::Open {
             path: path.to_owned(),
