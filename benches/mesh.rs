@@ -777,11 +777,13 @@ fn write_results(settings: &Settings, results: &Results, memory: Value, out_dir:
     };
     let open = |node: &str| {
         let o = &memory["open_when_rss_sampled"][node];
-        format!(
-            "{} by gauge, {} sockets",
-            format_figure(json_f64(&o["gauge"])),
-            o["sockets"]
-        )
+        let gauge = json_f64(&o["gauge"]);
+        let gauge = if gauge.is_finite() {
+            format!("{gauge:.0}")
+        } else {
+            format_figure(gauge)
+        };
+        format!("{gauge} by gauge, {} sockets", o["sockets"])
     };
     md.push_str("## Memory (H)\n\n| | node-1 | node-2 |\n|---|---|---|\n");
     md.push_str(&memory_row(
