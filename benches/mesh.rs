@@ -7,14 +7,19 @@
 //! HTTP/1.1 latency at a fixed 1000 req/s over 16 connections (h2load, nginx, 1 KB
 //! responses; p50/p90/p99 from h2load's per-request log); connection rate (h2load with
 //! `Connection: close`, a fixed count); daemon memory at rest, with 10,000 idle tunneled
-//! connections, and 60 s after they close.
+//! connections (each checked open on both daemons when RSS is sampled), and 60 s after they
+//! close.
 //!
 //! Needs root. Run with `bash benches/mesh.sh` (builds release binaries first); writes
-//! `benches/RESULTS.json` and `benches/RESULTS.md`. `--quick` shortens every case for a
-//! smoke run (the results are then marked as quick and not comparable).
+//! `benches/RESULTS.json` and `benches/RESULTS.md`, whose reproducibility section compares
+//! with the previous `RESULTS.json`. `--quick` shortens every case for a smoke run (the
+//! results are then marked as quick and not comparable). Parsing, statistics and verdicts
+//! live in `support/mesh_report.rs`, unit-tested by `cargo test --test mesh_report`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/mesh_report.rs"]
+mod report;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,6 +27,11 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, AMBIENT};
 use common::testbed::Process;
+use report::{
+    format_figure, holds, json_f64, kib_per_connection, median, memory_returned, min_max,
+    parse_h2load_counts, parse_h2load_rate, parse_proc_stat, per_run_ratios, prometheus_sum,
+    reproducibility_section, worst_highest, Bound,
+};
 use serde_json::{json, Value};
 
 struct Settings {
@@ -67,14 +77,8 @@ impl Results {
 }
 
 fn stats(values: &[f64]) -> Value {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let median = if sorted.is_empty() {
-        f64::NAN
-    } else {
-        sorted[sorted.len() / 2]
-    };
-    json!({"median": median, "min": sorted.first(), "max": sorted.last(), "samples": values})
+    let (min, max) = min_max(values);
+    json!({"median": median(values), "min": min, "max": max, "samples": values})
 }
 
 fn loadavg() -> (f64, String) {
@@ -137,37 +141,67 @@ fn wait_quiet(results: &mut Results, label: &str) {
         .push(json!({"run": label, "loadavg": text, "busy": true}));
 }
 
-fn daemon_cpu_seconds(c: &Cluster) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    c.nodes
-        .iter()
-        .filter_map(|n| n.daemon.as_ref())
-        .map(|d| {
-            let stat =
-                std::fs::read_to_string(format!("/proc/{}/stat", d.child.id())).unwrap_or_default();
-            let after = stat.rsplit(')').next().unwrap_or("");
-            let f: Vec<f64> = after
-                .split_whitespace()
-                .filter_map(|v| v.parse().ok())
-                .collect();
-            // utime and stime are fields 14 and 15; after the ")" they are the 12th and 13th.
-            (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / ticks
+/// Clock ticks per second of /proc CPU times (`getconf CLK_TCK`).
+fn clock_ticks_per_second() -> f64 {
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf CLK_TCK");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ticks: f64 = text
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("getconf CLK_TCK printed {text:?}: {e}"));
+    assert!(ticks > 0.0, "getconf CLK_TCK printed {ticks}");
+    ticks
+}
+
+/// User plus kernel CPU seconds both daemons have used so far (all their threads).
+fn daemon_cpu_seconds(c: &Cluster, ticks_per_second: f64) -> f64 {
+    (0..c.nodes.len())
+        .map(|i| {
+            let pid = c.daemon_pid(i);
+            let path = format!("/proc/{pid}/stat");
+            let stat = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{} daemon: reading {path}: {e}", c.nodes[i].name));
+            let ticks = parse_proc_stat(&stat)
+                .unwrap_or_else(|e| panic!("{} daemon: {e:#}", c.nodes[i].name));
+            ticks.total() as f64 / ticks_per_second
         })
         .sum()
 }
 
+/// The daemon's resident set (VmRSS); NaN if it cannot be read (never a target that holds).
 fn daemon_rss_kib(c: &Cluster, node: usize) -> f64 {
-    let pid = c.nodes[node]
-        .daemon
-        .as_ref()
-        .map(|d| d.child.id())
-        .unwrap_or(0);
+    let pid = c.daemon_pid(node);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(f64::NAN)
+}
+
+/// What the daemon of one node has open, read twice over: its own `weft_open_connections`
+/// gauge (all directions) and, from the kernel, the sockets in its fd table.
+#[derive(Clone, Copy, Debug)]
+struct OpenConnections {
+    gauge: f64,
+    sockets: u64,
+}
+
+fn open_connections(c: &Cluster, node: usize) -> OpenConnections {
+    let exposition = c.node_get(node, "http://127.0.0.1:15020/metrics");
+    let gauge = prometheus_sum(&exposition, "weft_open_connections")
+        .unwrap_or_else(|e| panic!("{} daemon metrics: {e:#}", c.nodes[node].name));
+    let pid = c.daemon_pid(node);
+    let fd_dir = format!("/proc/{pid}/fd");
+    let sockets = std::fs::read_dir(&fd_dir)
+        .unwrap_or_else(|e| panic!("{} daemon: reading {fd_dir}: {e}", c.nodes[node].name))
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count() as u64;
+    OpenConnections { gauge, sockets }
 }
 
 fn set_mode(c: &mut Cluster, mode: Mode) {
@@ -244,10 +278,9 @@ fn latency(c: &Cluster, server_ip: &str, seconds: u32, log: &Path) -> (f64, f64,
         .output()
         .expect("h2load");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("0 failed"),
-        "h2load reported failures:\n{text}"
-    );
+    parse_h2load_counts(&text)
+        .and_then(|counts| counts.check_all_succeeded(None))
+        .unwrap_or_else(|e| panic!("latency run: {e:#}\n{text}"));
     let mut micros: Vec<f64> = std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
@@ -268,7 +301,6 @@ fn latency(c: &Cluster, server_ip: &str, seconds: u32, log: &Path) -> (f64, f64,
 
 /// New TCP connection per request, a fixed count, as fast as possible; connections/s.
 fn connection_rate(c: &Cluster, server_ip: &str, count: u32) -> f64 {
-    let started = Instant::now();
     let out = c.pods[0]
         .ns
         .command("h2load")
@@ -284,23 +316,11 @@ fn connection_rate(c: &Cluster, server_ip: &str, count: u32) -> f64 {
         .arg(format!("http://{server_ip}:8080/1k"))
         .output()
         .expect("h2load");
-    let elapsed = started.elapsed().as_secs_f64();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(&format!("{count} succeeded")),
-        "connection-rate run failed:\n{text}"
-    );
-    // h2load's own figure ("finished in X, Y req/s") excludes process start-up.
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("finished in ")?
-                .split(", ")
-                .nth(1)?
-                .strip_suffix(" req/s")?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(count as f64 / elapsed)
+    parse_h2load_counts(&text)
+        .and_then(|counts| counts.check_all_succeeded(Some(count.into())))
+        .and_then(|()| parse_h2load_rate(&text))
+        .unwrap_or_else(|e| panic!("connection-rate run: {e:#}\n{text}"))
 }
 
 fn start_servers(c: &mut Cluster, work: &Path) {
@@ -349,15 +369,37 @@ fn rss_at_rest(c: &mut Cluster) -> [f64; 2] {
     rest
 }
 
+/// Why both daemons do not (yet) hold `count` more connections than at `baseline`, by their
+/// gauge and by their sockets; None when they do.
+fn missing_connections(c: &Cluster, baseline: &[OpenConnections; 2], count: u64) -> Option<String> {
+    let mut missing = Vec::new();
+    for (i, base) in baseline.iter().enumerate() {
+        let now = open_connections(c, i);
+        let gauge = now.gauge - base.gauge;
+        let sockets = now.sockets.saturating_sub(base.sockets);
+        if !(gauge >= count as f64 && sockets >= count) {
+            missing.push(format!(
+                "{} daemon: {gauge} more by weft_open_connections, {sockets} more sockets",
+                c.nodes[i].name
+            ));
+        }
+    }
+    (!missing.is_empty()).then(|| format!("not all {count} open: {}", missing.join("; ")))
+}
+
 fn memory(c: &mut Cluster, settings: &Settings, work: &Path, at_rest: [f64; 2]) -> Value {
     set_mode(c, Mode::Hbone);
+    // Part of the measurement, not a condition: RSS is sampled after 3 s without traffic.
     std::thread::sleep(Duration::from_secs(3));
-    // Per-connection cost is measured from just before the idle connections open.
+    // Per-connection cost is measured from just before the idle connections open (and, as a
+    // second figure, from the at-rest baseline taken before any traffic).
     let rest = [daemon_rss_kib(c, 0), daemon_rss_kib(c, 1)];
     println!(
         "  before the idle connections: node-1 {:.0} KiB, node-2 {:.0} KiB",
         rest[0], rest[1]
     );
+    let count = u64::from(settings.idle_connections);
+    let baseline = [open_connections(c, 0), open_connections(c, 1)];
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/hold_client.py");
     let server_ip = c.pods[1].ip.clone();
     let mut cmd = c.pods[0].ns.command("python3");
@@ -380,30 +422,70 @@ fn memory(c: &mut Cluster, settings: &Settings, work: &Path, at_rest: [f64; 2]) 
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+    // The client's connect returns once node-1's daemon accepted it; the tunnel and node-2's
+    // upstream connection may still be on their way. Wait until both daemons hold them all.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Some(missing) = missing_connections(c, &baseline, count) {
+        assert!(
+            Instant::now() < deadline,
+            "idle tunneled connections: {missing} (60 s after the client opened them)"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Part of the measurement: the connections have been idle 3 s when RSS is sampled.
     std::thread::sleep(Duration::from_secs(3));
+    if let Some(missing) = missing_connections(c, &baseline, count) {
+        panic!("idle tunneled connections before sampling RSS: {missing}");
+    }
     let loaded = [daemon_rss_kib(c, 0), daemon_rss_kib(c, 1)];
+    let held = [open_connections(c, 0), open_connections(c, 1)];
+    if let Some(missing) = missing_connections(c, &baseline, count) {
+        panic!("idle tunneled connections after sampling RSS: {missing}");
+    }
     let per_conn: Vec<f64> = (0..2)
-        .map(|i| (loaded[i] - rest[i]) / settings.idle_connections as f64)
+        .map(|i| kib_per_connection(loaded[i], rest[i], count))
+        .collect();
+    let per_conn_at_rest: Vec<f64> = (0..2)
+        .map(|i| kib_per_connection(loaded[i], at_rest[i], count))
         .collect();
     println!(
-        "  with {} idle tunneled connections: node-1 {:.0} KiB ({:.2} KiB/conn), node-2 {:.0} KiB ({:.2} KiB/conn)",
-        settings.idle_connections, loaded[0], per_conn[0], loaded[1], per_conn[1]
+        "  with {count} idle tunneled connections (open on both daemons): node-1 {:.0} KiB ({:.2} KiB/conn, {:.2} vs at rest), node-2 {:.0} KiB ({:.2} KiB/conn, {:.2} vs at rest)",
+        loaded[0], per_conn[0], per_conn_at_rest[0], loaded[1], per_conn[1], per_conn_at_rest[1]
     );
     let _ = holder.child.kill();
     let _ = holder.child.wait();
     drop(holder);
+    // Closed through both daemons (the gauges are back where they were), then the wait.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = [open_connections(c, 0), open_connections(c, 1)];
+        if (0..2).all(|i| now[i].gauge <= baseline[i].gauge) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "idle connections still open 60 s after the client was killed: {now:?} (before: {baseline:?})"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Part of the measurement: RSS this long after the connections closed.
     std::thread::sleep(Duration::from_secs(settings.memory_settle_seconds));
     let after = [daemon_rss_kib(c, 0), daemon_rss_kib(c, 1)];
     println!(
         "  {} s after they closed: node-1 {:.0} KiB, node-2 {:.0} KiB",
         settings.memory_settle_seconds, after[0], after[1]
     );
+    let open_json =
+        |o: &[OpenConnections; 2], i: usize| json!({"gauge": o[i].gauge, "sockets": o[i].sockets});
     json!({
         "rss_at_rest_kib": {"node-1": at_rest[0], "node-2": at_rest[1]},
         "rss_before_idle_connections_kib": {"node-1": rest[0], "node-2": rest[1]},
         "idle_connections": settings.idle_connections,
+        "open_before_idle_connections": {"node-1": open_json(&baseline, 0), "node-2": open_json(&baseline, 1)},
+        "open_when_rss_sampled": {"node-1": open_json(&held, 0), "node-2": open_json(&held, 1)},
         "rss_with_idle_connections_kib": {"node-1": loaded[0], "node-2": loaded[1]},
         "kib_per_idle_connection": {"node-1": per_conn[0], "node-2": per_conn[1]},
+        "kib_per_idle_connection_vs_at_rest": {"node-1": per_conn_at_rest[0], "node-2": per_conn_at_rest[1]},
         "rss_after_close_kib": {"node-1": after[0], "node-2": after[1]},
         "seconds_after_close": settings.memory_settle_seconds,
     })
@@ -462,6 +544,7 @@ fn main() {
     let wants = |case: &str| cases.iter().any(|c| c == case);
     println!("== memory at rest");
     let at_rest = rss_at_rest(&mut c);
+    let ticks_per_second = clock_ticks_per_second();
     let mut results = Results::default();
     let measures_traffic = ["throughput", "latency", "connrate"]
         .iter()
@@ -473,9 +556,9 @@ fn main() {
             let label = format!("run{}-{}", run + 1, mode.tag());
             if wants("throughput") {
                 wait_quiet(&mut results, &format!("{label}-iperf1"));
-                let cpu0 = daemon_cpu_seconds(&c);
+                let cpu0 = daemon_cpu_seconds(&c, ticks_per_second);
                 let one = iperf(&c, &server_ip, 1, settings.iperf_seconds);
-                let cpu1 = daemon_cpu_seconds(&c);
+                let cpu1 = daemon_cpu_seconds(&c, ticks_per_second);
                 results.add("throughput_1_stream_gbps", mode, one);
                 let gbit_moved = one * (settings.iperf_seconds as f64 + 1.0);
                 results.add("daemon_cpu_s_per_gbit", mode, (cpu1 - cpu0) / gbit_moved);
@@ -522,17 +605,6 @@ fn main() {
     write_results(&settings, &results, memory, &out_dir);
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
 fn write_results(settings: &Settings, results: &Results, memory: Value, out_dir: &Path) {
     let cases = [
         (
@@ -547,7 +619,7 @@ fn write_results(settings: &Settings, results: &Results, memory: Value, out_dir:
         ),
         (
             "daemon_cpu_s_per_gbit",
-            "Daemon CPU per Gbit (both nodes, 1 stream)",
+            "Daemon CPU per Gbit (both nodes, user + system, 1 stream)",
             "CPU s/Gbit",
         ),
         (
@@ -574,67 +646,77 @@ fn write_results(settings: &Settings, results: &Results, memory: Value, out_dir:
             continue;
         }
         let (md, mh) = (median(&d), median(&h));
-        json_cases.insert(case.into(), json!({"title": title, "unit": unit, "D": stats(&d), "H": stats(&h), "H_over_D": mh / md}));
+        json_cases.insert(
+            case.into(),
+            json!({"title": title, "unit": unit, "D": stats(&d), "H": stats(&h),
+                   "H_over_D": mh / md, "H_over_D_per_run": per_run_ratios(&d, &h)}),
+        );
         let range = |v: &[f64]| {
-            let lo = v.iter().cloned().fold(f64::MAX, f64::min);
-            let hi = v.iter().cloned().fold(f64::MIN, f64::max);
-            format!("{lo:.3}–{hi:.3}")
+            let (lo, hi) = min_max(v);
+            format!("{}–{}", format_figure(lo), format_figure(hi))
         };
         // The daemons do no work in D, so a ratio of their CPU is meaningless.
         let h_over_d = if md > 1e-3 {
-            format!("{:.3}", mh / md)
+            format_figure(mh / md)
         } else {
             "n/a (D does not use the daemons)".to_owned()
         };
         rows.push(format!(
-            "| {title} | {unit} | {md:.3} ({}) | {mh:.3} ({}) | {h_over_d} |",
+            "| {title} | {unit} | {} ({}) | {} ({}) | {h_over_d} |",
+            format_figure(md),
             range(&d),
+            format_figure(mh),
             range(&h),
         ));
     }
     let added = |p: &str| median(&get(p, "H")) - median(&get(p, "D"));
     let (added50, added99) = (added("latency_p50_ms"), added("latency_p99_ms"));
     let ratio = |case: &str| median(&get(case, "H")) / median(&get(case, "D"));
-    let rest_mib = memory["rss_at_rest_kib"]["node-1"]
-        .as_f64()
-        .unwrap_or(f64::NAN)
-        .max(
-            memory["rss_at_rest_kib"]["node-2"]
-                .as_f64()
-                .unwrap_or(f64::NAN),
-        )
-        / 1024.0;
-    let per_conn = memory["kib_per_idle_connection"]["node-1"]
-        .as_f64()
-        .unwrap_or(f64::NAN)
-        .max(
-            memory["kib_per_idle_connection"]["node-2"]
-                .as_f64()
-                .unwrap_or(f64::NAN),
-        );
-    let returned = (0..2).all(|i| {
-        let n = format!("node-{}", i + 1);
-        let rest = memory["rss_before_idle_connections_kib"][&n]
-            .as_f64()
-            .unwrap_or(0.0);
-        let loaded = memory["rss_with_idle_connections_kib"][&n]
-            .as_f64()
-            .unwrap_or(0.0);
-        let after = memory["rss_after_close_kib"][&n]
-            .as_f64()
-            .unwrap_or(f64::MAX);
-        // Returned: at least 80% of what the connections took is gone again.
-        after <= rest + 0.2 * (loaded - rest).max(0.0)
-    });
+    let per_node = |key: &str| -> [f64; 2] {
+        [
+            json_f64(&memory[key]["node-1"]),
+            json_f64(&memory[key]["node-2"]),
+        ]
+    };
+    // The worse node counts; a node without a reading makes the figure NaN (never holds).
+    let rest_mib = worst_highest(&per_node("rss_at_rest_kib")) / 1024.0;
+    let per_conn = worst_highest(&per_node("kib_per_idle_connection"));
+    let (before, loaded, after) = (
+        per_node("rss_before_idle_connections_kib"),
+        per_node("rss_with_idle_connections_kib"),
+        per_node("rss_after_close_kib"),
+    );
+    let returned = (0..2).all(|i| memory_returned(before[i], loaded[i], after[i]));
+    let target = |name: &str, value: f64, bound: Bound| json!({"target": name, "value": value, "holds": holds(value, bound)});
     let targets = vec![
-        json!({"target": "H/D single-stream throughput >= 0.35", "value": ratio("throughput_1_stream_gbps"), "holds": ratio("throughput_1_stream_gbps") >= 0.35}),
-        json!({"target": "added latency p50 <= 0.10 ms", "value": added50, "holds": added50 <= 0.10}),
-        json!({"target": "added latency p99 <= 0.25 ms", "value": added99, "holds": added99 <= 0.25}),
-        json!({"target": "connection rate H/D >= 0.5", "value": ratio("connections_per_s"), "holds": ratio("connections_per_s") >= 0.5}),
-        json!({"target": "daemon RSS at rest <= 12 MiB", "value": rest_mib, "holds": rest_mib <= 12.0}),
-        json!({"target": "<= 4 KiB per idle tunneled connection", "value": per_conn, "holds": per_conn <= 4.0}),
+        target(
+            "H/D single-stream throughput >= 0.35",
+            ratio("throughput_1_stream_gbps"),
+            Bound::AtLeast(0.35),
+        ),
+        target("added latency p50 <= 0.10 ms", added50, Bound::AtMost(0.10)),
+        target("added latency p99 <= 0.25 ms", added99, Bound::AtMost(0.25)),
+        target(
+            "connection rate H/D >= 0.5",
+            ratio("connections_per_s"),
+            Bound::AtLeast(0.5),
+        ),
+        target(
+            "daemon RSS at rest <= 12 MiB",
+            rest_mib,
+            Bound::AtMost(12.0),
+        ),
+        target(
+            "<= 4 KiB per idle tunneled connection (from just before they open)",
+            per_conn,
+            Bound::AtMost(4.0),
+        ),
         json!({"target": "memory returned after connections close", "value": returned, "holds": returned}),
     ];
+    let target_value = |t: &Value| match &t["value"] {
+        Value::Bool(b) => b.to_string(),
+        v => format_figure(json_f64(v)),
+    };
     let date = std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
@@ -658,11 +740,17 @@ fn write_results(settings: &Settings, results: &Results, memory: Value, out_dir:
         "targets": targets,
         "loadavg_before_runs": results.loadavg,
     });
+    // The run this one is compared with: the report it is about to replace.
+    let json_path = out_dir.join("RESULTS.json");
+    let earlier: Option<Value> = std::fs::read_to_string(&json_path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok());
+    let reproducibility = reproducibility_section(&report, earlier.as_ref());
     std::fs::write(
-        out_dir.join("RESULTS.json"),
-        serde_json::to_string_pretty(&report).unwrap() + "\n",
+        &json_path,
+        serde_json::to_string_pretty(&report).expect("report serializes") + "\n",
     )
-    .unwrap();
+    .unwrap_or_else(|e| panic!("writing {}: {e}", json_path.display()));
     let mut md = format!(
         "# weft benchmark results\n\n{date}, `{command}` ({} runs per mode, interleaved D/H/D/H{}).\nD = same pods, namespace not enrolled (direct); H = enrolled (HBONE mTLS through both daemons).\nMedians with min–max; ratios are H over D medians from the same run. Raw samples and the load average before each run: `benches/RESULTS.json`.\n\n| case | unit | D median (min–max) | H median (min–max) | H/D |\n|---|---|---|---|---|\n",
         settings.runs,
@@ -670,30 +758,79 @@ fn write_results(settings: &Settings, results: &Results, memory: Value, out_dir:
     );
     md.push_str(&rows.join("\n"));
     md.push_str(&format!(
-        "\n\nAdded latency (H − D medians): p50 {added50:.3} ms, p99 {added99:.3} ms.\n\n"
+        "\n\nAdded latency (H − D medians): p50 {} ms, p99 {} ms.\n\n",
+        format_figure(added50),
+        format_figure(added99)
+    ));
+    let kib = |key: &str, decimals: usize| {
+        per_node(key).map(|v| {
+            if v.is_finite() {
+                format!("{v:.decimals$} KiB")
+            } else {
+                format_figure(v)
+            }
+        })
+    };
+    let memory_row = |label: String, key: &str, decimals: usize| {
+        let [one, two] = kib(key, decimals);
+        format!("| {label} | {one} | {two} |\n")
+    };
+    let open = |node: &str| {
+        let o = &memory["open_when_rss_sampled"][node];
+        let gauge = json_f64(&o["gauge"]);
+        let gauge = if gauge.is_finite() {
+            format!("{gauge:.0}")
+        } else {
+            format_figure(gauge)
+        };
+        format!("{gauge} by gauge, {} sockets", o["sockets"])
+    };
+    md.push_str("## Memory (H)\n\n| | node-1 | node-2 |\n|---|---|---|\n");
+    md.push_str(&memory_row(
+        "RSS at rest (2 enrolled pods, before any traffic)".into(),
+        "rss_at_rest_kib",
+        0,
+    ));
+    md.push_str(&memory_row(
+        "RSS just before the idle connections open".into(),
+        "rss_before_idle_connections_kib",
+        0,
+    ));
+    md.push_str(&memory_row(
+        format!(
+            "RSS with {} idle tunneled connections",
+            memory["idle_connections"]
+        ),
+        "rss_with_idle_connections_kib",
+        0,
     ));
     md.push_str(&format!(
-        "## Memory (H)\n\n| | node-1 | node-2 |\n|---|---|---|\n| RSS at rest (2 enrolled pods) | {:.0} KiB | {:.0} KiB |\n| RSS with {} idle tunneled connections | {:.0} KiB | {:.0} KiB |\n| per idle connection | {:.2} KiB | {:.2} KiB |\n| RSS {} s after they closed | {:.0} KiB | {:.0} KiB |\n\n",
-        memory["rss_at_rest_kib"]["node-1"].as_f64().unwrap_or(0.0),
-        memory["rss_at_rest_kib"]["node-2"].as_f64().unwrap_or(0.0),
-        memory["idle_connections"],
-        memory["rss_with_idle_connections_kib"]["node-1"].as_f64().unwrap_or(0.0),
-        memory["rss_with_idle_connections_kib"]["node-2"].as_f64().unwrap_or(0.0),
-        memory["kib_per_idle_connection"]["node-1"].as_f64().unwrap_or(0.0),
-        memory["kib_per_idle_connection"]["node-2"].as_f64().unwrap_or(0.0),
-        memory["seconds_after_close"],
-        memory["rss_after_close_kib"]["node-1"].as_f64().unwrap_or(0.0),
-        memory["rss_after_close_kib"]["node-2"].as_f64().unwrap_or(0.0),
+        "| open on the daemon when RSS was sampled | {} | {} |\n",
+        open("node-1"),
+        open("node-2")
     ));
+    md.push_str(&memory_row(
+        "per idle connection (from just before they open)".into(),
+        "kib_per_idle_connection",
+        2,
+    ));
+    md.push_str(&memory_row(
+        "per idle connection (from the at-rest baseline)".into(),
+        "kib_per_idle_connection_vs_at_rest",
+        2,
+    ));
+    md.push_str(&memory_row(
+        format!("RSS {} s after they closed", memory["seconds_after_close"]),
+        "rss_after_close_kib",
+        0,
+    ));
+    md.push_str("\nEvery idle connection was checked open on both daemons (their `weft_open_connections` gauge and the sockets in their fd table, against the counts just before) before and after RSS was sampled.\n\n");
     md.push_str("## Targets (2-core machine)\n\n| target | value | holds |\n|---|---|---|\n");
     for t in &targets {
-        let value = t["value"]
-            .as_f64()
-            .map(|v| format!("{v:.3}"))
-            .unwrap_or_else(|| t["value"].to_string());
         md.push_str(&format!(
-            "| {} | {value} | {} |\n",
+            "| {} | {} | {} |\n",
             t["target"].as_str().unwrap_or(""),
+            target_value(t),
             if t["holds"].as_bool() == Some(true) {
                 "yes"
             } else {
@@ -701,21 +838,21 @@ fn write_results(settings: &Settings, results: &Results, memory: Value, out_dir:
             }
         ));
     }
+    md.push('\n');
+    md.push_str(&reproducibility);
     let notes = out_dir.join("RESULTS-notes.md");
     if let Ok(extra) = std::fs::read_to_string(&notes) {
         md.push('\n');
         md.push_str(&extra);
     }
-    std::fs::write(out_dir.join("RESULTS.md"), md).unwrap();
+    let md_path = out_dir.join("RESULTS.md");
+    std::fs::write(&md_path, md).unwrap_or_else(|e| panic!("writing {}: {e}", md_path.display()));
     println!("== wrote benches/RESULTS.json and benches/RESULTS.md");
     for t in &targets {
         println!(
-            "  {:<45} {:>10}  {}",
+            "  {:<70} {:>18}  {}",
             t["target"].as_str().unwrap_or(""),
-            t["value"]
-                .as_f64()
-                .map(|v| format!("{v:.3}"))
-                .unwrap_or_else(|| t["value"].to_string()),
+            target_value(t),
             if t["holds"].as_bool() == Some(true) {
                 "holds"
             } else {
