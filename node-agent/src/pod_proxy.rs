@@ -301,6 +301,7 @@ async fn serve_inbound_plaintext(
             let mut report = {
                 let snapshot = inbound.store.load();
                 ConnectionReport::new(
+                    weft::telemetry::ConnectionId::next(),
                     Reporter::Destination,
                     peer,
                     dst,
@@ -311,7 +312,7 @@ async fn serve_inbound_plaintext(
                 )
             };
             if let Err(denial) = inbound.authorize(&attrs) {
-                report.refused("DENY", &denial.reason, denial.policy.as_deref());
+                report.refused(weft::telemetry::ResponseFlag::Deny, &denial.reason, denial.policy.as_deref());
                 return;
             }
             match Box::pin(inbound.connect_upstream(Some(peer.ip()), dst)).await {
@@ -321,7 +322,7 @@ async fn serve_inbound_plaintext(
                     let (totals, error) = copy_metered(client, app, meter, Some(&tracked)).await;
                     report.closed((totals.a_to_b, totals.b_to_a), error.as_ref());
                 }
-                Err(error) => report.refused("CONNECT", &format!("cannot reach the app: {error}"), None),
+                Err(error) => report.refused(weft::telemetry::ResponseFlag::Connect, &format!("cannot reach the app: {error}"), None),
             }
         });
     })

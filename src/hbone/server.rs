@@ -341,7 +341,11 @@ impl<T: InboundTarget> HboneServer<T> {
         };
         let mut report = self.report(&attrs, local);
         if let Err(denial) = self.target.authorize(&attrs) {
-            report.refused("DENY", &denial.reason, denial.policy.as_deref());
+            report.refused(
+                crate::telemetry::ResponseFlag::Deny,
+                &denial.reason,
+                denial.policy.as_deref(),
+            );
             return refuse(&mut respond, StatusCode::UNAUTHORIZED, &denial.to_string());
         }
         // The source address is the one the tunnel came from; a `forwarded` header is only
@@ -352,7 +356,7 @@ impl<T: InboundTarget> HboneServer<T> {
             Ok(upstream) => upstream,
             Err(error) => {
                 let reason = format!("application at {authority} unreachable: {error}");
-                report.refused("CONNECT", &reason, None);
+                report.refused(crate::telemetry::ResponseFlag::Connect, &reason, None);
                 return refuse(&mut respond, StatusCode::SERVICE_UNAVAILABLE, &reason);
             }
         };
@@ -391,6 +395,7 @@ impl<T: InboundTarget> HboneServer<T> {
             ),
         };
         ConnectionReport::new(
+            crate::telemetry::ConnectionId::next(),
             Reporter::Destination,
             attrs.source,
             attrs.destination,

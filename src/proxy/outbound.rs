@@ -255,6 +255,7 @@ impl OutboundProxy {
             Err(_) => (WorkloadLabels::at(snapshot, dst, None), Security::None),
         };
         let report = ConnectionReport::new(
+            crate::telemetry::ConnectionId::next(),
             Reporter::Source,
             client,
             dst,
@@ -270,9 +271,9 @@ impl OutboundProxy {
                 let flag = if matches!(error, ProxyError::Loop { .. }) {
                     metrics::counter!(crate::telemetry::registry::CONNECTIONS_REFUSED, "reason" => "loop")
                         .increment(1);
-                    "LOOP"
+                    crate::telemetry::ResponseFlag::Loop
                 } else {
-                    "CONNECT"
+                    crate::telemetry::ResponseFlag::Connect
                 };
                 report.refused(flag, &error.to_string(), None);
                 return Err(error);
@@ -290,7 +291,11 @@ impl OutboundProxy {
                     ProxyError::Hbone(HboneError::Status { status, .. }) if *status == http::StatusCode::UNAUTHORIZED
                 );
                 report.refused(
-                    if denied { "DENY" } else { "CONNECT" },
+                    if denied {
+                        crate::telemetry::ResponseFlag::Deny
+                    } else {
+                        crate::telemetry::ResponseFlag::Connect
+                    },
                     &error.to_string(),
                     None,
                 );
