@@ -5,7 +5,8 @@
 //! and the upstream connect are the handler's (see `proxy::inbound`).
 //!
 //! For each accepted TCP connection the certificate presented is the identity of the
-//! workload the client dialled (the listener's local address). Each CONNECT is checked in
+//! workload the client dialled (the listener's local address); the client must speak TLS
+//! 1.3, negotiate ALPN h2 and present a mesh certificate of this trust domain. Each CONNECT is checked in
 //! order, each failure answered with its own status while the connection keeps serving:
 //! method (405), the peer's per-stream connection permit (503), authority syntax (400),
 //! weft's own ports (400), an address this server does not serve (400); then the handler
@@ -327,6 +328,13 @@ impl<H: StreamHandler> HboneServer<H> {
                 return;
             }
         };
+        // rustls refuses a client whose ALPN list lacks h2; one offering no ALPN at all
+        // would get through, so the outcome is checked here.
+        if tls_stream.get_ref().1.alpn_protocol() != Some(tls::ALPN_H2) {
+            tracing::info!(%remote, "refusing HBONE client that did not negotiate ALPN h2");
+            self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let peer = match tls::peer_identity(tls_stream.get_ref().1) {
             // Shared by every stream of this connection.
             Ok(peer) => Arc::new(peer),
