@@ -124,3 +124,153 @@ where
 
     async fn refuse(self, _refusal: &E) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+    use crate::telemetry::{ConnectionId, Reporter, Security, WorkloadLabels};
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("refused in test")]
+    struct TestRefusal(ResponseFlag);
+
+    impl Refusal for TestRefusal {
+        fn flag(&self) -> ResponseFlag {
+            self.0
+        }
+        fn policy(&self) -> Option<&str> {
+            None
+        }
+    }
+
+    /// Steps that record what ran; `deny` refuses at the authorize step.
+    struct Steps {
+        deny: bool,
+        connected: Arc<AtomicBool>,
+        upstream: DuplexStream,
+    }
+
+    impl Authorize for Steps {
+        type Connect = Steps;
+        fn authorize(self, _: &TrackedAttrs) -> Result<Steps, TestRefusal> {
+            if self.deny {
+                Err(TestRefusal(ResponseFlag::Deny))
+            } else {
+                Ok(self)
+            }
+        }
+    }
+
+    impl Connect for Steps {
+        type Upstream = DuplexStream;
+        type Error = TestRefusal;
+        async fn connect(self) -> Result<DuplexStream, TestRefusal> {
+            self.connected.store(true, Ordering::Relaxed);
+            Ok(self.upstream)
+        }
+    }
+
+    /// A client that records how it was answered.
+    struct Client {
+        stream: DuplexStream,
+        answers: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Downstream<TestRefusal> for Client {
+        type Stream = DuplexStream;
+        async fn admit(self) -> io::Result<DuplexStream> {
+            self.answers.lock().unwrap().push("admitted".into());
+            Ok(self.stream)
+        }
+        async fn refuse(self, refusal: &TestRefusal) {
+            self.answers
+                .lock()
+                .unwrap()
+                .push(format!("refused {}", refusal.flag()));
+        }
+    }
+
+    fn report() -> ConnectionReport {
+        ConnectionReport::new(
+            ConnectionId::next(),
+            Reporter::Destination,
+            "10.0.0.1:1000".parse().unwrap(),
+            "10.0.0.2:8080".parse().unwrap(),
+            Arc::new(WorkloadLabels::default()),
+            Arc::new(WorkloadLabels::default()),
+            None,
+            Security::None,
+        )
+    }
+
+    fn attrs() -> TrackedAttrs {
+        TrackedAttrs {
+            peer: None,
+            source: "10.0.0.1:1000".parse().unwrap(),
+            destination: "10.0.0.2:8080".parse().unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_never_connects_and_is_answered_as_refused() {
+        let (_app, upstream) = tokio::io::duplex(64);
+        let (_client, stream) = tokio::io::duplex(64);
+        let connected = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let tracker = ConnectionTracker::new();
+        let steps = Steps {
+            deny: true,
+            connected: connected.clone(),
+            upstream,
+        };
+        let client = Client {
+            stream,
+            answers: answers.clone(),
+        };
+        run(report(), attrs(), Some(&tracker), steps, client).await;
+        assert!(
+            !connected.load(Ordering::Relaxed),
+            "connected after a denial"
+        );
+        assert_eq!(*answers.lock().unwrap(), ["refused DENY"]);
+        assert!(tracker.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_admitted_connection_is_tracked_while_bytes_flow() {
+        let (mut app, upstream) = tokio::io::duplex(64);
+        let (mut client, stream) = tokio::io::duplex(64);
+        let connected = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let tracker = ConnectionTracker::new();
+        let steps = Steps {
+            deny: false,
+            connected: connected.clone(),
+            upstream,
+        };
+        let downstream = Client {
+            stream,
+            answers: answers.clone(),
+        };
+        let relay = tokio::spawn({
+            let tracker = tracker.clone();
+            async move { run(report(), attrs(), Some(&tracker), steps, downstream).await }
+        });
+        client.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        app.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        assert_eq!(tracker.len(), 1, "an open connection is tracked");
+        assert!(connected.load(Ordering::Relaxed));
+        assert_eq!(*answers.lock().unwrap(), ["admitted"]);
+        drop(client);
+        drop(app);
+        relay.await.unwrap();
+        assert!(tracker.is_empty(), "a finished connection is forgotten");
+    }
+}
