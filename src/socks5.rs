@@ -13,11 +13,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::listener::accept_gated;
 use crate::model::{MeshSnapshot, MeshStore};
+use crate::proxy::l4::Downstream;
 use crate::proxy::outbound::ProxyError;
 use crate::proxy::{HostWorkloads, OutboundProxy};
+use crate::telemetry::ConnectionId;
 
 const VERSION: u8 = 5;
 const NO_AUTH: u8 = 0;
@@ -61,8 +64,6 @@ pub enum Socks5Error {
     Unresolvable(String),
     #[error("this host serves no mesh workload, so it has no identity to connect with")]
     NoSourceWorkload,
-    #[error(transparent)]
-    Proxy(#[from] ProxyError),
 }
 
 /// The SOCKS5 listener of a host-mode daemon.
@@ -106,20 +107,31 @@ impl Socks5Server {
                 let server = self.clone();
                 let open = server.sessions_open.clone();
                 open.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let result = server.serve_client(client).await;
-                    open.fetch_sub(1, Ordering::Relaxed);
-                    if let Err(error) = result {
-                        tracing::info!(%remote, %error, "SOCKS5 session failed");
+                let id = ConnectionId::next();
+                let span = tracing::info_span!("connection", id = id.0, path = "socks5",
+                    src = %remote, dst = tracing::field::Empty);
+                tokio::spawn(
+                    async move {
+                        let _permit = permit;
+                        let result = server.serve_client(client, remote, id).await;
+                        open.fetch_sub(1, Ordering::Relaxed);
+                        if let Err(error) = result {
+                            tracing::info!(%error, "SOCKS5 session failed");
+                        }
                     }
-                });
+                    .instrument(span),
+                );
             },
         )
         .await;
     }
 
-    async fn serve_client(&self, mut client: TcpStream) -> Result<(), Socks5Error> {
+    async fn serve_client(
+        &self,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        id: ConnectionId,
+    ) -> Result<(), Socks5Error> {
         let _ = client.set_nodelay(true);
         let target = tokio::time::timeout(Duration::from_secs(10), negotiate(&mut client))
             .await
@@ -150,26 +162,37 @@ impl Socks5Server {
             send_reply(&mut client, Reply::NotAllowed, None).await?;
             return Err(Socks5Error::NoSourceWorkload);
         };
-        let peer = client.peer_addr()?;
-        let opened = match Box::pin(self.outbound.connect(&snapshot, &source, peer, dst)).await {
-            Ok(opened) => opened,
-            Err(error) => {
-                let code = match &error {
-                    ProxyError::Connect { .. } => Reply::ConnectionRefused,
-                    ProxyError::NoEndpoints { .. } | ProxyError::NoServicePort { .. } => {
-                        Reply::HostUnreachable
-                    }
-                    _ => Reply::GeneralFailure,
-                };
-                send_reply(&mut client, code, None).await?;
-                return Err(error.into());
-            }
-        };
-        let bound = client.local_addr().ok();
-        send_reply(&mut client, Reply::Succeeded, bound).await?;
-        tracing::debug!(%dst, route = ?opened.route, "SOCKS5 connection open");
-        opened.relay(client).await;
+        tracing::Span::current().record("dst", tracing::field::display(dst));
+        let connection = self.outbound.prepare(&snapshot, &source, peer, dst, id);
+        drop(snapshot);
+        connection.relay(Socks5Downstream(client)).await;
         Ok(())
+    }
+}
+
+/// A SOCKS5 client waiting for its reply: success with the bound address once the
+/// upstream is open, or the reply code of the refusal.
+struct Socks5Downstream(TcpStream);
+
+impl Downstream<ProxyError> for Socks5Downstream {
+    type Stream = TcpStream;
+
+    async fn admit(mut self) -> std::io::Result<TcpStream> {
+        let bound = self.0.local_addr().ok();
+        send_reply(&mut self.0, Reply::Succeeded, bound).await?;
+        Ok(self.0)
+    }
+
+    async fn refuse(mut self, refusal: &ProxyError) {
+        let code = match refusal {
+            ProxyError::Connect { .. } => Reply::ConnectionRefused,
+            ProxyError::NoEndpoints { .. } | ProxyError::NoServicePort { .. } => {
+                Reply::HostUnreachable
+            }
+            _ => Reply::GeneralFailure,
+        };
+        tracing::info!(error = %refusal, reply = ?code, "SOCKS5 connection refused");
+        let _ = send_reply(&mut self.0, code, None).await;
     }
 }
 

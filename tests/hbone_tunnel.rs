@@ -511,3 +511,133 @@ spec:
     stream.read_exact(&mut back).await.unwrap();
     assert_eq!(&back, b"hi");
 }
+
+/// Accepts any server certificate (with valid signatures): these clients test what the
+/// server refuses, not what they verify.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client presenting the mesh leaf of `demo/client` with the given TLS versions and ALPN.
+fn client_with(
+    certs: &Arc<CertManager>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
+    let base = mesh_client_config(certs, &id("demo", "client"));
+    let provider = tls::provider();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_client_cert_resolver(base.client_auth_cert_resolver.clone());
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+#[tokio::test]
+async fn clients_without_tls13_or_alpn_h2_are_refused() {
+    let ca = TestCa::new();
+    let certs = ca.certs();
+    let server = start_hbone_server(certs.clone()).await;
+    let echo = start_echo().await;
+    let connect = || {
+        Request::builder()
+            .method(Method::CONNECT)
+            .uri(echo.to_string())
+            .body(())
+            .unwrap()
+    };
+    let outcome = |config| async {
+        match raw_h2(server.addr, config).await {
+            Ok(mut sender) => status_of(&mut sender, connect()).await,
+            Err(e) => Err(e),
+        }
+    };
+    let tls12 = [&rustls::version::TLS12];
+    let tls13 = [&rustls::version::TLS13];
+
+    // The same client, TLS 1.3 with h2, is served: the refusals below are about the
+    // version and ALPN only.
+    assert_eq!(
+        outcome(client_with(&certs, &tls13, &[b"h2"])).await,
+        Ok(StatusCode::OK)
+    );
+    let refused = [
+        ("TLS 1.2 only", client_with(&certs, &tls12, &[b"h2"])),
+        (
+            "ALPN http/1.1 only",
+            client_with(&certs, &tls13, &[b"http/1.1"]),
+        ),
+        ("no ALPN", client_with(&certs, &tls13, &[])),
+    ];
+    for (i, (what, config)) in refused.into_iter().enumerate() {
+        let result = outcome(config).await;
+        assert!(result.is_err(), "{what} must be refused, got {result:?}");
+        // The server counts the refusal once its side of the handshake is over.
+        let stats = server.server.stats();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while stats.handshakes_failed.load(Ordering::Relaxed) < i as u64 + 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: the server never counted the refusal"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            stats.handshakes_failed.load(Ordering::Relaxed),
+            i as u64 + 1,
+            "{what}: refused once by the server"
+        );
+    }
+    // The server still serves a proper client.
+    assert_eq!(
+        outcome(mesh_client_config(&certs, &id("demo", "client"))).await,
+        Ok(StatusCode::OK)
+    );
+}

@@ -108,6 +108,7 @@ pub async fn start_hbone_path(app: SocketAddr, ca_dir: std::path::PathBuf) -> So
                 // The same per-connection telemetry as the daemon's outbound side: counters
                 // are no-ops until a recorder is installed (the "metrics off" case).
                 let mut report = ConnectionReport::new(
+                    weft::telemetry::ConnectionId::next(),
                     Reporter::Source,
                     conn.peer_addr().unwrap(),
                     app,

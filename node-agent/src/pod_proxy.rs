@@ -10,23 +10,19 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use weft::hbone::server::{BoxFuture, InboundTarget};
-use weft::hbone::{HboneClient, HboneClientConfig, HboneServer, HboneServerConfig, OWN_PORTS};
+use weft::hbone::{HboneClient, HboneClientConfig, HboneServer, HboneServerConfig};
 use weft::identity::{CertManager, SpiffeId};
-use weft::listener::accept_gated;
-use weft::model::{MeshSnapshot, MeshStore, Workload};
-use weft::proxy::authz::{check_inbound, recheck_on_change};
-use weft::proxy::{copy_metered, ConnectionTracker, Denial, OutboundProxy, TrackedAttrs};
-use weft::telemetry::{ConnectionReport, Reporter, Security, WorkloadLabels};
+use weft::model::{MeshStore, Workload};
+use weft::proxy::capture::{serve_inbound_plaintext, serve_outbound};
+use weft::proxy::{OutboundProxy, PodInbound, TransparentSockets};
 
 use crate::netns::{listen_in_pod, Netns, NetnsError, PodSockets};
 
-pub const OUTBOUND_PORT: u16 = 15001;
-pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
+pub use weft::proxy::capture::{INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 pub const HBONE_PORT: u16 = weft::hbone::HBONE_PORT;
 
 /// What every pod proxy on this node shares.
@@ -88,14 +84,13 @@ impl PodProxy {
             sockets.clone(),
         );
         let outbound = OutboundProxy::new(client, ctx.trust_domain.clone());
-        let inbound = Arc::new(PodInbound {
-            identity: identity.clone(),
-            ips: pod_ips,
+        let inbound = PodInbound::new(
+            identity.clone(),
+            pod_ips,
             sockets,
-            store: ctx.store.clone(),
-            workload: workload.clone(),
-            tracker: ConnectionTracker::new(),
-        });
+            ctx.store.clone(),
+            workload.clone(),
+        );
         let hbone = HboneServer::new(
             inbound.clone(),
             ctx.certs.clone(),
@@ -147,183 +142,8 @@ impl Drop for PodProxy {
     }
 }
 
-/// The pod as an HBONE and plaintext inbound target.
-struct PodInbound {
-    identity: SpiffeId,
-    ips: Vec<IpAddr>,
-    sockets: Arc<PodSockets>,
-    store: Arc<MeshStore>,
-    /// The pod as it was when enrolled; the current snapshot's copy wins when present.
-    workload: Arc<Workload>,
-    tracker: Arc<ConnectionTracker>,
-}
-
-impl PodInbound {
-    fn current_workload(&self, snapshot: &MeshSnapshot) -> Arc<Workload> {
-        snapshot
-            .workload_by_uid(&self.workload.uid)
-            .cloned()
-            .unwrap_or_else(|| self.workload.clone())
+impl TransparentSockets for PodSockets {
+    fn transparent_from(&self, client: IpAddr, remote: SocketAddr) -> std::io::Result<TcpSocket> {
+        PodSockets::transparent_from(self, client, remote)
     }
-
-    /// Closes open connections that a config change denies.
-    async fn enforce_policy_changes(self: Arc<Self>) {
-        let this = self.clone();
-        recheck_on_change(
-            self.store.clone(),
-            self.tracker.clone(),
-            move |snapshot, _| Some(this.current_workload(snapshot)),
-        )
-        .await
-    }
-}
-
-impl InboundTarget for PodInbound {
-    fn authorize(&self, attrs: &TrackedAttrs) -> Result<(), Denial> {
-        let snapshot = self.store.load();
-        check_inbound(&snapshot, &self.current_workload(&snapshot), attrs)
-    }
-
-    fn snapshot(&self) -> Option<Arc<MeshSnapshot>> {
-        Some(self.store.load())
-    }
-
-    fn tracker(&self) -> Option<&Arc<ConnectionTracker>> {
-        Some(&self.tracker)
-    }
-
-    fn identity_for(&self, local: SocketAddr) -> Option<SpiffeId> {
-        self.ips
-            .contains(&local.ip())
-            .then(|| self.identity.clone())
-    }
-
-    fn serves(&self, _local: SocketAddr, authority: SocketAddr) -> bool {
-        self.ips.contains(&authority.ip())
-    }
-
-    fn connect_upstream(
-        &self,
-        client_ip: Option<IpAddr>,
-        authority: SocketAddr,
-    ) -> BoxFuture<'_, std::io::Result<TcpStream>> {
-        Box::pin(async move {
-            let socket = match client_ip {
-                // Deliver from the client's own address, so the app sees who called it.
-                Some(ip) if ip.is_ipv4() == authority.is_ipv4() => {
-                    self.sockets.transparent_from(ip, authority)?
-                }
-                _ => weft::sockets::SocketFactory::tcp_socket(self.sockets.as_ref(), authority)?,
-            };
-            socket.connect(authority).await
-        })
-    }
-}
-
-/// The destination a redirected connection was headed for.
-fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
-    let socket = socket2::SockRef::from(stream);
-    let local = stream.local_addr()?;
-    let original = if local.is_ipv4() {
-        socket.original_dst_v4()?
-    } else {
-        socket.original_dst_v6()?
-    };
-    original
-        .as_socket()
-        .ok_or_else(|| std::io::Error::other("original destination is not an IP socket address"))
-}
-
-async fn serve_outbound(
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-    outbound: Arc<OutboundProxy>,
-    store: Arc<MeshStore>,
-    workload: Arc<Workload>,
-) {
-    accept_gated(&listener, &mut stop, "outbound 15001", |client, peer, permit| {
-        let _ = client.set_nodelay(true);
-        let outbound = outbound.clone();
-        let store = store.clone();
-        let workload = workload.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let dst = match original_destination(&client) {
-                Ok(dst) => dst,
-                Err(error) => {
-                    tracing::warn!(%peer, %error, "outbound connection without an original destination; closing");
-                    return;
-                }
-            };
-            let snapshot = store.load();
-            // Boxed: the connect future (TLS handshake state) is large and is freed once the
-            // connection is up, so a long-lived relay task stays small.
-            let opened = Box::pin(outbound.connect(&snapshot, &workload, peer, dst)).await;
-            drop(snapshot);
-            match opened {
-                Ok(opened) => {
-                    tracing::debug!(%peer, %dst, route = ?opened.route, "outbound connection open");
-                    opened.relay(client).await;
-                }
-                Err(error) => tracing::debug!(src = %peer, %dst, %error, "outbound connection failed"),
-            }
-        });
-    })
-    .await;
-}
-
-async fn serve_inbound_plaintext(
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-    inbound: Arc<PodInbound>,
-) {
-    accept_gated(&listener, &mut stop, "inbound 15006", |client, peer, permit| {
-        let _ = client.set_nodelay(true);
-        let inbound = inbound.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let dst = match original_destination(&client) {
-                Ok(dst) => dst,
-                Err(error) => {
-                    tracing::warn!(%peer, %error, "inbound connection without an original destination; closing");
-                    return;
-                }
-            };
-            if OWN_PORTS.contains(&dst.port()) || !inbound.ips.contains(&dst.ip()) {
-                tracing::info!(%peer, %dst, "refusing plaintext inbound to an address or port the app does not own");
-                return;
-            }
-            let attrs = TrackedAttrs {
-                peer: None,
-                source: peer,
-                destination: dst,
-            };
-            let mut report = {
-                let snapshot = inbound.store.load();
-                ConnectionReport::new(
-                    Reporter::Destination,
-                    peer,
-                    dst,
-                    WorkloadLabels::at(&snapshot, peer, None),
-                    WorkloadLabels::shared(Some(&inbound.current_workload(&snapshot)), Some(&inbound.identity)),
-                    None,
-                    Security::None,
-                )
-            };
-            if let Err(denial) = inbound.authorize(&attrs) {
-                report.refused("DENY", &denial.reason, denial.policy.as_deref());
-                return;
-            }
-            match Box::pin(inbound.connect_upstream(Some(peer.ip()), dst)).await {
-                Ok(app) => {
-                    let tracked = inbound.tracker.track(attrs);
-                    let meter = report.opened();
-                    let (totals, error) = copy_metered(client, app, meter, Some(&tracked)).await;
-                    report.closed((totals.a_to_b, totals.b_to_a), error.as_ref());
-                }
-                Err(error) => report.refused("CONNECT", &format!("cannot reach the app: {error}"), None),
-            }
-        });
-    })
-    .await;
 }

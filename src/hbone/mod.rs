@@ -1,15 +1,19 @@
 //! HBONE: HTTP/2 CONNECT over mutual TLS 1.3, wire-compatible with Istio's ztunnel.
 //!
+//! Transport only: nothing here knows policy, telemetry or where a stream's bytes go.
 //! `client` opens CONNECT streams over pooled h2 connections; `server` accepts them on 15008
-//! and hands each authorised stream to an [`server::InboundTarget`]; `stream` adapts an h2
-//! stream to tokio's `AsyncRead`/`AsyncWrite` so the proxy can copy bytes through it.
+//! and hands each stream that passes the transport checks to a [`server::StreamHandler`];
+//! `stream` adapts an h2 stream to tokio's `AsyncRead`/`AsyncWrite`.
 
 pub mod client;
 pub mod server;
 pub mod stream;
 
 pub use client::{ConnectRequest, HboneClient, HboneClientConfig};
-pub use server::{HboneServer, HboneServerConfig, InboundTarget, ServerStats};
+pub use server::{
+    HboneServer, HboneServerConfig, InboundRequest, Responder, ServedStream, ServerStats,
+    StreamHandler,
+};
 pub use stream::H2Stream;
 
 /// The HBONE port, inside every enrolled pod and on hosts.

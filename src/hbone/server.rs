@@ -1,22 +1,31 @@
-//! HBONE server: accepts mTLS h2 connections on 15008 and serves CONNECT streams.
+//! HBONE server: transport only. Accepts mTLS h2 connections on 15008 and hands every
+//! CONNECT stream that passes the transport checks to a [`StreamHandler`] as an
+//! [`InboundRequest`] (peer identity, addresses, authority) with a [`Responder`] to admit
+//! it (200, the stream) or refuse it with a status. Policy, telemetry, connection tracking
+//! and the upstream connect are the handler's (see `proxy::inbound`).
 //!
 //! For each accepted TCP connection the certificate presented is the identity of the
-//! workload the client dialled (the listener's local address). Each CONNECT is checked in
+//! workload the client dialled (the listener's local address); the client must speak TLS
+//! 1.3, negotiate ALPN h2 and present a mesh certificate of this trust domain. Each CONNECT is checked in
 //! order, each failure answered with its own status while the connection keeps serving:
-//! method (405), authority syntax (400), weft's own ports (400), an address this server does
-//! not serve (400), policy (401), reaching the application (503). Headers over the limit get
-//! 431 from h2 itself.
+//! method (405), the peer's per-stream connection permit (503), authority syntax (400),
+//! weft's own ports (400), an address this server does not serve (400); then the handler
+//! decides (policy 401, reaching the application 503). Headers over the limit get 431 from
+//! h2 itself.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -27,40 +36,141 @@ use super::{
     set_nodelay, CONNECTION_WINDOW, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, OWN_PORTS, STREAM_WINDOW,
 };
 use crate::identity::{CertManager, SpiffeId};
+use crate::limits::Permit;
 use crate::listener::accept_gated;
-use crate::model::MeshSnapshot;
-use crate::proxy::copy::copy_metered;
-use crate::proxy::tracker::{ConnectionTracker, Denial, TrackedAttrs};
-use crate::telemetry::{ConnectionReport, Reporter, Security, WorkloadLabels};
 use crate::tls;
 
-/// A boxed future, so targets can be used behind `dyn`.
+/// A boxed future, so handlers can be used behind `dyn`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// What the server needs to know about the workloads behind it.
-pub trait InboundTarget: Send + Sync + 'static {
+/// What the server needs from whoever serves the streams it accepts.
+pub trait StreamHandler: Send + Sync + 'static {
     /// Identity to present to a client that dialled `local` (the listener address).
     fn identity_for(&self, local: SocketAddr) -> Option<SpiffeId>;
     /// Whether a CONNECT to `authority`, on a connection that dialled `local`, is served here.
     fn serves(&self, local: SocketAddr, authority: SocketAddr) -> bool;
-    /// Policy check for one stream; `Err` says which policy denied it and why.
-    fn authorize(&self, _attrs: &TrackedAttrs) -> Result<(), Denial> {
-        Ok(())
+    /// Serves one CONNECT stream that passed the transport checks: answer it through
+    /// `responder` and carry its bytes. Runs on the stream's own task.
+    fn handle(
+        self: Arc<Self>,
+        request: InboundRequest,
+        responder: Responder,
+    ) -> BoxFuture<'static, ()>;
+}
+
+/// One CONNECT stream as the transport authenticated it.
+#[derive(Debug, Clone)]
+pub struct InboundRequest {
+    /// The client's SPIFFE ID from its certificate (in this server's trust domain),
+    /// shared by every stream of the connection.
+    pub peer: Arc<SpiffeId>,
+    /// The address the client dialled.
+    pub local: SocketAddr,
+    /// The address the tunnel came from: the only client address to trust.
+    pub remote: SocketAddr,
+    /// The `ip:port` the stream asks for; never one of weft's own ports, always one
+    /// [`StreamHandler::serves`] accepted.
+    pub authority: SocketAddr,
+    /// A `forwarded: for=` address the client claims; for logs only, never trusted.
+    pub forwarded: Option<IpAddr>,
+}
+
+/// The answer to one CONNECT stream: [`Responder::admit`] (200) or [`Responder::refuse`].
+pub struct Responder {
+    respond: h2::server::SendResponse<Bytes>,
+    body: h2::RecvStream,
+    stats: Arc<ServerStats>,
+    /// The stream's share of the peer's connection permits, held while it lives.
+    permit: Permit,
+    remote: SocketAddr,
+}
+
+impl Responder {
+    /// Answers 200 and hands over the stream.
+    pub fn admit(mut self) -> Result<ServedStream, h2::Error> {
+        let send = self.respond.send_response(Response::new(()), false)?;
+        self.stats.streams_accepted.fetch_add(1, Ordering::Relaxed);
+        self.stats.streams_open.fetch_add(1, Ordering::Relaxed);
+        Ok(ServedStream {
+            stream: H2Stream::new(send, self.body),
+            stats: self.stats,
+            _permit: self.permit,
+        })
     }
-    /// The mesh snapshot in force, for telemetry labels (None: labels stay `unknown`).
-    fn snapshot(&self) -> Option<Arc<MeshSnapshot>> {
-        None
+
+    /// Answers `status` (ending the stream), logging `reason`.
+    pub fn refuse(mut self, status: StatusCode, reason: &str) {
+        refuse(&mut self.respond, &self.stats, self.remote, status, reason);
     }
-    /// Where admitted streams are remembered so a policy change can close them.
-    fn tracker(&self) -> Option<&Arc<ConnectionTracker>> {
-        None
+}
+
+fn refuse(
+    respond: &mut h2::server::SendResponse<Bytes>,
+    stats: &ServerStats,
+    remote: SocketAddr,
+    status: StatusCode,
+    reason: &str,
+) {
+    stats.streams_refused.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(%remote, status = status.as_u16(), reason, "refused HBONE stream");
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    let _ = respond.send_response(response, true);
+}
+
+/// An admitted CONNECT stream: the tunnel's bytes, counted in `streams_open` while it lives.
+pub struct ServedStream {
+    stream: H2Stream,
+    stats: Arc<ServerStats>,
+    _permit: Permit,
+}
+
+impl Drop for ServedStream {
+    fn drop(&mut self) {
+        self.stats.streams_open.fetch_sub(1, Ordering::Relaxed);
     }
-    /// Opens the connection to the application for one stream.
-    fn connect_upstream(
-        &self,
-        client_ip: Option<IpAddr>,
-        authority: SocketAddr,
-    ) -> BoxFuture<'_, std::io::Result<TcpStream>>;
+}
+
+impl AsyncRead for ServedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ServedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Why a connection could get no TLS configuration (it is closed before the handshake).
+#[derive(Debug, thiserror::Error)]
+pub enum ServerTlsError {
+    #[error("no workload here owns {0}")]
+    NoIdentity(IpAddr),
+    #[error("cannot get a certificate for {id}: {source}")]
+    Certificate {
+        id: SpiffeId,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("TLS configuration for {id}: {source}")]
+    Tls { id: SpiffeId, source: tls::TlsError },
 }
 
 /// Server timing settings.
@@ -95,19 +205,19 @@ pub struct ServerStats {
     pub streams_open: AtomicU64,
 }
 
-/// Serves HBONE for one [`InboundTarget`].
-pub struct HboneServer<T: InboundTarget> {
-    target: Arc<T>,
+/// Serves HBONE for one [`StreamHandler`].
+pub struct HboneServer<H: StreamHandler> {
+    handler: Arc<H>,
     certs: Arc<CertManager>,
     config: HboneServerConfig,
     tls_configs: Mutex<HashMap<SpiffeId, Arc<rustls::ServerConfig>>>,
     stats: Arc<ServerStats>,
 }
 
-impl<T: InboundTarget> HboneServer<T> {
-    pub fn new(target: Arc<T>, certs: Arc<CertManager>, config: HboneServerConfig) -> Arc<Self> {
+impl<H: StreamHandler> HboneServer<H> {
+    pub fn new(handler: Arc<H>, certs: Arc<CertManager>, config: HboneServerConfig) -> Arc<Self> {
         Arc::new(HboneServer {
-            target,
+            handler,
             certs,
             config,
             tls_configs: Mutex::new(HashMap::new()),
@@ -138,11 +248,14 @@ impl<T: InboundTarget> HboneServer<T> {
         .await;
     }
 
-    fn tls_config_for(&self, local: SocketAddr) -> Result<Arc<rustls::ServerConfig>, String> {
+    fn tls_config_for(
+        &self,
+        local: SocketAddr,
+    ) -> Result<Arc<rustls::ServerConfig>, ServerTlsError> {
         let id = self
-            .target
+            .handler
             .identity_for(local)
-            .ok_or_else(|| format!("no workload here owns {}", local.ip()))?;
+            .ok_or(ServerTlsError::NoIdentity(local.ip()))?;
         if let Some(config) = self
             .tls_configs
             .lock()
@@ -151,15 +264,25 @@ impl<T: InboundTarget> HboneServer<T> {
         {
             return Ok(config.clone());
         }
-        let slot = self.certs.get_or_issue(&id).map_err(|e| e.to_string())?;
-        let config = tls::server_config(self.certs.roots(), slot).map_err(|e| e.to_string())?;
+        // The one place the server asks for a certificate.
+        let slot = self
+            .certs
+            .get_or_issue(&id)
+            .map_err(|e| ServerTlsError::Certificate {
+                id: id.clone(),
+                source: e.into(),
+            })?;
+        let config =
+            tls::server_config(self.certs.roots(), slot).map_err(|source| ServerTlsError::Tls {
+                id: id.clone(),
+                source,
+            })?;
         self.tls_configs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, config.clone());
         Ok(config)
     }
-
     /// Serves one accepted TCP connection until the client or shutdown ends it.
     pub async fn serve_connection(
         self: Arc<Self>,
@@ -181,8 +304,8 @@ impl<T: InboundTarget> HboneServer<T> {
         };
         let tls_config = match self.tls_config_for(local) {
             Ok(config) => config,
-            Err(reason) => {
-                tracing::warn!(%remote, %local, %reason, "refusing HBONE connection");
+            Err(error) => {
+                tracing::warn!(%remote, %local, %error, "refusing HBONE connection");
                 self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
@@ -205,6 +328,13 @@ impl<T: InboundTarget> HboneServer<T> {
                 return;
             }
         };
+        // rustls refuses a client whose ALPN list lacks h2; one offering no ALPN at all
+        // would get through, so the outcome is checked here.
+        if tls_stream.get_ref().1.alpn_protocol() != Some(tls::ALPN_H2) {
+            tracing::info!(%remote, "refusing HBONE client that did not negotiate ALPN h2");
+            self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let peer = match tls::peer_identity(tls_stream.get_ref().1) {
             // Shared by every stream of this connection.
             Ok(peer) => Arc::new(peer),
@@ -246,9 +376,11 @@ impl<T: InboundTarget> HboneServer<T> {
                     Some(Ok((request, respond))) => {
                         let server = self.clone();
                         let peer = peer.clone();
-                        tokio::spawn(async move {
-                            server.serve_stream(request, respond, peer, local, remote).await
-                        });
+                        tokio::spawn(
+                            server
+                                .serve_stream(request, respond, peer, local, remote)
+                                .in_current_span(),
+                        );
                     }
                     Some(Err(error)) => {
                         tracing::debug!(%remote, %error, "HBONE connection error");
@@ -271,6 +403,7 @@ impl<T: InboundTarget> HboneServer<T> {
         }
     }
 
+    /// The transport checks of one CONNECT; a stream that passes goes to the handler.
     async fn serve_stream(
         self: Arc<Self>,
         request: Request<h2::RecvStream>,
@@ -279,28 +412,24 @@ impl<T: InboundTarget> HboneServer<T> {
         local: SocketAddr,
         remote: SocketAddr,
     ) {
-        let refuse = |respond: &mut h2::server::SendResponse<Bytes>,
-                      status: StatusCode,
-                      reason: &str| {
-            self.stats.streams_refused.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(%remote, %peer, status = status.as_u16(), reason, "refused HBONE stream");
-            let mut response = Response::new(());
-            *response.status_mut() = status;
-            let _ = respond.send_response(response, true);
-        };
+        let stats = &self.stats;
         if request.method() != Method::CONNECT {
             return refuse(
                 &mut respond,
+                stats,
+                remote,
                 StatusCode::METHOD_NOT_ALLOWED,
                 "only CONNECT is served",
             );
         }
         // Each stream opens an upstream socket: it counts against the peer's share.
-        let _permit = match crate::limits::global().admit(remote.ip(), "hbone stream") {
+        let permit = match crate::limits::global().admit(remote.ip(), "hbone stream") {
             Ok(permit) => permit,
             Err(refusal) => {
                 return refuse(
                     &mut respond,
+                    stats,
+                    remote,
                     StatusCode::SERVICE_UNAVAILABLE,
                     &refusal.to_string(),
                 )
@@ -315,6 +444,8 @@ impl<T: InboundTarget> HboneServer<T> {
             None => {
                 return refuse(
                     &mut respond,
+                    stats,
+                    remote,
                     StatusCode::BAD_REQUEST,
                     "authority must be <ip>:<port>",
                 )
@@ -323,82 +454,37 @@ impl<T: InboundTarget> HboneServer<T> {
         if OWN_PORTS.contains(&authority.port()) {
             return refuse(
                 &mut respond,
+                stats,
+                remote,
                 StatusCode::BAD_REQUEST,
                 "authority is one of weft's own ports",
             );
         }
-        if !self.target.serves(local, authority) {
+        if !self.handler.serves(local, authority) {
             return refuse(
                 &mut respond,
+                stats,
+                remote,
                 StatusCode::BAD_REQUEST,
                 "authority is not an address served here",
             );
         }
-        let attrs = TrackedAttrs {
-            peer: Some(peer.clone()),
-            source: remote,
-            destination: authority,
-        };
-        let mut report = self.report(&attrs, local);
-        if let Err(denial) = self.target.authorize(&attrs) {
-            report.refused("DENY", &denial.reason, denial.policy.as_deref());
-            return refuse(&mut respond, StatusCode::UNAUTHORIZED, &denial.to_string());
-        }
-        // The source address is the one the tunnel came from; a `forwarded` header is only
-        // logged, never trusted, so a peer cannot make the app see another client's IP.
-        let client_ip = Some(remote.ip());
         let forwarded = forwarded_ip(&request);
-        let upstream = match self.target.connect_upstream(client_ip, authority).await {
-            Ok(upstream) => upstream,
-            Err(error) => {
-                let reason = format!("application at {authority} unreachable: {error}");
-                report.refused("CONNECT", &reason, None);
-                return refuse(&mut respond, StatusCode::SERVICE_UNAVAILABLE, &reason);
-            }
+        let inbound = InboundRequest {
+            peer,
+            local,
+            remote,
+            authority,
+            forwarded,
         };
-        set_nodelay(&upstream);
-        let send = match respond.send_response(Response::new(()), false) {
-            Ok(send) => send,
-            Err(error) => {
-                tracing::debug!(%remote, %error, "client went away before the CONNECT answer");
-                return;
-            }
+        let responder = Responder {
+            respond,
+            body: request.into_body(),
+            stats: self.stats.clone(),
+            permit,
+            remote,
         };
-        self.stats.streams_accepted.fetch_add(1, Ordering::Relaxed);
-        let _open = Gauge::up(&self.stats.streams_open);
-        let tunnel = H2Stream::new(send, request.into_body());
-        let tracked = self.target.tracker().map(|t| t.track(attrs));
-        let meter = report.opened();
-        let (totals, error) = copy_metered(tunnel, upstream, meter, tracked.as_ref()).await;
-        tracing::debug!(%peer, %authority, ?forwarded, to_app = totals.a_to_b, from_app = totals.b_to_a, "HBONE stream closed");
-        report.closed((totals.a_to_b, totals.b_to_a), error.as_ref());
-    }
-
-    /// The destination-side report of one stream, labelled from the mesh snapshot.
-    fn report(&self, attrs: &TrackedAttrs, local: SocketAddr) -> ConnectionReport {
-        let (source, destination) = match self.target.snapshot() {
-            Some(snapshot) => (
-                WorkloadLabels::at(&snapshot, attrs.source, attrs.peer.as_deref()),
-                WorkloadLabels::at(
-                    &snapshot,
-                    attrs.destination,
-                    self.target.identity_for(local).as_ref(),
-                ),
-            ),
-            None => (
-                WorkloadLabels::shared(None, attrs.peer.as_deref()),
-                WorkloadLabels::shared(None, self.target.identity_for(local).as_ref()),
-            ),
-        };
-        ConnectionReport::new(
-            Reporter::Destination,
-            attrs.source,
-            attrs.destination,
-            source,
-            destination,
-            None,
-            Security::MutualTls,
-        )
+        self.handler.clone().handle(inbound, responder).await
     }
 }
 

@@ -20,12 +20,15 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::l4::{self, Authorize, Connect, Downstream, Refusal};
+use super::tracker::TrackedAttrs;
 use crate::hbone::client::HboneError;
 use crate::hbone::{ConnectRequest, H2Stream, HboneClient, HBONE_PORT, OWN_PORTS};
 use crate::identity::SpiffeId;
 use crate::model::{MeshSnapshot, Workload};
-use crate::proxy::copy::copy_metered;
-use crate::telemetry::{ConnectionReport, Reporter, Security, WorkloadLabels};
+use crate::telemetry::{
+    ConnectionId, ConnectionReport, Reporter, ResponseFlag, Security, WorkloadLabels,
+};
 
 /// Where one outbound connection goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,33 +68,95 @@ pub enum ProxyError {
     Connect { addr: SocketAddr, source: io::Error },
 }
 
+impl Refusal for ProxyError {
+    fn flag(&self) -> ResponseFlag {
+        match self {
+            ProxyError::Loop { .. } => ResponseFlag::Loop,
+            // The destination's proxy denied the stream by policy.
+            ProxyError::Hbone(HboneError::Status { status, .. })
+                if *status == http::StatusCode::UNAUTHORIZED =>
+            {
+                ResponseFlag::Deny
+            }
+            _ => ResponseFlag::Connect,
+        }
+    }
+
+    fn policy(&self) -> Option<&str> {
+        None
+    }
+}
+
 /// An opened outbound connection of either kind.
 pub enum Upstream {
     Tunnel(H2Stream),
     Plain(TcpStream),
 }
 
-/// An opened outbound connection with its telemetry, ready to relay the client's bytes.
+/// One outbound connection, routed against a snapshot and reported, ready to run the
+/// [`l4`] sequence (the loop check, the upstream connect, the copy).
 pub struct OutboundConnection {
-    pub route: Route,
-    upstream: Upstream,
     report: ConnectionReport,
+    attrs: TrackedAttrs,
+    steps: OutboundSteps,
 }
 
 impl OutboundConnection {
-    /// Copies bytes between the client and the upstream until both sides finish, counting
-    /// them as they move; reports the close.
-    pub async fn relay(self, client: TcpStream) {
-        let OutboundConnection {
+    /// Where routing sends it (or why it cannot be routed).
+    pub fn route(&self) -> Result<&Route, &ProxyError> {
+        self.steps.route.as_ref()
+    }
+
+    /// Runs the sequence: refuses a loop, opens the upstream, answers the client through
+    /// `downstream` and copies bytes until both sides finish.
+    pub async fn relay<D: Downstream<ProxyError>>(self, downstream: D) {
+        l4::run(self.report, self.attrs, None, self.steps, downstream).await
+    }
+}
+
+/// The authorize step of an outbound connection: its route, unless it loops.
+struct OutboundSteps {
+    proxy: Arc<OutboundProxy>,
+    source: Arc<Workload>,
+    route: Result<Route, ProxyError>,
+}
+
+impl Authorize for OutboundSteps {
+    type Connect = OutboundConnect;
+
+    fn authorize(self, _attrs: &TrackedAttrs) -> Result<OutboundConnect, ProxyError> {
+        let route = self
+            .route
+            .and_then(|route| self.proxy.refuse_loops(route, &self.source))
+            .inspect_err(|error| {
+                if matches!(error, ProxyError::Loop { .. }) {
+                    metrics::counter!(crate::telemetry::registry::CONNECTIONS_REFUSED, "reason" => "loop")
+                        .increment(1);
+                }
+            })?;
+        Ok(OutboundConnect {
+            proxy: self.proxy,
+            source: self.source,
             route,
-            upstream,
-            mut report,
-        } = self;
-        // Not needed while bytes flow: keep long-lived connections small.
-        drop(route);
-        let meter = report.opened();
-        let (totals, error) = copy_metered(client, upstream, meter, None).await;
-        report.closed((totals.a_to_b, totals.b_to_a), error.as_ref());
+        })
+    }
+}
+
+/// The connect step of an outbound connection: an HBONE tunnel or plain TCP.
+struct OutboundConnect {
+    proxy: Arc<OutboundProxy>,
+    source: Arc<Workload>,
+    route: Route,
+}
+
+impl Connect for OutboundConnect {
+    type Upstream = Upstream;
+    type Error = ProxyError;
+
+    async fn connect(self) -> Result<Upstream, ProxyError> {
+        tracing::debug!(route = ?self.route, "outbound connection");
+        let source_id = self.proxy.identity_of(&self.source);
+        self.proxy.open(&self.source, source_id, &self.route).await
     }
 }
 
@@ -230,16 +295,18 @@ impl OutboundProxy {
         }
     }
 
-    /// Routes `dst` for `source` (whose client is at `client`) and opens the upstream. A
-    /// failure is reported (response flag `DENY` for a policy refusal, `CONNECT` otherwise)
-    /// before it is returned.
-    pub async fn connect(
-        &self,
+    /// Routes `dst` for `source` (whose client is at `client`) against `snapshot` and
+    /// reports it; nothing is opened until [`OutboundConnection::relay`]. A failure is
+    /// reported with response flag `LOOP`, `DENY` (the destination's policy answered 401)
+    /// or `CONNECT`.
+    pub fn prepare(
+        self: &Arc<Self>,
         snapshot: &MeshSnapshot,
         source: &Arc<Workload>,
         client: SocketAddr,
         dst: SocketAddr,
-    ) -> Result<OutboundConnection, ProxyError> {
+        id: ConnectionId,
+    ) -> OutboundConnection {
         let source_id = self.identity_of(source);
         let source_labels = WorkloadLabels::shared(Some(source), source_id.as_ref().ok());
         let service = snapshot.service_by_vip(dst.ip()).map(|s| s.hostname());
@@ -255,6 +322,7 @@ impl OutboundProxy {
             Err(_) => (WorkloadLabels::at(snapshot, dst, None), Security::None),
         };
         let report = ConnectionReport::new(
+            id,
             Reporter::Source,
             client,
             dst,
@@ -263,39 +331,18 @@ impl OutboundProxy {
             service,
             security,
         );
-        let route = route.and_then(|route| self.refuse_loops(route, source));
-        let route = match route {
-            Ok(route) => route,
-            Err(error) => {
-                let flag = if matches!(error, ProxyError::Loop { .. }) {
-                    metrics::counter!(crate::telemetry::registry::CONNECTIONS_REFUSED, "reason" => "loop")
-                        .increment(1);
-                    "LOOP"
-                } else {
-                    "CONNECT"
-                };
-                report.refused(flag, &error.to_string(), None);
-                return Err(error);
-            }
-        };
-        match self.open(source, source_id, &route).await {
-            Ok(upstream) => Ok(OutboundConnection {
+        OutboundConnection {
+            report,
+            attrs: TrackedAttrs {
+                peer: None,
+                source: client,
+                destination: dst,
+            },
+            steps: OutboundSteps {
+                proxy: self.clone(),
+                source: source.clone(),
                 route,
-                upstream,
-                report,
-            }),
-            Err(error) => {
-                let denied = matches!(
-                    &error,
-                    ProxyError::Hbone(HboneError::Status { status, .. }) if *status == http::StatusCode::UNAUTHORIZED
-                );
-                report.refused(
-                    if denied { "DENY" } else { "CONNECT" },
-                    &error.to_string(),
-                    None,
-                );
-                Err(error)
-            }
+            },
         }
     }
 

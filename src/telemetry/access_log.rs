@@ -5,11 +5,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::connection::WorkloadLabels;
+use super::labels::{ResponseFlag, WorkloadLabels};
 
 /// What is logged for one connection.
 #[derive(Debug)]
 pub struct Entry<'a> {
+    /// The connection's [`super::ConnectionId`], also on its tracing span.
+    pub connection_id: u64,
     pub direction: &'static str,
     pub src: SocketAddr,
     pub dst: SocketAddr,
@@ -22,7 +24,7 @@ pub struct Entry<'a> {
     /// Response direction (server to client).
     pub bytes_sent: u64,
     pub duration: Duration,
-    pub response_flags: &'a str,
+    pub response_flags: ResponseFlag,
     pub error: Option<&'a str>,
     pub policy: Option<&'a str>,
 }
@@ -31,6 +33,7 @@ pub struct Entry<'a> {
 pub fn connection_closed(entry: Entry<'_>) {
     tracing::info!(
         target: "weft::access",
+        conn_id = entry.connection_id,
         direction = entry.direction,
         src = %entry.src,
         dst = %entry.dst,
@@ -45,7 +48,7 @@ pub fn connection_closed(entry: Entry<'_>) {
         bytes_received = entry.bytes_received,
         bytes_sent = entry.bytes_sent,
         duration_ms = entry.duration.as_millis() as u64,
-        response_flags = entry.response_flags,
+        response_flags = entry.response_flags.as_str(),
         policy = entry.policy.unwrap_or("-"),
         error = entry.error.unwrap_or("-"),
         "connection"

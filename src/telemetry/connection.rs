@@ -1,11 +1,14 @@
-//! One proxied connection's telemetry: Istio labels looked up once when it opens, byte
-//! counters bumped with a single atomic add per read while it is open, and on close the
-//! closed counter, the duration histogram and the access log line.
+//! One proxied connection's telemetry: its [`ConnectionId`], Istio labels looked up once
+//! when it opens, byte counters bumped with a single atomic add per read while it is open,
+//! and on close the closed counter, the duration histogram and the access log line. A
+//! report that is dropped without being closed (its task was cancelled or panicked) still
+//! records its close, flagged [`ResponseFlag::Cut`].
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -14,132 +17,27 @@ use metrics::{Counter, Label};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::access_log;
+use super::labels::{Reporter, ResponseFlag, Security, WorkloadLabels, LABEL_CACHE_LIMIT, UNKNOWN};
 use super::registry::{
     CONNECTION_DURATION, OPEN_CONNECTIONS, TCP_CLOSED, TCP_OPENED, TCP_RECEIVED, TCP_SENT,
 };
-use crate::identity::SpiffeId;
-use crate::model::{MeshSnapshot, Workload};
 
-/// Which end of the connection reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reporter {
-    Source,
-    Destination,
-}
+/// A process-wide number for one proxied connection (or HBONE stream): it names the
+/// connection's tracing span and its access log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
 
-impl Reporter {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reporter::Source => "source",
-            Reporter::Destination => "destination",
-        }
-    }
-
-    fn direction(self) -> &'static str {
-        match self {
-            Reporter::Source => "outbound",
-            Reporter::Destination => "inbound",
-        }
+impl ConnectionId {
+    /// A number no other connection of this process has.
+    pub fn next() -> ConnectionId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ConnectionId(NEXT.fetch_add(1, Ordering::Relaxed))
     }
 }
 
-/// Whether the connection crossed the mesh tunnel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Security {
-    MutualTls,
-    None,
-}
-
-impl Security {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Security::MutualTls => "mutual_tls",
-            Security::None => "none",
-        }
-    }
-}
-
-const UNKNOWN: &str = "unknown";
-
-/// The Istio labels of one side of a connection; unknown values print `unknown`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkloadLabels {
-    pub workload: String,
-    pub namespace: String,
-    pub principal: String,
-    pub app: String,
-    pub version: String,
-}
-
-impl Default for WorkloadLabels {
-    fn default() -> Self {
-        WorkloadLabels {
-            workload: UNKNOWN.into(),
-            namespace: UNKNOWN.into(),
-            principal: UNKNOWN.into(),
-            app: UNKNOWN.into(),
-            version: UNKNOWN.into(),
-        }
-    }
-}
-
-type LabelKey = (usize, Option<SpiffeId>);
-
-/// Label sets shared by every connection between the same workloads, so a connection holds
-/// two pointers instead of a dozen strings. Entries keep their workload alive, so a key's
-/// address is never reused while it is cached; the cache is emptied when it grows large.
-type LabelCache = HashMap<LabelKey, (Option<Arc<Workload>>, Arc<WorkloadLabels>)>;
-static LABEL_CACHE: OnceLock<Mutex<LabelCache>> = OnceLock::new();
-const LABEL_CACHE_LIMIT: usize = 4096;
-
-impl WorkloadLabels {
-    /// Shared labels for a workload (and principal), built once and reused.
-    pub fn shared(workload: Option<&Arc<Workload>>, principal: Option<&SpiffeId>) -> Arc<Self> {
-        let key = (
-            workload.map_or(0, |w| Arc::as_ptr(w) as usize),
-            principal.cloned(),
-        );
-        let cache = LABEL_CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, labels)) = cache.get(&key) {
-            return labels.clone();
-        }
-        if cache.len() >= LABEL_CACHE_LIMIT {
-            cache.clear();
-        }
-        let labels = Arc::new(Self::of(workload.map(Arc::as_ref), principal));
-        cache.insert(key, (workload.cloned(), labels.clone()));
-        labels
-    }
-
-    /// Labels for a workload, with its principal if the connection proved or expects one.
-    pub fn of(workload: Option<&Workload>, principal: Option<&SpiffeId>) -> Self {
-        let mut labels = WorkloadLabels::default();
-        if let Some(w) = workload {
-            labels.workload = w.name.clone();
-            labels.namespace = w.namespace.clone();
-            let label = |keys: &[&str]| keys.iter().find_map(|k| w.labels.get(*k)).cloned();
-            labels.app =
-                label(&["app.kubernetes.io/name", "app"]).unwrap_or_else(|| UNKNOWN.into());
-            labels.version =
-                label(&["app.kubernetes.io/version", "version"]).unwrap_or_else(|| UNKNOWN.into());
-        }
-        if let Some(p) = principal {
-            labels.principal = p.to_string();
-            if labels.namespace == UNKNOWN {
-                labels.namespace = p.namespace().to_owned();
-            }
-        }
-        labels
-    }
-
-    /// Labels for whatever workload owns `addr` in the snapshot.
-    pub fn at(
-        snapshot: &MeshSnapshot,
-        addr: SocketAddr,
-        principal: Option<&SpiffeId>,
-    ) -> Arc<Self> {
-        Self::shared(snapshot.workload_by_ip(addr.ip()), principal)
+impl std::fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
     }
 }
 
@@ -175,9 +73,23 @@ struct HandleEntry {
 const HANDLE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 static HANDLE_CACHE: OnceLock<Mutex<HashMap<HandleKey, HandleEntry>>> = OnceLock::new();
 
-/// Everything reported about one connection.
+/// Where a report is in its life; only `Pending` and `Open` still owe a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Created, not yet established or refused.
+    Pending,
+    /// `opened()` was called; the close is still to be recorded.
+    Open,
+    /// Closed or refused: everything is recorded.
+    Recorded,
+}
+
+/// Everything reported about one connection. Exactly one close is recorded per report:
+/// by [`ConnectionReport::closed`], [`ConnectionReport::refused`], or, if neither ran, by
+/// `Drop` with [`ResponseFlag::Cut`].
 #[derive(Debug)]
 pub struct ConnectionReport {
+    id: ConnectionId,
     reporter: Reporter,
     src: SocketAddr,
     dst: SocketAddr,
@@ -186,7 +98,8 @@ pub struct ConnectionReport {
     destination_service: Option<String>,
     security: Security,
     started: Instant,
-    /// Set by `opened()`, reused by `closed()`.
+    stage: Stage,
+    /// Set by `opened()`, reused by the close.
     handles: Option<Arc<Handles>>,
 }
 
@@ -200,6 +113,7 @@ pub struct ByteMeter {
 impl ConnectionReport {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        id: ConnectionId,
         reporter: Reporter,
         src: SocketAddr,
         dst: SocketAddr,
@@ -209,6 +123,7 @@ impl ConnectionReport {
         security: Security,
     ) -> Self {
         ConnectionReport {
+            id,
             reporter,
             src,
             dst,
@@ -217,11 +132,17 @@ impl ConnectionReport {
             destination_service,
             security,
             started: Instant::now(),
+            stage: Stage::Pending,
             handles: None,
         }
     }
 
-    fn labels(&self, response_flags: &str) -> Vec<Label> {
+    /// The connection this report is about.
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    fn labels(&self, response_flags: ResponseFlag) -> Vec<Label> {
         vec![
             Label::new("reporter", self.reporter.as_str()),
             Label::new("source_workload", self.source.workload.clone()),
@@ -245,7 +166,7 @@ impl ConnectionReport {
             ),
             Label::new("request_protocol", "tcp"),
             Label::new("connection_security_policy", self.security.as_str()),
-            Label::new("response_flags", response_flags.to_owned()),
+            Label::new("response_flags", response_flags.as_str()),
         ]
     }
 
@@ -254,6 +175,7 @@ impl ConnectionReport {
     pub fn opened(&mut self) -> ByteMeter {
         let handles = self.handles();
         self.handles = Some(handles.clone());
+        self.stage = Stage::Open;
         handles.opened.increment(1);
         handles.open.increment(1.0);
         ByteMeter {
@@ -283,7 +205,7 @@ impl ConnectionReport {
         if cache.len() >= LABEL_CACHE_LIMIT {
             cache.clear();
         }
-        let labels = self.labels("-");
+        let labels = self.labels(ResponseFlag::None);
         let handles = Arc::new(Handles {
             opened: metrics::counter!(TCP_OPENED, labels.iter()),
             closed: metrics::counter!(TCP_CLOSED, labels.iter()),
@@ -304,43 +226,52 @@ impl ConnectionReport {
     }
 
     /// The established connection ended (`error` if it ended badly).
-    pub fn closed(self, bytes: (u64, u64), error: Option<&io::Error>) {
-        let handles = self.handles.clone().unwrap_or_else(|| self.handles());
-        handles.closed.increment(1);
-        handles.open.decrement(1.0);
-        handles
-            .duration
-            .record(self.started.elapsed().as_secs_f64());
-        let elapsed = self.started.elapsed();
+    pub fn closed(mut self, bytes: (u64, u64), error: Option<&io::Error>) {
         let error = error.map(|e| e.to_string());
-        access_log::connection_closed(self.access(bytes, elapsed, "-", error.as_deref(), None));
+        self.record_close(ResponseFlag::None, bytes, error.as_deref());
     }
 
-    /// The connection never got going: denied by policy (`DENY`) or the upstream could not
-    /// be reached (`CONNECT`). Counted opened and closed with that flag, and logged.
-    pub fn refused(self, response_flags: &str, reason: &str, policy: Option<&str>) {
-        let labels = self.labels(response_flags);
+    /// The connection never got going: denied by policy ([`ResponseFlag::Deny`]), the
+    /// upstream could not be reached ([`ResponseFlag::Connect`]) or it would loop
+    /// ([`ResponseFlag::Loop`]). Counted opened and closed with that flag, and logged.
+    pub fn refused(mut self, response_flags: ResponseFlag, reason: &str, policy: Option<&str>) {
+        self.record_refusal(response_flags, reason, policy);
+    }
+
+    /// Counts the close of an opened connection (closed with `flag`'s label set unless
+    /// the flag is none) and writes its access log line.
+    fn record_close(&mut self, flag: ResponseFlag, bytes: (u64, u64), error: Option<&str>) {
+        self.stage = Stage::Recorded;
+        let handles = self.handles.clone().unwrap_or_else(|| self.handles());
+        match flag {
+            ResponseFlag::None => handles.closed.increment(1),
+            other => metrics::counter!(TCP_CLOSED, self.labels(other).iter()).increment(1),
+        }
+        handles.open.decrement(1.0);
+        let elapsed = self.started.elapsed();
+        handles.duration.record(elapsed.as_secs_f64());
+        access_log::connection_closed(self.access(bytes, elapsed, flag, error, None));
+    }
+
+    fn record_refusal(&mut self, flag: ResponseFlag, reason: &str, policy: Option<&str>) {
+        self.stage = Stage::Recorded;
+        let labels = self.labels(flag);
         metrics::counter!(TCP_OPENED, labels.iter()).increment(1);
         metrics::counter!(TCP_CLOSED, labels.iter()).increment(1);
         let elapsed = self.started.elapsed();
-        access_log::connection_closed(self.access(
-            (0, 0),
-            elapsed,
-            response_flags,
-            Some(reason),
-            policy,
-        ));
+        access_log::connection_closed(self.access((0, 0), elapsed, flag, Some(reason), policy));
     }
 
     fn access<'a>(
         &'a self,
         bytes: (u64, u64),
         elapsed: std::time::Duration,
-        response_flags: &'a str,
+        response_flags: ResponseFlag,
         error: Option<&'a str>,
         policy: Option<&'a str>,
     ) -> access_log::Entry<'a> {
         access_log::Entry {
+            connection_id: self.id.0,
             direction: self.reporter.direction(),
             src: self.src,
             dst: self.dst,
@@ -354,6 +285,26 @@ impl ConnectionReport {
             response_flags,
             error,
             policy,
+        }
+    }
+}
+
+impl Drop for ConnectionReport {
+    fn drop(&mut self) {
+        // The byte totals live in the copy that was cut short; the counters already hold
+        // what moved, the access line says 0.
+        match self.stage {
+            Stage::Recorded => {}
+            Stage::Open => self.record_close(
+                ResponseFlag::Cut,
+                (0, 0),
+                Some("the connection's task ended before it reported the close"),
+            ),
+            Stage::Pending => self.record_refusal(
+                ResponseFlag::Cut,
+                "the connection's task ended before the connection was set up",
+                None,
+            ),
         }
     }
 }
@@ -413,5 +364,162 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use metrics::{Key, KeyName, Metadata, SharedString, Unit};
+    use metrics_util::registry::{AtomicStorage, Registry};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// A recorder of its own, so the test reads exactly what one report recorded.
+    struct TestRecorder(Registry<Key, AtomicStorage>);
+
+    impl metrics::Recorder for TestRecorder {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            self.0
+                .get_or_create_counter(key, |c| Counter::from_arc(c.clone()))
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> metrics::Gauge {
+            self.0
+                .get_or_create_gauge(key, |g| metrics::Gauge::from_arc(g.clone()))
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> metrics::Histogram {
+            self.0
+                .get_or_create_histogram(key, |h| metrics::Histogram::from_arc(h.clone()))
+        }
+    }
+
+    impl TestRecorder {
+        /// Sum of a counter over the series whose `response_flags` is `flag`.
+        fn counter(&self, name: &str, flag: &str) -> u64 {
+            self.0
+                .get_counter_handles()
+                .iter()
+                .filter(|(key, _)| {
+                    key.name() == name
+                        && key
+                            .labels()
+                            .any(|l| l.key() == "response_flags" && l.value() == flag)
+                })
+                .map(|(_, value)| value.load(Ordering::Relaxed))
+                .sum()
+        }
+
+        fn open_gauge(&self) -> f64 {
+            self.0
+                .get_gauge_handles()
+                .iter()
+                .filter(|(key, _)| key.name() == OPEN_CONNECTIONS)
+                .map(|(_, value)| f64::from_bits(value.load(Ordering::Relaxed)))
+                .sum()
+        }
+    }
+
+    /// Counts access log lines and keeps their `response_flags`.
+    #[derive(Clone, Default)]
+    struct AccessLines(Arc<Mutex<Vec<String>>>, Arc<AtomicUsize>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AccessLines {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Flags(Option<String>);
+            impl tracing::field::Visit for Flags {
+                fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                    if field.name() == "response_flags" {
+                        self.0 = Some(value.to_owned());
+                    }
+                }
+                fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+            }
+            if event.metadata().target() == "weft::access" {
+                let mut flags = Flags(None);
+                event.record(&mut flags);
+                self.1.fetch_add(1, Ordering::Relaxed);
+                if let Some(flags) = flags.0 {
+                    self.0.lock().unwrap().push(flags);
+                }
+            }
+        }
+    }
+
+    fn report() -> ConnectionReport {
+        // Fresh label sets: their addresses key the handle cache, so no other test's
+        // handles (from another recorder) are reused.
+        ConnectionReport::new(
+            ConnectionId::next(),
+            Reporter::Destination,
+            "10.0.0.1:1234".parse().unwrap(),
+            "10.0.0.2:8080".parse().unwrap(),
+            Arc::new(WorkloadLabels::default()),
+            Arc::new(WorkloadLabels::default()),
+            None,
+            Security::MutualTls,
+        )
+    }
+
+    /// Runs `body` with a private recorder and access-log capture.
+    fn recorded(body: impl FnOnce()) -> (TestRecorder, AccessLines) {
+        let recorder = TestRecorder(Registry::atomic());
+        let lines = AccessLines::default();
+        let subscriber = tracing_subscriber::registry().with(lines.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            metrics::with_local_recorder(&recorder, body)
+        });
+        (recorder, lines)
+    }
+
+    #[test]
+    fn a_dropped_open_report_still_records_its_close_once() {
+        let (recorder, lines) = recorded(|| {
+            let mut report = report();
+            let _meter = report.opened();
+            drop(report);
+        });
+        assert_eq!(recorder.counter(TCP_OPENED, "-"), 1);
+        assert_eq!(recorder.counter(TCP_CLOSED, "-"), 0);
+        assert_eq!(recorder.counter(TCP_CLOSED, "CUT"), 1);
+        assert_eq!(recorder.open_gauge(), 0.0);
+        assert_eq!(lines.1.load(Ordering::Relaxed), 1);
+        assert_eq!(*lines.0.lock().unwrap(), ["CUT"]);
+    }
+
+    #[test]
+    fn a_closed_report_is_not_recorded_again_on_drop() {
+        let (recorder, lines) = recorded(|| {
+            let mut report = report();
+            let _meter = report.opened();
+            report.closed((3, 4), None);
+        });
+        assert_eq!(recorder.counter(TCP_OPENED, "-"), 1);
+        assert_eq!(recorder.counter(TCP_CLOSED, "-"), 1);
+        assert_eq!(recorder.counter(TCP_CLOSED, "CUT"), 0);
+        assert_eq!(recorder.open_gauge(), 0.0);
+        assert_eq!(*lines.0.lock().unwrap(), ["-"]);
+    }
+
+    #[test]
+    fn a_report_dropped_before_it_opened_counts_as_cut_and_a_refusal_once() {
+        let (recorder, lines) = recorded(|| {
+            drop(report());
+            report().refused(ResponseFlag::Deny, "test", Some("demo/deny"));
+        });
+        assert_eq!(recorder.counter(TCP_OPENED, "CUT"), 1);
+        assert_eq!(recorder.counter(TCP_CLOSED, "CUT"), 1);
+        assert_eq!(recorder.counter(TCP_OPENED, "DENY"), 1);
+        assert_eq!(recorder.counter(TCP_CLOSED, "DENY"), 1);
+        assert_eq!(recorder.open_gauge(), 0.0);
+        assert_eq!(*lines.0.lock().unwrap(), ["CUT", "DENY"]);
     }
 }

@@ -4,7 +4,9 @@
 
 pub mod access_log;
 pub mod connection;
+pub mod labels;
 pub mod registry;
 
-pub use connection::{ByteMeter, ConnectionReport, Reporter, Security, WorkloadLabels};
+pub use connection::{ByteMeter, ConnectionId, ConnectionReport};
+pub use labels::{Reporter, ResponseFlag, Security, WorkloadLabels};
 pub use registry::{install, MetricsHandle};
