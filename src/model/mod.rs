@@ -9,6 +9,9 @@ pub mod k8s;
 mod security;
 pub mod translate;
 
+#[cfg(test)]
+mod policy_tests;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
@@ -22,8 +25,8 @@ use tokio::sync::watch;
 pub use translate::{build, parse_and_build, parse_documents, ConfigError, ParsedObject};
 
 use crate::policy::{
-    AuthorizationPolicy, ConnectionAttrs, MtlsMode, PeerAuthentication, PolicyIndex, Verdict,
-    ROOT_NAMESPACE,
+    AuthorizationPolicy, ConnectionAttrs, MtlsMode, PeerAuthentication, PolicyIndex, PolicyTarget,
+    Verdict, ROOT_NAMESPACE,
 };
 
 /// Label that enrolls workloads: `ambient` on a Namespace enrolls its pods; `none` on a Pod
@@ -66,6 +69,20 @@ impl Workload {
         trust_domain: &str,
     ) -> Result<crate::identity::SpiffeId, crate::identity::SpiffeIdError> {
         crate::identity::SpiffeId::new(trust_domain, &self.namespace, &self.service_account)
+    }
+}
+
+impl PolicyTarget for Workload {
+    fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
     }
 }
 
@@ -138,7 +155,7 @@ pub struct MeshSnapshot {
     workloads_by_node: HashMap<String, Vec<Arc<Workload>>>,
     services_by_vip: HashMap<IpAddr, Arc<Service>>,
     /// AuthorizationPolicies and PeerAuthentications, indexed by workload.
-    policies: PolicyIndex,
+    policies: PolicyIndex<Workload>,
     /// Assigned by [`MeshStore::publish`]; 0 for a snapshot never published.
     pub generation: u64,
 }
@@ -284,7 +301,7 @@ impl MeshSnapshot {
     }
 
     /// The policy index itself.
-    pub fn policy_index(&self) -> &PolicyIndex {
+    pub fn policy_index(&self) -> &PolicyIndex<Workload> {
         &self.policies
     }
 }

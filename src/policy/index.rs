@@ -9,16 +9,16 @@ use std::sync::Arc;
 
 use super::{
     selector_matches, Action, AuthorizationPolicy, ConnectionAttrs, DryRunOutcome, MtlsMode, Peer,
-    PeerAuthentication, Verdict, ROOT_NAMESPACE,
+    PeerAuthentication, PolicyTarget, Verdict, ROOT_NAMESPACE,
 };
-use crate::model::Workload;
 
 /// How many applicable ALLOW policies a "no ALLOW policy matched" reason names.
 const LISTED_ALLOW_POLICIES: usize = 5;
 
-/// The policies of a snapshot, with per-workload lists of the policies that apply.
+/// The policies of a snapshot, with per-workload lists of the policies that apply. `W` is the
+/// model's workload type (see [`PolicyTarget`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct PolicyIndex {
+pub struct PolicyIndex<W> {
     root_namespace: String,
     /// Sorted by (namespace, name).
     authz: Vec<Arc<AuthorizationPolicy>>,
@@ -27,7 +27,7 @@ pub struct PolicyIndex {
     /// Indexes of the root namespace's policies.
     root_authz: Vec<usize>,
     /// Workload uid → the policies in force on it, precomputed.
-    by_workload: HashMap<String, Applicable>,
+    by_workload: HashMap<String, Applicable<W>>,
     /// Sorted by (namespace, name).
     peer: Vec<Arc<PeerAuthentication>>,
     /// Namespace (root included) → indexes into `peer`.
@@ -36,28 +36,28 @@ pub struct PolicyIndex {
 
 /// The policies in force on one indexed workload, split by what the decision does with them.
 #[derive(Debug, Clone, PartialEq)]
-struct Applicable {
+struct Applicable<W> {
     /// The workload as indexed; a caller's workload with the same uid but another namespace
     /// or labels is evaluated on the fly instead.
-    workload: Arc<Workload>,
+    workload: Arc<W>,
     deny: Box<[usize]>,
     allow: Box<[usize]>,
     dry_run: Box<[usize]>,
     mtls: MtlsMode,
 }
 
-impl Default for PolicyIndex {
+impl<W: PolicyTarget> Default for PolicyIndex<W> {
     fn default() -> Self {
         Self::new(Vec::new(), Vec::new(), &[], ROOT_NAMESPACE)
     }
 }
 
-impl PolicyIndex {
+impl<W: PolicyTarget> PolicyIndex<W> {
     /// Indexes the policies for `workloads`. `root_namespace` holds the mesh-wide policies.
     pub fn new(
         authorization_policies: Vec<AuthorizationPolicy>,
         peer_authentications: Vec<PeerAuthentication>,
-        workloads: &[Arc<Workload>],
+        workloads: &[Arc<W>],
         root_namespace: &str,
     ) -> Self {
         let mut authz: Vec<Arc<AuthorizationPolicy>> =
@@ -97,9 +97,9 @@ impl PolicyIndex {
         let mut by_workload = HashMap::with_capacity(workloads.len());
         for w in workloads {
             let (mut deny, mut allow, mut dry_run) = (Vec::new(), Vec::new(), Vec::new());
-            for i in index.candidates(&w.namespace) {
+            for i in index.candidates(w.namespace()) {
                 let p = &index.authz[i];
-                if !p.applies_to(&w.namespace, &w.labels, root_namespace) {
+                if !p.applies_to(w.namespace(), w.labels(), root_namespace) {
                     continue;
                 }
                 match (p.dry_run, p.action) {
@@ -108,9 +108,9 @@ impl PolicyIndex {
                     (false, Action::Allow) => allow.push(i),
                 }
             }
-            let mtls = index.resolve_mtls(&w.namespace, &w.labels);
+            let mtls = index.resolve_mtls(w.namespace(), w.labels());
             by_workload.insert(
-                w.uid.clone(),
+                w.uid().to_owned(),
                 Applicable {
                     workload: Arc::clone(w),
                     deny: deny.into(),
@@ -141,11 +141,11 @@ impl PolicyIndex {
 
     /// The precomputed entry of `workload`, if it is the indexed one (same uid, namespace and
     /// labels).
-    fn indexed(&self, workload: &Workload) -> Option<&Applicable> {
-        let entry = self.by_workload.get(&workload.uid)?;
+    fn indexed(&self, workload: &W) -> Option<&Applicable<W>> {
+        let entry = self.by_workload.get(workload.uid())?;
         let same = std::ptr::eq(Arc::as_ptr(&entry.workload), workload)
-            || (entry.workload.namespace == workload.namespace
-                && entry.workload.labels == workload.labels);
+            || (entry.workload.namespace() == workload.namespace()
+                && entry.workload.labels() == workload.labels());
         same.then_some(entry)
     }
 
@@ -164,7 +164,7 @@ impl PolicyIndex {
 
     /// The policies in force on `workload` (dry-run ones included), sorted by (namespace,
     /// name).
-    pub fn policies_for(&self, workload: &Workload) -> Vec<&AuthorizationPolicy> {
+    pub fn policies_for(&self, workload: &W) -> Vec<&AuthorizationPolicy> {
         let mut indexes: Vec<usize> = match self.indexed(workload) {
             Some(e) => e
                 .deny
@@ -174,7 +174,7 @@ impl PolicyIndex {
                 .copied()
                 .collect(),
             None => self
-                .candidates(&workload.namespace)
+                .candidates(workload.namespace())
                 .filter(|i| self.applies(*i, workload))
                 .collect(),
         };
@@ -182,8 +182,8 @@ impl PolicyIndex {
         indexes.into_iter().map(|i| &*self.authz[i]).collect()
     }
 
-    fn applies(&self, i: usize, workload: &Workload) -> bool {
-        self.authz[i].applies_to(&workload.namespace, &workload.labels, &self.root_namespace)
+    fn applies(&self, i: usize, workload: &W) -> bool {
+        self.authz[i].applies_to(workload.namespace(), workload.labels(), &self.root_namespace)
     }
 
     /// Decides a connection to `workload`: a matching (enforced) DENY policy denies; else, if
@@ -193,7 +193,7 @@ impl PolicyIndex {
     /// Walks only the policies in force on the workload (precomputed for workloads of the
     /// snapshot; computed from namespace and labels for others). Allocates nothing unless it
     /// denies or dry-run policies apply.
-    pub fn authorize(&self, workload: &Workload, attrs: &ConnectionAttrs<'_>) -> Verdict {
+    pub fn authorize(&self, workload: &W, attrs: &ConnectionAttrs<'_>) -> Verdict {
         let peer = Peer::new(attrs);
         match self.indexed(workload) {
             Some(e) => {
@@ -207,7 +207,7 @@ impl PolicyIndex {
             }
             None => {
                 let applicable = self
-                    .candidates(&workload.namespace)
+                    .candidates(workload.namespace())
                     .filter(|i| self.applies(*i, workload))
                     .map(|i| &*self.authz[i]);
                 decide(
@@ -228,10 +228,10 @@ impl PolicyIndex {
     /// namespace's selector-less one, else the root namespace's selector-less one, else
     /// PERMISSIVE. `UNSET` at a level defers to the next. When several policies sit at one
     /// level, the first by name wins.
-    pub fn mtls_mode(&self, workload: &Workload) -> MtlsMode {
+    pub fn mtls_mode(&self, workload: &W) -> MtlsMode {
         match self.indexed(workload) {
             Some(e) => e.mtls,
-            None => self.resolve_mtls(&workload.namespace, &workload.labels),
+            None => self.resolve_mtls(workload.namespace(), workload.labels()),
         }
     }
 
