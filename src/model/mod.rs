@@ -3,11 +3,15 @@
 //! [`MeshStore`] that publishes snapshots atomically (readers never lock).
 //!
 //! Snapshots are built by exactly one translation from Kubernetes-shaped objects
-//! ([`translate`]); [`parse_and_build`] is the entry point for multi-document YAML.
+//! ([`translate`], one module per kind; shapes in [`k8s`] and [`weft_kinds`]);
+//! [`parse_and_build`] is the entry point for multi-document YAML. Who is enrolled is decided
+//! in [`enrollment`].
 
+pub mod enrollment;
+pub mod error;
 pub mod k8s;
-mod security;
 pub mod translate;
+pub mod weft_kinds;
 
 #[cfg(test)]
 mod policy_tests;
@@ -22,16 +26,17 @@ use serde::ser::SerializeStruct;
 use serde::Serialize;
 use tokio::sync::watch;
 
-pub use translate::{build, parse_and_build, parse_documents, ConfigError, ParsedObject};
+pub use enrollment::DATAPLANE_MODE_LABEL;
+pub use error::{ConfigError, ObjectRef};
+pub use translate::{
+    build, build_lenient, parse_and_build, parse_documents, parse_object, ParsedObject, Rejected,
+};
 
 use crate::policy::{
     AuthorizationPolicy, ConnectionAttrs, MtlsMode, PeerAuthentication, PolicyIndex, PolicyTarget,
     Verdict, ROOT_NAMESPACE,
 };
 
-/// Label that enrolls workloads: `ambient` on a Namespace enrolls its pods; `none` on a Pod
-/// opts that pod out.
-pub const DATAPLANE_MODE_LABEL: &str = "weft.dev/dataplane-mode";
 /// Label naming the waypoint of a pod, a service or (inherited) a whole namespace. The value
 /// `none` on a pod or service opts it out of its namespace's waypoint.
 pub const USE_WAYPOINT_LABEL: &str = "weft.dev/use-waypoint";
@@ -41,6 +46,13 @@ pub const USE_WAYPOINT_LABEL: &str = "weft.dev/use-waypoint";
 pub struct Namespace {
     pub name: String,
     pub labels: BTreeMap<String, String>,
+}
+
+impl Namespace {
+    /// Whether this namespace enrolls its pods (see [`enrollment`]).
+    pub fn is_ambient(&self) -> bool {
+        enrollment::namespace_is_ambient(&self.labels)
+    }
 }
 
 /// A workload (a pod).
@@ -55,7 +67,8 @@ pub struct Workload {
     pub ips: Vec<IpAddr>,
     pub labels: BTreeMap<String, String>,
     pub host_network: bool,
-    /// Whether weft captures this pod's traffic (see DESIGN.md §6).
+    /// Whether weft captures this pod's traffic, as [`enrollment::pod_is_enrolled`] decides
+    /// (see DESIGN.md §6).
     pub enrolled: bool,
     pub waypoint: Option<String>,
     /// `spec.containers[].ports[]` name → containerPort.

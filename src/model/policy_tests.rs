@@ -681,7 +681,10 @@ fn peer_authentication_resolution() {
 #[test]
 fn snapshot_equality_and_default() {
     assert_eq!(parse_and_build("").unwrap(), MeshSnapshot::empty());
-    assert_eq!(PolicyIndex::<Workload>::default().root_namespace(), ROOT_NAMESPACE);
+    assert_eq!(
+        PolicyIndex::<Workload>::default().root_namespace(),
+        ROOT_NAMESPACE
+    );
     let a = snap(ALLOW_ORDER_TO_PAYMENT);
     assert_eq!(a, snap(ALLOW_ORDER_TO_PAYMENT));
     assert_ne!(a, snap(""));

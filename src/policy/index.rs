@@ -183,7 +183,11 @@ impl<W: PolicyTarget> PolicyIndex<W> {
     }
 
     fn applies(&self, i: usize, workload: &W) -> bool {
-        self.authz[i].applies_to(workload.namespace(), workload.labels(), &self.root_namespace)
+        self.authz[i].applies_to(
+            workload.namespace(),
+            workload.labels(),
+            &self.root_namespace,
+        )
     }
 
     /// Decides a connection to `workload`: a matching (enforced) DENY policy denies; else, if

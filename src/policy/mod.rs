@@ -471,4 +471,3 @@ fn namespace_of_principal(principal: &str) -> Option<&str> {
     let rest = &principal[start..];
     Some(rest.split('/').next().unwrap_or(rest)).filter(|ns| !ns.is_empty())
 }
-
