@@ -459,7 +459,7 @@ fn refuse_accidental_release(
 fn ambient_namespaces(snapshot: &MeshSnapshot) -> Vec<String> {
     snapshot
         .namespaces()
-        .filter(|ns| ns.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) == Some("ambient"))
+        .filter(|ns| ns.is_ambient())
         .map(|ns| ns.name.clone())
         .collect()
 }
