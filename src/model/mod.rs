@@ -3,13 +3,13 @@
 //! [`MeshStore`] that publishes snapshots atomically (readers never lock).
 //!
 //! Snapshots are built by exactly one translation from Kubernetes-shaped objects
-//! ([`translate`], one module per kind; shapes in [`k8s`] and [`weft_kinds`]);
+//! ([`translate`], one module per kind; the core kinds are `k8s-openapi` types, weft's own
+//! are in [`weft_kinds`]);
 //! [`parse_and_build`] is the entry point for multi-document YAML. Who is enrolled is decided
 //! in [`enrollment`].
 
 pub mod enrollment;
 pub mod error;
-pub mod k8s;
 pub mod translate;
 pub mod weft_kinds;
 

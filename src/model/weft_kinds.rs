@@ -6,10 +6,11 @@
 //! parsed by the translation, which names the field of a bad one.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::Deserialize;
-
-use super::k8s::{IntOrString, ObjectMeta};
 
 /// The API version of weft's own kinds.
 pub const WEFT_API_VERSION: &str = "weft.dev/v1alpha1";
@@ -131,4 +132,41 @@ pub struct PeerAuthenticationSpec {
 #[serde(deny_unknown_fields)]
 pub struct Mtls {
     pub mode: Option<String>,
+}
+
+/// A number or a string, as Istio accepts for ports and condition values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IntOrString {
+    Int(i64),
+    String(String),
+}
+
+impl<'de> Deserialize<'de> for IntOrString {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IntOrStringVisitor;
+
+        impl Visitor<'_> for IntOrStringVisitor {
+            type Value = IntOrString;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port number or a port name")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<IntOrString, E> {
+                Ok(IntOrString::Int(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<IntOrString, E> {
+                i64::try_from(v)
+                    .map(IntOrString::Int)
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IntOrString, E> {
+                Ok(IntOrString::String(v.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_any(IntOrStringVisitor)
+    }
 }

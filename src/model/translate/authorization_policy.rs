@@ -11,12 +11,12 @@ use std::collections::BTreeMap;
 
 use super::context::{non_empty, selector, BuildState, Ctx, KindObject};
 use crate::model::error::ConfigError;
-use crate::model::k8s::{IntOrString, ObjectMeta};
-use crate::model::weft_kinds;
+use crate::model::weft_kinds::{self, IntOrString};
 use crate::policy::{
     parse_port, port_from_int, Action, AuthorizationPolicy, Condition, IpBlock, Operation,
     PolicyError, Rule, Source, StringMatch, DRY_RUN_ANNOTATION, L4_CONDITION_KEYS,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 impl KindObject for weft_kinds::AuthorizationPolicy {
     fn metadata(&self) -> &ObjectMeta {

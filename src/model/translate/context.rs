@@ -10,13 +10,13 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::model::error::{ConfigError, ObjectRef};
-use crate::model::k8s::ObjectMeta;
 use crate::model::weft_kinds;
 use crate::model::{
     AuthorizationPolicy, Endpoint, Namespace, PeerAuthentication, Service, Workload,
     USE_WAYPOINT_LABEL,
 };
 use crate::names::{self, NameError};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// A parsed object of a supported kind, as its kind's module translates it.
 pub(super) trait KindObject: fmt::Debug + Send + Sync {

@@ -6,12 +6,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::context::{non_empty, BuildState, Ctx, KindObject};
 use crate::model::error::ConfigError;
-use crate::model::k8s::{self, ObjectMeta};
 use crate::model::{Endpoint, Service, TargetPort, Workload};
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-impl KindObject for k8s::EndpointSlice {
+impl KindObject for discovery::EndpointSlice {
     fn metadata(&self) -> &ObjectMeta {
         &self.metadata
     }
@@ -56,21 +57,18 @@ impl KindObject for k8s::EndpointSlice {
 
 fn slice_endpoints(
     ctx: &Ctx,
-    slice: &k8s::EndpointSlice,
+    slice: &discovery::EndpointSlice,
     service: &Service,
     state: &BuildState,
 ) -> Result<Vec<Endpoint>, ConfigError> {
-    if let Some(kind) = slice.address_type.as_ref().filter(|t| *t == "FQDN") {
-        return Err(ctx.err(
-            "addressType",
-            format!("{kind:?} is not supported; use IPv4 or IPv6"),
-        ));
+    if slice.address_type == "FQDN" {
+        return Err(ctx.err("addressType", "\"FQDN\" is not supported; use IPv4 or IPv6"));
     }
     // Slice port name → port number.
     let mut slice_ports: Vec<(Option<&String>, u16)> = Vec::new();
     for (i, port) in slice.ports.iter().flatten().enumerate() {
         if let Some(raw) = port.port {
-            let number = ctx.port(format!("ports[{i}].port"), raw.0)?;
+            let number = ctx.port(format!("ports[{i}].port"), i64::from(raw))?;
             slice_ports.push((non_empty(port.name.as_ref()), number));
         }
     }
@@ -86,9 +84,9 @@ fn slice_endpoints(
         .collect();
 
     let mut endpoints = Vec::new();
-    for (i, endpoint) in slice.endpoints.iter().flatten().enumerate() {
+    for (i, endpoint) in slice.endpoints.iter().enumerate() {
         let mut ips = Vec::new();
-        for (j, raw) in endpoint.addresses.iter().flatten().enumerate() {
+        for (j, raw) in endpoint.addresses.iter().enumerate() {
             ips.push(ctx.routable_ip(format!("endpoints[{i}].addresses[{j}]"), raw)?);
         }
         let ready = endpoint

@@ -31,13 +31,14 @@ mod tests;
 
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
 
 use self::context::{identify, BuildState, KindObject};
 use super::error::{ConfigError, ObjectRef};
-use super::k8s;
 use super::weft_kinds::{self, WEFT_API_VERSION};
 use super::MeshSnapshot;
 
@@ -71,28 +72,28 @@ const KINDS: &[KindEntry] = &[
         kind: "Namespace",
         namespaced: false,
         stage: Stage::Namespaces,
-        parse: parse_as::<k8s::Namespace>,
+        parse: parse_as::<core::Namespace>,
     },
     KindEntry {
         api_version: "v1",
         kind: "Pod",
         namespaced: true,
         stage: Stage::Workloads,
-        parse: parse_as::<k8s::Pod>,
+        parse: parse_as::<core::Pod>,
     },
     KindEntry {
         api_version: "v1",
         kind: "Service",
         namespaced: true,
         stage: Stage::Services,
-        parse: parse_as::<k8s::Service>,
+        parse: parse_as::<core::Service>,
     },
     KindEntry {
         api_version: "discovery.k8s.io/v1",
         kind: "EndpointSlice",
         namespaced: true,
         stage: Stage::Endpoints,
-        parse: parse_as::<k8s::EndpointSlice>,
+        parse: parse_as::<discovery::EndpointSlice>,
     },
     KindEntry {
         api_version: WEFT_API_VERSION,
@@ -291,6 +292,9 @@ pub fn parse_object(document: Option<usize>, value: Value) -> Result<ParsedObjec
     let parsed = (entry.parse)(value).map_err(|e| {
         let path = e.path().to_string();
         let mut message = e.into_inner().to_string();
+        if message.ends_with("expected i32") {
+            message.push_str(" (a whole number)");
+        }
         if message.ends_with("expected a string") {
             message.push_str("; quote the value (e.g. \"1\" or \"true\")");
         }

@@ -3,10 +3,11 @@
 
 use super::context::{BuildState, Ctx, KindObject};
 use crate::model::error::ConfigError;
-use crate::model::k8s::{self, ObjectMeta};
 use crate::model::Namespace;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-impl KindObject for k8s::Namespace {
+impl KindObject for core::Namespace {
     fn metadata(&self) -> &ObjectMeta {
         &self.metadata
     }

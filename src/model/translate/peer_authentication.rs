@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use super::context::{selector, BuildState, Ctx, KindObject};
 use crate::model::error::ConfigError;
-use crate::model::k8s::ObjectMeta;
 use crate::model::weft_kinds;
 use crate::policy::{MtlsMode, PeerAuthentication};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 impl KindObject for weft_kinds::PeerAuthentication {
     fn metadata(&self) -> &ObjectMeta {

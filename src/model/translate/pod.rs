@@ -8,14 +8,15 @@ use std::net::IpAddr;
 use super::context::{non_empty, waypoint, BuildState, Ctx, KindObject, PodIpOwner};
 use crate::model::enrollment::pod_is_enrolled;
 use crate::model::error::ConfigError;
-use crate::model::k8s::{self, ObjectMeta};
 use crate::model::Workload;
 use crate::names;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// Namespaces every cluster has, so a config need not declare them.
 const BUILT_IN_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
-impl KindObject for k8s::Pod {
+impl KindObject for core::Pod {
     fn metadata(&self) -> &ObjectMeta {
         &self.metadata
     }
@@ -67,21 +68,23 @@ impl KindObject for k8s::Pod {
 /// The workload of `pod`, with each of its IPs and the field it came from.
 fn workload(
     ctx: &Ctx,
-    pod: &k8s::Pod,
+    pod: &core::Pod,
     state: &BuildState,
 ) -> Result<(Workload, Vec<(IpAddr, String)>), ConfigError> {
     let meta = &pod.metadata;
-    let spec = pod.spec.clone().unwrap_or_default();
-    let status = pod.status.clone().unwrap_or_default();
+    let default_spec = core::PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&default_spec);
+    let default_status = core::PodStatus::default();
+    let status = pod.status.as_ref().unwrap_or(&default_status);
     let labels = meta.labels.clone().unwrap_or_default();
     let host_network = spec.host_network.unwrap_or(false);
 
     let mut named_ports = BTreeMap::new();
-    for (c, container) in spec.containers.iter().flatten().enumerate() {
+    for (c, container) in spec.containers.iter().enumerate() {
         for (p, port) in container.ports.iter().flatten().enumerate() {
             let number = ctx.port(
                 format!("spec.containers[{c}].ports[{p}].containerPort"),
-                port.container_port.0,
+                i64::from(port.container_port),
             )?;
             if let Some(port_name) = non_empty(port.name.as_ref()) {
                 named_ports.entry(port_name.clone()).or_insert(number);

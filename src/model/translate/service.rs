@@ -7,10 +7,12 @@ use std::net::IpAddr;
 
 use super::context::{non_empty, waypoint, BuildState, Ctx, KindObject};
 use crate::model::error::ConfigError;
-use crate::model::k8s::{self, IntOrString, ObjectMeta};
 use crate::model::{Service, ServicePort, TargetPort};
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-impl KindObject for k8s::Service {
+impl KindObject for core::Service {
     fn metadata(&self) -> &ObjectMeta {
         &self.metadata
     }
@@ -52,10 +54,11 @@ impl KindObject for k8s::Service {
 /// The service of `svc` (without endpoints), with each cluster IP and the field it came from.
 fn service(
     ctx: &Ctx,
-    svc: &k8s::Service,
+    svc: &core::Service,
     state: &BuildState,
 ) -> Result<(Service, Vec<(IpAddr, String)>), ConfigError> {
-    let spec = svc.spec.clone().unwrap_or_default();
+    let default_spec = core::ServiceSpec::default();
+    let spec = svc.spec.as_ref().unwrap_or(&default_spec);
     let labels = svc.metadata.labels.clone().unwrap_or_default();
 
     // Each VIP with the field it came from, deduplicated; "None" or "" means headless.
@@ -79,11 +82,11 @@ fn service(
 
     let mut ports: Vec<ServicePort> = Vec::new();
     for (i, port) in spec.ports.iter().flatten().enumerate() {
-        let number = ctx.port(format!("spec.ports[{i}].port"), port.port.0)?;
+        let number = ctx.port(format!("spec.ports[{i}].port"), i64::from(port.port))?;
         let target_field = format!("spec.ports[{i}].targetPort");
         let target_port = match &port.target_port {
             None => TargetPort::Number(number),
-            Some(IntOrString::Int(n)) => TargetPort::Number(ctx.port(target_field, *n)?),
+            Some(IntOrString::Int(n)) => TargetPort::Number(ctx.port(target_field, i64::from(*n))?),
             Some(IntOrString::String(s)) if s.is_empty() => {
                 return Err(ctx.err(
                     target_field,
@@ -119,7 +122,7 @@ fn service(
         namespace: ctx.namespace.clone(),
         vips,
         ports,
-        selector: spec.selector.filter(|s| !s.is_empty()),
+        selector: spec.selector.clone().filter(|s| !s.is_empty()),
         endpoints: Vec::new(),
         waypoint: waypoint(&labels, state.namespaces.get(&ctx.namespace)),
     };

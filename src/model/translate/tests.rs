@@ -740,3 +740,29 @@ fn yaml_syntax_error_names_the_document() {
         &["document 2", "invalid YAML"],
     );
 }
+
+/// The core kinds are read with the Kubernetes types, so every field is typed as the API
+/// server types it: numeric quantities are fine (`cpu: 1`), a number for a string is not.
+#[test]
+fn real_manifest_fields_weft_does_not_read_are_checked_as_kubernetes_does() {
+    let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n\
+                spec:\n  overhead: {cpu: 0.25}\n  containers:\n  - name: c\n    \
+                resources: {limits: {cpu: 1, memory: 1024}, requests: {cpu: 0.5}}\n    \
+                ports: [{containerPort: 8080, name: http}]\n  \
+                volumes: [{name: v, emptyDir: {sizeLimit: 1073741824}}]\n\
+                status: {podIP: 10.0.0.1}\n";
+    let snap = parse_and_build(yaml).unwrap();
+    let pod = snap.workload_by_ip("10.0.0.1".parse().unwrap()).unwrap();
+    assert_eq!(pod.named_ports["http"], 8080);
+    // Elsewhere a number for a string is still refused, as the API server does.
+    let err = parse_and_build(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n\
+         spec: {containers: [{name: c, env: [{name: X, value: 1}]}]}\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("spec.containers[0].env[0].value") && err.contains("quote the value"),
+        "{err}"
+    );
+}
