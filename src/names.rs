@@ -9,18 +9,25 @@
 /// Why a name is not valid; displays as the rest of a sentence naming the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
+    /// The value is empty.
     #[error("is empty")]
     Empty,
+    /// Longer than the limit (given).
     #[error("is longer than {0} characters")]
     TooLong(usize),
+    /// A character a DNS label cannot hold.
     #[error("must be lowercase letters, digits and '-' only")]
     NotDnsCharacters,
+    /// A character a label name or value cannot hold.
     #[error("may contain only letters, digits, '-', '_' and '.'")]
     NotLabelCharacters,
+    /// Starts or ends with something other than a letter or digit.
     #[error("must start and end with a letter or digit")]
     BadEdge,
+    /// A DNS subdomain with an empty dot-separated part.
     #[error("must not contain empty parts ('..', or a leading or trailing '.')")]
     EmptyPart,
+    /// A label key with a prefix and nothing after the '/'.
     #[error("has an empty name")]
     EmptyName,
     /// A dot-separated part of a DNS subdomain is not a DNS label.

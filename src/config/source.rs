@@ -30,6 +30,7 @@ pub struct ReloadStats {
 pub struct SourceStatus {
     /// [`ConfigSource::name`].
     pub name: String,
+    /// The load counters (flattened into the JSON of `/stats` and `/config_dump`).
     #[serde(flatten)]
     pub reloads: ReloadStats,
     /// How many times the source read its input (a file source skips reads while the file's

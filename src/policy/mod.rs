@@ -41,7 +41,9 @@ pub const DRY_RUN_ANNOTATION: &str = "weft.dev/dry-run";
 pub trait PolicyTarget {
     /// Unique among the workloads of one index.
     fn uid(&self) -> &str;
+    /// What namespace-scoped policies and the root namespace's apply by.
     fn namespace(&self) -> &str;
+    /// What `spec.selector.matchLabels` is matched against.
     fn labels(&self) -> &BTreeMap<String, String>;
 }
 

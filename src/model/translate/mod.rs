@@ -65,6 +65,14 @@ struct KindEntry {
     parse: ParseFn,
 }
 
+// === impl KindEntry ===
+
+impl std::fmt::Debug for KindEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.api_version, self.kind)
+    }
+}
+
 /// Every kind weft reads.
 const KINDS: &[KindEntry] = &[
     KindEntry {
@@ -147,16 +155,13 @@ fn supported_kinds() -> String {
 /// from a file.
 #[derive(Debug, Clone)]
 pub struct ParsedObject {
+    /// The 1-based document of the file, `None` for an object that came from no file.
     pub document: Option<usize>,
     kind: &'static KindEntry,
     object: Arc<dyn KindObject>,
 }
 
-impl std::fmt::Debug for KindEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.api_version, self.kind)
-    }
-}
+// === impl ParsedObject ===
 
 impl ParsedObject {
     /// The `kind`, as written in manifests.
@@ -188,8 +193,11 @@ fn object_ref(kind: &KindEntry, namespace: Option<&str>, name: Option<&str>) -> 
 /// An object the lenient build left out, and why.
 #[derive(Debug)]
 pub struct Rejected {
+    /// The object left out.
     pub object: ObjectRef,
+    /// The document it came from, when it came from a file.
     pub document: Option<usize>,
+    /// Why: names the object and the field.
     pub error: ConfigError,
 }
 
