@@ -1,12 +1,12 @@
 //! The one translation from Kubernetes-shaped objects to a [`MeshSnapshot`]: a registry of
-//! the supported kinds ([`KINDS`]), one module per kind, and the two ways to build.
+//! the supported kinds (`KINDS`), one module per kind, and the two ways to build.
 //!
-//! Each kind's module implements [`KindObject`] for its parsed shape: it validates one object
+//! Each kind's module implements `KindObject` for its parsed shape: it validates one object
 //! and adds what it means to the build state. This module recognises a document's kind,
 //! parses it with the kind's shape ([`parse_documents`], [`parse_object`]), and translates the
 //! objects in stage order (namespaces before the pods in them, pods before services, services
 //! before their EndpointSlices), in input order within a stage. Adding a kind is a new module
-//! and one line in [`KINDS`].
+//! and one line in `KINDS`.
 //!
 //! - [`build`]: all or nothing, the first invalid object fails the whole input (the file
 //!   source: a bad edit changes nothing).
