@@ -166,8 +166,14 @@ fn vip_conflicts_reject_the_offending_service_only() {
         service("b", "10.96.0.1"),
         service("c", "10.0.0.9"),
         service("d", "10.96.0.4"),
+        // Its second cluster IP is a's: e is left out whole and 10.96.0.5 stays free.
+        "apiVersion: v1\nkind: Service\nmetadata: {name: e, namespace: shop}\n\
+         spec: {clusterIPs: [10.96.0.5, 10.96.0.1]}\n"
+            .to_owned(),
+        service("f", "10.96.0.5"),
     ]);
-    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    assert_eq!(rejected.len(), 3, "{rejected:?}");
+    assert_eq!(rejected[2].object.to_string(), "Service shop/e");
     assert_eq!(rejected[0].object.to_string(), "Service shop/b");
     assert!(rejected[0]
         .error
@@ -179,7 +185,7 @@ fn vip_conflicts_reject_the_offending_service_only() {
         .to_string()
         .contains("is the IP of Pod shop/p (document 2)"));
     let names: Vec<&str> = snapshot.services().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["a", "d"]);
+    assert_eq!(names, ["a", "d", "f"]);
     assert_eq!(snapshot.service_by_vip(ip("10.96.0.1")).unwrap().name, "a");
     assert!(snapshot.service_by_vip(ip("10.0.0.9")).is_none());
 }
