@@ -16,7 +16,7 @@ pub mod weft_kinds;
 #[cfg(test)]
 mod policy_tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -187,6 +187,7 @@ impl MeshSnapshot {
         services: Vec<Service>,
         authorization_policies: Vec<AuthorizationPolicy>,
         peer_authentications: Vec<PeerAuthentication>,
+        held_strict: BTreeSet<String>,
     ) -> Self {
         let mut snapshot = Self::empty();
         for ns in namespaces {
@@ -234,6 +235,7 @@ impl MeshSnapshot {
         snapshot.policies = PolicyIndex::new(
             authorization_policies,
             peer_authentications,
+            held_strict,
             &all,
             ROOT_NAMESPACE,
         );

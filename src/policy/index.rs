@@ -3,7 +3,7 @@
 //! and the mTLS mode resolution ([`PolicyIndex::mtls_mode`]).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -32,6 +32,9 @@ pub struct PolicyIndex<W> {
     peer: Vec<Arc<PeerAuthentication>>,
     /// Namespace (root included) → indexes into `peer`.
     peer_by_namespace: HashMap<String, Vec<usize>>,
+    /// Namespaces held STRICT whatever their PeerAuthentications say (the root namespace:
+    /// the whole mesh), because one of their PeerAuthentications could not be read.
+    held_strict: BTreeSet<String>,
 }
 
 /// The policies in force on one indexed workload, split by what the decision does with them.
@@ -48,15 +51,19 @@ struct Applicable<W> {
 
 impl<W: PolicyTarget> Default for PolicyIndex<W> {
     fn default() -> Self {
-        Self::new(Vec::new(), Vec::new(), &[], ROOT_NAMESPACE)
+        Self::new(Vec::new(), Vec::new(), BTreeSet::new(), &[], ROOT_NAMESPACE)
     }
 }
 
 impl<W: PolicyTarget> PolicyIndex<W> {
     /// Indexes the policies for `workloads`. `root_namespace` holds the mesh-wide policies.
+    /// The workloads of a namespace in `held_strict` (of every namespace, if the root one is
+    /// in it) are STRICT whatever the PeerAuthentications say: fail closed when one of the
+    /// namespace's PeerAuthentications was rejected.
     pub fn new(
         authorization_policies: Vec<AuthorizationPolicy>,
         peer_authentications: Vec<PeerAuthentication>,
+        held_strict: BTreeSet<String>,
         workloads: &[Arc<W>],
         root_namespace: &str,
     ) -> Self {
@@ -75,6 +82,7 @@ impl<W: PolicyTarget> PolicyIndex<W> {
             by_workload: HashMap::new(),
             peer,
             peer_by_namespace: HashMap::new(),
+            held_strict,
         };
         for (i, p) in index.authz.iter().enumerate() {
             if p.namespace == root_namespace {
@@ -231,7 +239,8 @@ impl<W: PolicyTarget> PolicyIndex<W> {
     /// The mTLS mode of `workload`: its namespace's PeerAuthentication selecting it, else its
     /// namespace's selector-less one, else the root namespace's selector-less one, else
     /// PERMISSIVE. `UNSET` at a level defers to the next. When several policies sit at one
-    /// level, the first by name wins.
+    /// level, the first by name wins. A namespace held STRICT (see [`PolicyIndex::new`]) is
+    /// STRICT.
     pub fn mtls_mode(&self, workload: &W) -> MtlsMode {
         match self.indexed(workload) {
             Some(e) => e.mtls,
@@ -240,6 +249,9 @@ impl<W: PolicyTarget> PolicyIndex<W> {
     }
 
     fn resolve_mtls(&self, namespace: &str, labels: &BTreeMap<String, String>) -> MtlsMode {
+        if self.held_strict.contains(namespace) || self.held_strict.contains(&self.root_namespace) {
+            return MtlsMode::Strict;
+        }
         let in_ns = |ns: &str| {
             self.peer_by_namespace
                 .get(ns)

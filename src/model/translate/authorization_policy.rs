@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use super::context::{non_empty, selector, BuildState, Ctx, KindObject};
-use crate::model::error::ConfigError;
+use crate::model::error::{ConfigError, ObjectRef};
 use crate::model::weft_kinds::{self, IntOrString};
 use crate::policy::{
     parse_port, port_from_int, Action, AuthorizationPolicy, Condition, IpBlock, Operation,
@@ -86,6 +86,30 @@ impl KindObject for weft_kinds::AuthorizationPolicy {
         ));
         Ok(())
     }
+}
+
+/// Fail-closed stand-in for a rejected AuthorizationPolicy (lenient build): a DENY policy
+/// with one rule that matches every connection, for the whole namespace of the rejected one
+/// (the whole mesh, in the root namespace), named after it with its error as a warning.
+pub(super) fn deny_all_in_its_namespace(
+    object: &ObjectRef,
+    error: &ConfigError,
+    state: &mut BuildState,
+) {
+    let name = object.name.as_deref().unwrap_or("<no name>");
+    let namespace = object.namespace.clone().unwrap_or_default();
+    let mut stand_in = AuthorizationPolicy::new(
+        format!("{name} (rejected)"),
+        namespace,
+        None,
+        Action::Deny,
+        vec![Rule::default()],
+        false,
+    );
+    stand_in.warnings.push(format!(
+        "stands in for a rejected policy and denies every connection to its namespace until          the policy is fixed: {error}"
+    ));
+    state.authorization_policies.push(stand_in);
 }
 
 /// Logs what cannot be enforced as written, once per load.

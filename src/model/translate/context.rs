@@ -5,7 +5,7 @@
 //! A kind's `translate` validates first and changes the state last, so an object that is
 //! rejected leaves no trace in the state (the lenient build relies on it).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -76,6 +76,8 @@ pub(super) struct BuildState {
     pub(super) slice_endpoints: HashMap<usize, Vec<Endpoint>>,
     pub(super) authorization_policies: Vec<AuthorizationPolicy>,
     pub(super) peer_authentications: Vec<PeerAuthentication>,
+    /// Namespaces held STRICT because one of their PeerAuthentications was rejected.
+    pub(super) held_strict: BTreeSet<String>,
 }
 
 /// The object being translated: who it is (for errors) and its resolved namespace and name.

@@ -1,12 +1,13 @@
 //! Lenient-build tests: one bad object is left out with its error and the rest is built, and
-//! a rejected object leaves no trace in what is built; the strict build of the same input
-//! fails whole.
+//! a rejected object leaves no trace in what is built (a rejected security policy fails
+//! closed instead); the strict build of the same input fails whole.
 
 use std::net::IpAddr;
 
 use crate::model::{
     build, build_lenient, parse_documents, parse_object, MeshSnapshot, ObjectRef, Rejected,
 };
+use crate::policy::{ConnectionAttrs, MtlsMode};
 
 const SHOP: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {weft.dev/dataplane-mode: ambient}}\n";
 
@@ -274,4 +275,102 @@ fn objects_without_a_file_are_named_without_a_document() {
         err.starts_with("Pod default/p: spec.hostNetwork: invalid type"),
         "{err}"
     );
+}
+
+fn attrs() -> ConnectionAttrs<'static> {
+    ConnectionAttrs {
+        source_principal: Some("cluster.local/ns/shop/sa/default"),
+        source_namespace: Some("shop"),
+        source_ip: ip("10.0.0.7"),
+        destination_ip: ip("10.0.0.1"),
+        destination_port: 8080,
+    }
+}
+
+const OTHER: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n";
+
+fn other_pod() -> String {
+    "apiVersion: v1\nkind: Pod\nmetadata: {name: o, namespace: other}\nstatus: {podIP: 10.0.1.1}\n"
+        .to_owned()
+}
+
+#[test]
+fn a_rejected_authorization_policy_denies_its_namespace_instead_of_allowing() {
+    // A DENY policy with a typo: left out, it would allow what it was written to deny.
+    let broken = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\n\
+                  metadata: {name: deny-all, namespace: shop}\n\
+                  spec: {action: DENY, rules: [{from: [{source: {ipBlocks: [10.0.0.0/33]}}]}]}\n";
+    let (snapshot, rejected) = lenient(&[
+        SHOP.to_owned(),
+        OTHER.to_owned(),
+        pod("a", "status: {podIP: 10.0.0.1}"),
+        other_pod(),
+        broken.to_owned(),
+    ]);
+    only_rejection(
+        &rejected,
+        "AuthorizationPolicy shop/deny-all",
+        &["ipBlocks[0]"],
+    );
+    let a = snapshot.workload_by_ip(ip("10.0.0.1")).unwrap();
+    let verdict = snapshot.authorize(a, &attrs());
+    assert!(!verdict.allowed, "{verdict:?}");
+    assert!(
+        verdict.reason.contains("shop/deny-all (rejected)"),
+        "{}",
+        verdict.reason
+    );
+    let stand_in = snapshot.authorization_policies().next().unwrap();
+    assert!(
+        stand_in.warnings[0].contains("10.0.0.0/33"),
+        "{:?}",
+        stand_in.warnings
+    );
+    // Other namespaces are not affected.
+    let o = snapshot.workload_by_ip(ip("10.0.1.1")).unwrap();
+    assert!(snapshot.authorize(o, &attrs()).allowed);
+
+    // In the root namespace it stands for the whole mesh.
+    let root = "apiVersion: v1\nkind: Namespace\nmetadata: {name: weft-system}\n";
+    let broken_root = broken.replace("namespace: shop", "namespace: weft-system");
+    let (snapshot, _) = lenient(&[OTHER.to_owned(), root.to_owned(), other_pod(), broken_root]);
+    let o = snapshot.workload_by_ip(ip("10.0.1.1")).unwrap();
+    assert!(!snapshot.authorize(o, &attrs()).allowed);
+}
+
+#[test]
+fn a_rejected_peer_authentication_holds_its_namespace_strict() {
+    let permissive = "apiVersion: weft.dev/v1alpha1\nkind: PeerAuthentication\n\
+                      metadata: {name: open, namespace: shop}\n\
+                      spec: {selector: {matchLabels: {app: a}}, mtls: {mode: PERMISSIVE}}\n";
+    let broken = "apiVersion: weft.dev/v1alpha1\nkind: PeerAuthentication\n\
+                  metadata: {name: strict, namespace: shop}\nspec: {mtls: {mode: STRICTT}}\n";
+    let labelled =
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: shop, labels: {app: a}}\n\
+                    status: {podIP: 10.0.0.1}\n";
+    let (snapshot, rejected) = lenient(&[
+        SHOP.to_owned(),
+        OTHER.to_owned(),
+        labelled.to_owned(),
+        other_pod(),
+        permissive.to_owned(),
+        broken.to_owned(),
+    ]);
+    only_rejection(
+        &rejected,
+        "PeerAuthentication shop/strict",
+        &["spec.mtls.mode"],
+    );
+    // Even the workload a valid PERMISSIVE policy selects: the rejected one might have been
+    // meant to override it.
+    let a = snapshot.workload_by_ip(ip("10.0.0.1")).unwrap();
+    assert_eq!(snapshot.mtls_mode(a), MtlsMode::Strict);
+    let o = snapshot.workload_by_ip(ip("10.0.1.1")).unwrap();
+    assert_eq!(snapshot.mtls_mode(o), MtlsMode::Permissive);
+
+    let root = "apiVersion: v1\nkind: Namespace\nmetadata: {name: weft-system}\n";
+    let broken_root = broken.replace("namespace: shop", "namespace: weft-system");
+    let (snapshot, _) = lenient(&[OTHER.to_owned(), root.to_owned(), other_pod(), broken_root]);
+    let o = snapshot.workload_by_ip(ip("10.0.1.1")).unwrap();
+    assert_eq!(snapshot.mtls_mode(o), MtlsMode::Strict);
 }

@@ -14,7 +14,10 @@
 //!   rest is built (a watch-based source, where one bad object must not hold back the
 //!   others). A cross-object conflict (a duplicate name, a shared pod IP or cluster IP)
 //!   rejects the later object only; an object that depends on a rejected one (a pod in a
-//!   rejected Namespace, a slice of a rejected Service) is rejected too, saying why.
+//!   rejected Namespace, a slice of a rejected Service) is rejected too, saying why. A
+//!   rejected security policy fails closed: a rejected AuthorizationPolicy is replaced by one
+//!   that denies every connection to its namespace (the mesh, for the root namespace), a
+//!   rejected PeerAuthentication holds its namespace (or the mesh) STRICT.
 
 mod authorization_policy;
 mod context;
@@ -56,6 +59,10 @@ enum Stage {
 type ParseFn =
     fn(Value) -> Result<Arc<dyn KindObject>, serde_path_to_error::Error<serde_yaml::Error>>;
 
+/// What a lenient build puts in place of a rejected object of a kind whose absence would
+/// widen access (a security policy), so that leaving it out fails closed.
+type FailClosedFn = fn(&ObjectRef, &ConfigError, &mut BuildState);
+
 /// One supported kind.
 struct KindEntry {
     api_version: &'static str,
@@ -63,6 +70,7 @@ struct KindEntry {
     namespaced: bool,
     stage: Stage,
     parse: ParseFn,
+    fail_closed: Option<FailClosedFn>,
 }
 
 // === impl KindEntry ===
@@ -81,6 +89,7 @@ const KINDS: &[KindEntry] = &[
         namespaced: false,
         stage: Stage::Namespaces,
         parse: parse_as::<core::Namespace>,
+        fail_closed: None,
     },
     KindEntry {
         api_version: "v1",
@@ -88,6 +97,7 @@ const KINDS: &[KindEntry] = &[
         namespaced: true,
         stage: Stage::Workloads,
         parse: parse_as::<core::Pod>,
+        fail_closed: None,
     },
     KindEntry {
         api_version: "v1",
@@ -95,6 +105,7 @@ const KINDS: &[KindEntry] = &[
         namespaced: true,
         stage: Stage::Services,
         parse: parse_as::<core::Service>,
+        fail_closed: None,
     },
     KindEntry {
         api_version: "discovery.k8s.io/v1",
@@ -102,6 +113,7 @@ const KINDS: &[KindEntry] = &[
         namespaced: true,
         stage: Stage::Endpoints,
         parse: parse_as::<discovery::EndpointSlice>,
+        fail_closed: None,
     },
     KindEntry {
         api_version: WEFT_API_VERSION,
@@ -109,6 +121,7 @@ const KINDS: &[KindEntry] = &[
         namespaced: true,
         stage: Stage::Policies,
         parse: parse_as::<weft_kinds::AuthorizationPolicy>,
+        fail_closed: Some(authorization_policy::deny_all_in_its_namespace),
     },
     KindEntry {
         api_version: WEFT_API_VERSION,
@@ -116,6 +129,7 @@ const KINDS: &[KindEntry] = &[
         namespaced: true,
         stage: Stage::Policies,
         parse: parse_as::<weft_kinds::PeerAuthentication>,
+        fail_closed: Some(peer_authentication::hold_its_namespace_strict),
     },
 ];
 
@@ -360,6 +374,9 @@ pub fn build_lenient(objects: &[ParsedObject]) -> (MeshSnapshot, Vec<Rejected>) 
                     .rejected
                     .insert((parsed.kind.kind, namespace, name.clone()));
             }
+            if let Some(fail_closed) = parsed.kind.fail_closed {
+                fail_closed(&object, &error, &mut state);
+            }
             rejected.push(Rejected {
                 object,
                 document: parsed.document,
@@ -402,5 +419,6 @@ fn finish(mut state: BuildState) -> MeshSnapshot {
         state.services,
         state.authorization_policies,
         state.peer_authentications,
+        state.held_strict,
     )
 }

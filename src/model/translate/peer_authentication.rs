@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::context::{selector, BuildState, Ctx, KindObject};
-use crate::model::error::ConfigError;
+use crate::model::error::{ConfigError, ObjectRef};
 use crate::model::weft_kinds;
 use crate::policy::{MtlsMode, PeerAuthentication};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -58,6 +58,21 @@ impl KindObject for weft_kinds::PeerAuthentication {
         });
         Ok(())
     }
+}
+
+/// Fail-closed stand-in for a rejected PeerAuthentication (lenient build): its namespace
+/// (the whole mesh, in the root namespace) is held STRICT until it is fixed.
+pub(super) fn hold_its_namespace_strict(
+    object: &ObjectRef,
+    error: &ConfigError,
+    state: &mut BuildState,
+) {
+    let namespace = object.namespace.clone().unwrap_or_default();
+    tracing::warn!(
+        namespace = %namespace,
+        "{object} was rejected; namespace {namespace} is held STRICT until it is fixed: {error}"
+    );
+    state.held_strict.insert(namespace);
 }
 
 /// Logs what cannot be enforced as written, once per load.
