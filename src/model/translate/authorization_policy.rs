@@ -359,6 +359,7 @@ fn translate_rule(ctx: &Ctx, i: usize, rule: &weft_kinds::Rule) -> Result<Rule, 
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{assert_error, error};
     use crate::model::parse_and_build;
 
     const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
@@ -375,20 +376,6 @@ mod tests {
             "apiVersion: weft.dev/v1alpha1\nkind: PeerAuthentication\n\
              metadata: {{name: mtls, namespace: shop}}\nspec:\n{spec}\n"
         )
-    }
-
-    #[track_caller]
-    fn error(yaml: &str) -> String {
-        parse_and_build(yaml).unwrap_err().to_string()
-    }
-
-    /// Asserts the error of `yaml` mentions every fragment.
-    #[track_caller]
-    fn assert_error(yaml: &str, fragments: &[&str]) {
-        let err = error(yaml);
-        for fragment in fragments {
-            assert!(err.contains(fragment), "{err:?} lacks {fragment:?}");
-        }
     }
 
     #[test]

@@ -106,27 +106,13 @@ pub(super) fn log_warnings(peer_authentications: &[PeerAuthentication]) {
 
 #[cfg(test)]
 mod tests {
-    use crate::model::parse_and_build;
+    use super::super::tests::{assert_error, error};
 
     fn pa(spec: &str) -> String {
         format!(
             "apiVersion: weft.dev/v1alpha1\nkind: PeerAuthentication\n\
              metadata: {{name: mtls, namespace: shop}}\nspec:\n{spec}\n"
         )
-    }
-
-    /// Asserts the error of `yaml` mentions every fragment.
-    #[track_caller]
-    fn assert_error(yaml: &str, fragments: &[&str]) {
-        let err = error(yaml);
-        for fragment in fragments {
-            assert!(err.contains(fragment), "{err:?} lacks {fragment:?}");
-        }
-    }
-
-    #[track_caller]
-    fn error(yaml: &str) -> String {
-        parse_and_build(yaml).unwrap_err().to_string()
     }
 
     #[test]

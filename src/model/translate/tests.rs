@@ -378,10 +378,16 @@ fn pod(name: &str, status: &str) -> String {
     format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop}}\n{status}\n")
 }
 
+/// The error of building `yaml`.
+#[track_caller]
+pub(super) fn error(yaml: &str) -> String {
+    parse_and_build(yaml).unwrap_err().to_string()
+}
+
 /// Asserts the error of `yaml` mentions every fragment.
 #[track_caller]
-fn assert_error(yaml: &str, fragments: &[&str]) {
-    let err = parse_and_build(yaml).unwrap_err().to_string();
+pub(super) fn assert_error(yaml: &str, fragments: &[&str]) {
+    let err = error(yaml);
     for fragment in fragments {
         assert!(err.contains(fragment), "{err:?} lacks {fragment:?}");
     }
