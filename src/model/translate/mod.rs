@@ -364,12 +364,8 @@ pub fn build_lenient(objects: &[ParsedObject]) -> (MeshSnapshot, Vec<Rejected>) 
     for parsed in in_stage_order(objects) {
         if let Err(error) = translate_one(parsed, &mut state) {
             let object = parsed.object_ref();
-            let meta = parsed.object.metadata();
-            if let Some(name) = meta.name.as_ref().filter(|n| !n.is_empty()) {
-                let namespace = match &object.namespace {
-                    Some(namespace) => namespace.clone(),
-                    None => String::new(),
-                };
+            if let Some(name) = &object.name {
+                let namespace = object.namespace.clone().unwrap_or_default();
                 state
                     .rejected
                     .insert((parsed.kind.kind, namespace, name.clone()));
