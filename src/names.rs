@@ -3,7 +3,52 @@
 //! values. Identities and the config translation both use these, so a name that could not
 //! exist in a cluster (`..`, `a/sa/b`, `Shop!`) is refused everywhere it enters.
 //!
-//! Each check returns `Err(reason)` with a sentence a user can act on.
+//! Each check returns a [`NameError`] that reads as the end of a sentence about the value
+//! (`"Shop" must be lowercase letters, ...`), something a user can act on.
+
+/// Why a name is not valid; displays as the rest of a sentence naming the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// The value is empty.
+    #[error("is empty")]
+    Empty,
+    /// Longer than the limit (given).
+    #[error("is longer than {0} characters")]
+    TooLong(usize),
+    /// A character a DNS label cannot hold.
+    #[error("must be lowercase letters, digits and '-' only")]
+    NotDnsCharacters,
+    /// A character a label name or value cannot hold.
+    #[error("may contain only letters, digits, '-', '_' and '.'")]
+    NotLabelCharacters,
+    /// Starts or ends with something other than a letter or digit.
+    #[error("must start and end with a letter or digit")]
+    BadEdge,
+    /// A DNS subdomain with an empty dot-separated part.
+    #[error("must not contain empty parts ('..', or a leading or trailing '.')")]
+    EmptyPart,
+    /// A label key with a prefix and nothing after the '/'.
+    #[error("has an empty name")]
+    EmptyName,
+    /// A dot-separated part of a DNS subdomain is not a DNS label.
+    #[error("part {part:?} {reason}")]
+    Part {
+        part: String,
+        reason: Box<NameError>,
+    },
+    /// The prefix (before '/') of a label key is not a DNS subdomain.
+    #[error("prefix {prefix:?} {reason}")]
+    Prefix {
+        prefix: String,
+        reason: Box<NameError>,
+    },
+    /// The name (after the prefix) of a label key is not valid.
+    #[error("name {name:?} {reason}")]
+    Name {
+        name: String,
+        reason: Box<NameError>,
+    },
+}
 
 /// Longest DNS label (RFC 1123).
 pub const MAX_LABEL: usize = 63;
@@ -12,38 +57,41 @@ pub const MAX_SUBDOMAIN: usize = 253;
 
 /// An RFC 1123 DNS label: 1-63 lowercase letters, digits or '-', starting and ending with a
 /// letter or digit (namespace names).
-pub fn check_dns_label(value: &str) -> Result<(), String> {
+pub fn check_dns_label(value: &str) -> Result<(), NameError> {
     if value.is_empty() {
-        return Err("is empty".into());
+        return Err(NameError::Empty);
     }
     if value.len() > MAX_LABEL {
-        return Err(format!("is longer than {MAX_LABEL} characters"));
+        return Err(NameError::TooLong(MAX_LABEL));
     }
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
     if !value.chars().all(ok_char) {
-        return Err("must be lowercase letters, digits and '-' only".into());
+        return Err(NameError::NotDnsCharacters);
     }
     if value.starts_with('-') || value.ends_with('-') {
-        return Err("must start and end with a letter or digit".into());
+        return Err(NameError::BadEdge);
     }
     Ok(())
 }
 
 /// An RFC 1123 DNS subdomain: at most 253 characters of dot-separated DNS labels (object
 /// names, service account names).
-pub fn check_dns_subdomain(value: &str) -> Result<(), String> {
+pub fn check_dns_subdomain(value: &str) -> Result<(), NameError> {
     if value.is_empty() {
-        return Err("is empty".into());
+        return Err(NameError::Empty);
     }
     if value.len() > MAX_SUBDOMAIN {
-        return Err(format!("is longer than {MAX_SUBDOMAIN} characters"));
+        return Err(NameError::TooLong(MAX_SUBDOMAIN));
     }
     for part in value.split('.') {
         check_dns_label(part).map_err(|reason| {
             if part.is_empty() {
-                "must not contain empty parts ('..', or a leading or trailing '.')".to_owned()
+                NameError::EmptyPart
             } else {
-                format!("part {part:?} {reason}")
+                NameError::Part {
+                    part: part.to_owned(),
+                    reason: Box::new(reason),
+                }
             }
         })?;
     }
@@ -52,39 +100,45 @@ pub fn check_dns_subdomain(value: &str) -> Result<(), String> {
 
 /// A label or annotation name part, and label values: at most 63 characters of letters,
 /// digits, '-', '_' and '.', starting and ending with a letter or digit.
-fn check_qualified_part(value: &str) -> Result<(), String> {
+fn check_qualified_part(value: &str) -> Result<(), NameError> {
     if value.len() > MAX_LABEL {
-        return Err(format!("is longer than {MAX_LABEL} characters"));
+        return Err(NameError::TooLong(MAX_LABEL));
     }
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if !value.chars().all(ok_char) {
-        return Err("may contain only letters, digits, '-', '_' and '.'".into());
+        return Err(NameError::NotLabelCharacters);
     }
     let edge_ok = |c: Option<char>| c.is_none_or(|c| c.is_ascii_alphanumeric());
     if !(edge_ok(value.chars().next()) && edge_ok(value.chars().last())) {
-        return Err("must start and end with a letter or digit".into());
+        return Err(NameError::BadEdge);
     }
     Ok(())
 }
 
 /// A label key: an optional DNS-subdomain prefix and '/', then a name of at most 63
 /// characters.
-pub fn check_label_key(key: &str) -> Result<(), String> {
+pub fn check_label_key(key: &str) -> Result<(), NameError> {
     let (prefix, name) = match key.split_once('/') {
         Some((prefix, name)) => (Some(prefix), name),
         None => (None, key),
     };
     if let Some(prefix) = prefix {
-        check_dns_subdomain(prefix).map_err(|reason| format!("prefix {prefix:?} {reason}"))?;
+        check_dns_subdomain(prefix).map_err(|reason| NameError::Prefix {
+            prefix: prefix.to_owned(),
+            reason: Box::new(reason),
+        })?;
     }
     if name.is_empty() {
-        return Err("has an empty name".into());
+        return Err(NameError::EmptyName);
     }
-    check_qualified_part(name).map_err(|reason| format!("name {name:?} {reason}"))
+    check_qualified_part(name).map_err(|reason| NameError::Name {
+        name: name.to_owned(),
+        reason: Box::new(reason),
+    })
 }
 
 /// A label value: empty, or at most 63 characters as for a key's name.
-pub fn check_label_value(value: &str) -> Result<(), String> {
+pub fn check_label_value(value: &str) -> Result<(), NameError> {
     check_qualified_part(value)
 }
 
@@ -126,8 +180,16 @@ mod tests {
         ] {
             assert!(check_dns_subdomain(bad).is_err(), "{bad:?}");
         }
-        let err = check_dns_subdomain("a..b").unwrap_err();
+        let err = check_dns_subdomain("a..b").unwrap_err().to_string();
         assert!(err.contains("empty parts"), "{err}");
+        assert_eq!(
+            check_dns_subdomain("a.B").unwrap_err().to_string(),
+            "part \"B\" must be lowercase letters, digits and '-' only"
+        );
+        assert_eq!(
+            check_label_key("Weft.dev/x").unwrap_err().to_string(),
+            "prefix \"Weft.dev\" part \"Weft\" must be lowercase letters, digits and '-' only"
+        );
     }
 
     #[test]

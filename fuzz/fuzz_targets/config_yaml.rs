@@ -8,13 +8,15 @@
 //! promised they are unique); "objects may come in any order": building the reversed object
 //! list succeeds exactly when the original does, with the same content; every accepted pod
 //! has a valid SPIFFE ID (namespace and service account pass the identity checks); policy
-//! evaluation does not panic for any workload.
+//! evaluation does not panic for any workload. The lenient build (`build_lenient`) rejects
+//! nothing exactly when `build` succeeds, then builds the same snapshot, and whatever it
+//! builds keeps the same index promises.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use weft::model::{build, parse_and_build, parse_documents, MeshSnapshot};
+use weft::model::{build, build_lenient, parse_and_build, parse_documents, MeshSnapshot};
 use weft::policy::ConnectionAttrs;
 
 /// The snapshot as JSON, with each service's endpoints sorted (their order follows the
@@ -101,6 +103,17 @@ fuzz_target!(|data: &[u8]| {
         built.as_ref().err().map(ToString::to_string),
         whole.as_ref().err().map(ToString::to_string)
     );
+    let (lenient, rejected) = build_lenient(&objects);
+    assert_eq!(
+        rejected.is_empty(),
+        built.is_ok(),
+        "lenient and strict builds disagree: {rejected:?} vs {:?}",
+        built.as_ref().err().map(ToString::to_string)
+    );
+    if let Ok(strict) = &built {
+        assert!(*strict == lenient, "lenient build of a valid input differs");
+    }
+    check_indexes(&lenient);
     let reversed: Vec<_> = objects.iter().rev().cloned().collect();
     let built_reversed = build(&reversed);
     assert_eq!(

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use tokio::sync::watch;
 use weft::admin::{AdminAddrs, AdminContext, LogControl, NodeStatus};
-use weft::config::{FileSource, FileSourceLimits};
+use weft::config::{ConfigSource, FileSource, FileSourceLimits};
 use weft::identity::{CertManager, RenewalPolicy, SpiffeId};
 use weft::model::{MeshSnapshot, MeshStore};
 use weft::telemetry::MetricsHandle;
@@ -20,7 +20,7 @@ use crate::Args;
 pub struct Basics {
     pub certs: Arc<CertManager>,
     pub store: Arc<MeshStore>,
-    pub source: Arc<FileSource>,
+    pub source: Arc<dyn ConfigSource>,
     pub metrics: MetricsHandle,
 }
 
@@ -50,6 +50,7 @@ pub fn start_basics(args: &Args) -> anyhow::Result<Basics> {
         FileSource::load_initial_guarded(&args.config, store.clone(), limits, &enrolled_before)
             .with_context(|| format!("loading mesh config {}", args.config.display()))?;
     source.spawn_watch(Duration::from_millis(200));
+    let source: Arc<dyn ConfigSource> = source;
     let metrics = weft::telemetry::install().context("setting up metrics")?;
     tokio::spawn(weft::telemetry::registry::update_health_forever(
         certs.clone(),

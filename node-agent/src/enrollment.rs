@@ -25,7 +25,7 @@ use tokio::sync::Mutex;
 use weft::admin::NodeStatus;
 use weft::hbone::server::BoxFuture;
 
-use weft::model::{MeshSnapshot, Workload, DATAPLANE_MODE_LABEL};
+use weft::model::{enrollment, MeshSnapshot, Workload};
 use weft_cni::protocol::{check_container_id, PodAttachment, Response};
 
 use crate::netns::Netns;
@@ -53,12 +53,10 @@ pub struct PodManager {
     cni_serving: std::sync::atomic::AtomicBool,
 }
 
-/// Whether the config says this pod belongs in the mesh, and as which workload.
+/// Whether the config says this pod belongs in the mesh, and as which workload, by the one
+/// enrollment rule of the model: the namespace the CNI reported, and the listed workload's
+/// labels and hostNetwork (a pod the config does not list yet is judged by its namespace).
 fn desired(snapshot: &MeshSnapshot, pod: &PodAttachment) -> (bool, Option<Arc<Workload>>) {
-    let namespace_enrolled = snapshot
-        .namespace(&pod.namespace)
-        .and_then(|ns| ns.labels.get(DATAPLANE_MODE_LABEL))
-        .is_some_and(|mode| mode == "ambient");
     let workload = snapshot
         .workload_by_uid(&pod.uid)
         .or_else(|| {
@@ -67,13 +65,12 @@ fn desired(snapshot: &MeshSnapshot, pod: &PodAttachment) -> (bool, Option<Arc<Wo
                 .find(|w| w.namespace == pod.namespace && w.name == pod.name)
         })
         .cloned();
-    let opted_out = workload.as_ref().is_some_and(|w| {
-        w.host_network
-            || w.labels
-                .get(DATAPLANE_MODE_LABEL)
-                .is_some_and(|m| m == "none")
-    });
-    (namespace_enrolled && !opted_out, workload)
+    let namespace_labels = snapshot.namespace(&pod.namespace).map(|ns| &ns.labels);
+    let enrolled = match &workload {
+        Some(w) => enrollment::pod_is_enrolled(namespace_labels, &w.labels, w.host_network),
+        None => enrollment::pod_is_enrolled(namespace_labels, &BTreeMap::new(), false),
+    };
+    (enrolled, workload)
 }
 
 impl PodManager {
@@ -366,11 +363,7 @@ impl PodManager {
     async fn persist(&self, inner: &mut Inner, snapshot: &MeshSnapshot) {
         let namespaces: BTreeSet<String> = snapshot
             .namespaces()
-            .filter(|ns| {
-                ns.labels
-                    .get(DATAPLANE_MODE_LABEL)
-                    .is_some_and(|m| m == "ambient")
-            })
+            .filter(|ns| ns.is_ambient())
             .map(|ns| ns.name.clone())
             .collect();
         inner.enrolled_namespaces = namespaces.into_iter().collect();

@@ -19,7 +19,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::config::FileSource;
+use crate::config::ConfigSource;
 use crate::hbone::server::BoxFuture;
 use crate::identity::CertManager;
 use crate::model::MeshStore;
@@ -47,7 +47,7 @@ pub struct AdminContext {
     pub node_name: String,
     pub mode: &'static str,
     pub store: Arc<MeshStore>,
-    pub source: Arc<FileSource>,
+    pub source: Arc<dyn ConfigSource>,
     pub certs: Arc<CertManager>,
     pub metrics: MetricsHandle,
     pub status: Arc<dyn NodeStatus>,
@@ -127,10 +127,7 @@ impl AdminContext {
         json!({
             "node": self.node_name,
             "mode": self.mode,
-            "config": {
-                "path": self.source.path().display().to_string(),
-                "reloads": self.source.stats(),
-            },
+            "config": self.source.status(),
             "mesh": &*snapshot,
             "policies_in_force": in_force,
             "served": self.status.served().await,
@@ -146,7 +143,7 @@ impl AdminContext {
             "mode": self.mode,
             "ready": ready.is_ok(),
             "not_ready_reason": ready.err(),
-            "config": self.source.stats(),
+            "config": self.source.status(),
             "served": dashboard_view(self.status.served().await),
             "certificates": self.certs.status(),
             "now_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
@@ -155,7 +152,7 @@ impl AdminContext {
 
     /// Ready when the config source is live and the mode says every workload is served.
     async fn ready(&self) -> Result<(), String> {
-        if let Some(stalled) = self.source.stalled() {
+        if let Some(stalled) = self.source.status().stalled {
             return Err(stalled);
         }
         self.status.ready().await

@@ -25,11 +25,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
+use super::source::{ConfigSource, ReloadStats, SourceStatus};
 use crate::model::{ConfigError, MeshSnapshot, MeshStore, DATAPLANE_MODE_LABEL};
 
 /// Largest config file read by default (a cluster's worth of pods is far below this).
@@ -144,19 +145,6 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
     }
 }
 
-/// Counters of the reloads of a [`FileSource`].
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
-pub struct ReloadStats {
-    /// Successful loads, the initial one included.
-    pub accepted: u64,
-    /// Rejected reloads (invalid content, unreadable or missing file).
-    pub rejected: u64,
-    /// Why the latest reload attempt was rejected; `None` once a later reload succeeds.
-    pub last_error: Option<String>,
-    /// Generation of the snapshot this source last published.
-    pub last_loaded_generation: u64,
-}
-
 /// What a poll saw at the path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Observed {
@@ -165,7 +153,7 @@ enum Observed {
 }
 
 impl Observed {
-    fn of(read: Result<&[u8], String>) -> Self {
+    fn of(read: Result<&[u8], &io::Error>) -> Self {
         match read {
             Ok(bytes) => {
                 let mut hasher = DefaultHasher::new();
@@ -175,7 +163,7 @@ impl Observed {
                     hash: hasher.finish(),
                 }
             }
-            Err(why) => Observed::Unreadable(why),
+            Err(why) => Observed::Unreadable(why.to_string()),
         }
     }
 }
@@ -203,6 +191,8 @@ pub struct FileSource {
     store: Arc<MeshStore>,
     limits: FileSourceLimits,
     state: Mutex<WatchState>,
+    /// A copy of `state.stats` for subscribers, sent whenever it changes.
+    stats_tx: watch::Sender<ReloadStats>,
 }
 
 impl FileSource {
@@ -239,7 +229,7 @@ impl FileSource {
         let read = read_config(&path, limits.max_bytes);
         let last_read = read.as_ref().ok().map(|(_, print)| (*print, read_at));
         let read = read.map(|(bytes, _)| bytes);
-        let current = Observed::of(read.as_deref().map_err(io::Error::to_string));
+        let current = Observed::of(read.as_deref());
         let bytes = read.map_err(|source| ConfigError::Io {
             path: path.clone(),
             source,
@@ -255,6 +245,13 @@ impl FileSource {
             services = counts.services,
             "loaded mesh config"
         );
+        let stats = ReloadStats {
+            accepted: 1,
+            rejected: 0,
+            last_error: None,
+            last_loaded_generation: generation,
+        };
+        let (stats_tx, _) = watch::channel(stats.clone());
         Ok(Arc::new(FileSource {
             path,
             store,
@@ -264,15 +261,11 @@ impl FileSource {
                 reads: 1,
                 last_poll: None,
                 poll_interval: Duration::ZERO,
-                stats: ReloadStats {
-                    accepted: 1,
-                    rejected: 0,
-                    last_error: None,
-                    last_loaded_generation: generation,
-                },
+                stats,
                 current,
                 pending: None,
             }),
+            stats_tx,
         }))
     }
 
@@ -346,11 +339,7 @@ impl FileSource {
         }
         let read_at = SystemTime::now();
         let read = read_config(&self.path, self.limits.max_bytes);
-        let observed = Observed::of(
-            read.as_ref()
-                .map(|(bytes, _)| bytes.as_slice())
-                .map_err(io::Error::to_string),
-        );
+        let observed = Observed::of(read.as_ref().map(|(bytes, _)| bytes.as_slice()));
         {
             let mut state = self.lock();
             state.reads += 1;
@@ -396,6 +385,7 @@ impl FileSource {
                 state.stats.accepted += 1;
                 state.stats.last_error = None;
                 state.stats.last_loaded_generation = generation;
+                self.stats_tx.send_replace(state.stats.clone());
                 drop(state);
                 info!(
                     path = %self.path.display(),
@@ -412,6 +402,7 @@ impl FileSource {
                 state.stats.rejected += 1;
                 state.stats.last_error = Some(message.clone());
                 let kept = state.stats.last_loaded_generation;
+                self.stats_tx.send_replace(state.stats.clone());
                 drop(state);
                 warn!(
                     path = %self.path.display(),
@@ -421,6 +412,29 @@ impl FileSource {
                 );
             }
         }
+    }
+}
+
+impl ConfigSource for FileSource {
+    fn name(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+
+    fn status(&self) -> SourceStatus {
+        let (reloads, reads) = {
+            let state = self.lock();
+            (state.stats.clone(), state.reads)
+        };
+        SourceStatus {
+            name: self.name(),
+            reloads,
+            reads,
+            stalled: self.stalled(),
+        }
+    }
+
+    fn subscribe(&self) -> watch::Receiver<ReloadStats> {
+        self.stats_tx.subscribe()
     }
 }
 
@@ -459,7 +473,7 @@ fn refuse_accidental_release(
 fn ambient_namespaces(snapshot: &MeshSnapshot) -> Vec<String> {
     snapshot
         .namespaces()
-        .filter(|ns| ns.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) == Some("ambient"))
+        .filter(|ns| ns.is_ambient())
         .map(|ns| ns.name.clone())
         .collect()
 }
@@ -580,6 +594,42 @@ mod tests {
         let err = FileSource::load_initial(&bad, Arc::clone(&store)).unwrap_err();
         assert!(err.to_string().contains("status.podIP"), "{err}");
         assert_eq!(store.load().generation, 0, "nothing published");
+    }
+
+    #[tokio::test]
+    async fn the_config_source_trait_reports_status_and_notifies_every_judged_edit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesh.yaml");
+        std::fs::write(&path, pod("a", "10.0.0.1")).unwrap();
+        let store = Arc::new(MeshStore::default());
+        let file = FileSource::load_initial(&path, Arc::clone(&store)).unwrap();
+        let watch = file.spawn_watch(POLL);
+        let source: Arc<dyn ConfigSource> = file;
+        assert_eq!(source.name(), format!("file {}", path.display()));
+        let status = source.status();
+        assert_eq!(
+            (status.reloads.accepted, status.reads, status.stalled),
+            (1, 1, None)
+        );
+        let mut rx = source.subscribe();
+        assert_eq!(rx.borrow_and_update().last_loaded_generation, 1);
+
+        std::fs::write(&path, pod("b", "10.0.0.999")).unwrap();
+        let judged = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+        assert!(matches!(judged, Ok(Ok(()))), "rejection not notified");
+        let stats = rx.borrow_and_update().clone();
+        assert_eq!((stats.accepted, stats.rejected), (1, 1));
+        assert!(stats.last_error.unwrap().contains("status.podIP"));
+
+        std::fs::write(&path, pod("b", "10.0.0.2")).unwrap();
+        let judged = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+        assert!(matches!(judged, Ok(Ok(()))), "acceptance not notified");
+        let stats = rx.borrow_and_update().clone();
+        assert_eq!((stats.accepted, stats.last_loaded_generation), (2, 2));
+        assert_eq!(stats.last_error, None);
+        assert_eq!(source.status().reloads, stats);
+        assert_eq!(store.load().generation, 2);
+        watch.abort();
     }
 
     #[tokio::test]

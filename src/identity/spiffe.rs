@@ -73,8 +73,8 @@ impl SpiffeId {
 fn check_segment(whole: &str, part: &'static str, segment: &str) -> Result<(), SpiffeIdError> {
     let checked = match part {
         // Kubernetes namespaces are DNS labels, service accounts DNS subdomains.
-        "namespace" => crate::names::check_dns_label(segment),
-        "service account" => crate::names::check_dns_subdomain(segment),
+        "namespace" => crate::names::check_dns_label(segment).map_err(|e| e.to_string()),
+        "service account" => crate::names::check_dns_subdomain(segment).map_err(|e| e.to_string()),
         _ => check_trust_domain(segment),
     };
     checked.map_err(|reason| SpiffeIdError::BadSegment {

@@ -3,13 +3,20 @@
 //! [`MeshStore`] that publishes snapshots atomically (readers never lock).
 //!
 //! Snapshots are built by exactly one translation from Kubernetes-shaped objects
-//! ([`translate`]); [`parse_and_build`] is the entry point for multi-document YAML.
+//! ([`translate`], one module per kind; the core kinds are `k8s-openapi` types, weft's own
+//! are in [`weft_kinds`]);
+//! [`parse_and_build`] is the entry point for multi-document YAML. Who is enrolled is decided
+//! in [`enrollment`].
 
-pub mod k8s;
-mod security;
+pub mod enrollment;
+pub mod error;
 pub mod translate;
+pub mod weft_kinds;
 
-use std::collections::{BTreeMap, HashMap};
+#[cfg(test)]
+mod policy_tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,16 +26,17 @@ use serde::ser::SerializeStruct;
 use serde::Serialize;
 use tokio::sync::watch;
 
-pub use translate::{build, parse_and_build, parse_documents, ConfigError, ParsedObject};
-
-use crate::policy::{
-    AuthorizationPolicy, ConnectionAttrs, MtlsMode, PeerAuthentication, PolicyIndex, Verdict,
-    ROOT_NAMESPACE,
+pub use enrollment::DATAPLANE_MODE_LABEL;
+pub use error::{ConfigError, ObjectRef};
+pub use translate::{
+    build, build_lenient, parse_and_build, parse_documents, parse_object, ParsedObject, Rejected,
 };
 
-/// Label that enrolls workloads: `ambient` on a Namespace enrolls its pods; `none` on a Pod
-/// opts that pod out.
-pub const DATAPLANE_MODE_LABEL: &str = "weft.dev/dataplane-mode";
+use crate::policy::{
+    AuthorizationPolicy, ConnectionAttrs, MtlsMode, PeerAuthentication, PolicyIndex, PolicyTarget,
+    Verdict, ROOT_NAMESPACE,
+};
+
 /// Label naming the waypoint of a pod, a service or (inherited) a whole namespace. The value
 /// `none` on a pod or service opts it out of its namespace's waypoint.
 pub const USE_WAYPOINT_LABEL: &str = "weft.dev/use-waypoint";
@@ -38,6 +46,13 @@ pub const USE_WAYPOINT_LABEL: &str = "weft.dev/use-waypoint";
 pub struct Namespace {
     pub name: String,
     pub labels: BTreeMap<String, String>,
+}
+
+impl Namespace {
+    /// Whether this namespace enrolls its pods (see [`enrollment`]).
+    pub fn is_ambient(&self) -> bool {
+        enrollment::namespace_is_ambient(&self.labels)
+    }
 }
 
 /// A workload (a pod).
@@ -52,7 +67,8 @@ pub struct Workload {
     pub ips: Vec<IpAddr>,
     pub labels: BTreeMap<String, String>,
     pub host_network: bool,
-    /// Whether weft captures this pod's traffic (see DESIGN.md §6).
+    /// Whether weft captures this pod's traffic, as [`enrollment::pod_is_enrolled`] decides
+    /// (see DESIGN.md §6).
     pub enrolled: bool,
     pub waypoint: Option<String>,
     /// `spec.containers[].ports[]` name → containerPort.
@@ -66,6 +82,20 @@ impl Workload {
         trust_domain: &str,
     ) -> Result<crate::identity::SpiffeId, crate::identity::SpiffeIdError> {
         crate::identity::SpiffeId::new(trust_domain, &self.namespace, &self.service_account)
+    }
+}
+
+impl PolicyTarget for Workload {
+    fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
     }
 }
 
@@ -138,7 +168,7 @@ pub struct MeshSnapshot {
     workloads_by_node: HashMap<String, Vec<Arc<Workload>>>,
     services_by_vip: HashMap<IpAddr, Arc<Service>>,
     /// AuthorizationPolicies and PeerAuthentications, indexed by workload.
-    policies: PolicyIndex,
+    policies: PolicyIndex<Workload>,
     /// Assigned by [`MeshStore::publish`]; 0 for a snapshot never published.
     pub generation: u64,
 }
@@ -157,6 +187,7 @@ impl MeshSnapshot {
         services: Vec<Service>,
         authorization_policies: Vec<AuthorizationPolicy>,
         peer_authentications: Vec<PeerAuthentication>,
+        held_strict: BTreeSet<String>,
     ) -> Self {
         let mut snapshot = Self::empty();
         for ns in namespaces {
@@ -204,6 +235,7 @@ impl MeshSnapshot {
         snapshot.policies = PolicyIndex::new(
             authorization_policies,
             peer_authentications,
+            held_strict,
             &all,
             ROOT_NAMESPACE,
         );
@@ -284,7 +316,7 @@ impl MeshSnapshot {
     }
 
     /// The policy index itself.
-    pub fn policy_index(&self) -> &PolicyIndex {
+    pub fn policy_index(&self) -> &PolicyIndex<Workload> {
         &self.policies
     }
 }

@@ -3,22 +3,22 @@
 //! and the mTLS mode resolution ([`PolicyIndex::mtls_mode`]).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::{
     selector_matches, Action, AuthorizationPolicy, ConnectionAttrs, DryRunOutcome, MtlsMode, Peer,
-    PeerAuthentication, Verdict, ROOT_NAMESPACE,
+    PeerAuthentication, PolicyTarget, Verdict, ROOT_NAMESPACE,
 };
-use crate::model::Workload;
 
 /// How many applicable ALLOW policies a "no ALLOW policy matched" reason names.
 const LISTED_ALLOW_POLICIES: usize = 5;
 
-/// The policies of a snapshot, with per-workload lists of the policies that apply.
+/// The policies of a snapshot, with per-workload lists of the policies that apply. `W` is the
+/// model's workload type (see [`PolicyTarget`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct PolicyIndex {
+pub struct PolicyIndex<W> {
     root_namespace: String,
     /// Sorted by (namespace, name).
     authz: Vec<Arc<AuthorizationPolicy>>,
@@ -27,37 +27,44 @@ pub struct PolicyIndex {
     /// Indexes of the root namespace's policies.
     root_authz: Vec<usize>,
     /// Workload uid → the policies in force on it, precomputed.
-    by_workload: HashMap<String, Applicable>,
+    by_workload: HashMap<String, Applicable<W>>,
     /// Sorted by (namespace, name).
     peer: Vec<Arc<PeerAuthentication>>,
     /// Namespace (root included) → indexes into `peer`.
     peer_by_namespace: HashMap<String, Vec<usize>>,
+    /// Namespaces held STRICT whatever their PeerAuthentications say (the root namespace:
+    /// the whole mesh), because one of their PeerAuthentications could not be read.
+    held_strict: BTreeSet<String>,
 }
 
 /// The policies in force on one indexed workload, split by what the decision does with them.
 #[derive(Debug, Clone, PartialEq)]
-struct Applicable {
+struct Applicable<W> {
     /// The workload as indexed; a caller's workload with the same uid but another namespace
     /// or labels is evaluated on the fly instead.
-    workload: Arc<Workload>,
+    workload: Arc<W>,
     deny: Box<[usize]>,
     allow: Box<[usize]>,
     dry_run: Box<[usize]>,
     mtls: MtlsMode,
 }
 
-impl Default for PolicyIndex {
+impl<W: PolicyTarget> Default for PolicyIndex<W> {
     fn default() -> Self {
-        Self::new(Vec::new(), Vec::new(), &[], ROOT_NAMESPACE)
+        Self::new(Vec::new(), Vec::new(), BTreeSet::new(), &[], ROOT_NAMESPACE)
     }
 }
 
-impl PolicyIndex {
+impl<W: PolicyTarget> PolicyIndex<W> {
     /// Indexes the policies for `workloads`. `root_namespace` holds the mesh-wide policies.
+    /// The workloads of a namespace in `held_strict` (of every namespace, if the root one is
+    /// in it) are STRICT whatever the PeerAuthentications say: fail closed when one of the
+    /// namespace's PeerAuthentications was rejected.
     pub fn new(
         authorization_policies: Vec<AuthorizationPolicy>,
         peer_authentications: Vec<PeerAuthentication>,
-        workloads: &[Arc<Workload>],
+        held_strict: BTreeSet<String>,
+        workloads: &[Arc<W>],
         root_namespace: &str,
     ) -> Self {
         let mut authz: Vec<Arc<AuthorizationPolicy>> =
@@ -75,6 +82,7 @@ impl PolicyIndex {
             by_workload: HashMap::new(),
             peer,
             peer_by_namespace: HashMap::new(),
+            held_strict,
         };
         for (i, p) in index.authz.iter().enumerate() {
             if p.namespace == root_namespace {
@@ -97,9 +105,9 @@ impl PolicyIndex {
         let mut by_workload = HashMap::with_capacity(workloads.len());
         for w in workloads {
             let (mut deny, mut allow, mut dry_run) = (Vec::new(), Vec::new(), Vec::new());
-            for i in index.candidates(&w.namespace) {
+            for i in index.candidates(w.namespace()) {
                 let p = &index.authz[i];
-                if !p.applies_to(&w.namespace, &w.labels, root_namespace) {
+                if !p.applies_to(w.namespace(), w.labels(), root_namespace) {
                     continue;
                 }
                 match (p.dry_run, p.action) {
@@ -108,9 +116,9 @@ impl PolicyIndex {
                     (false, Action::Allow) => allow.push(i),
                 }
             }
-            let mtls = index.resolve_mtls(&w.namespace, &w.labels);
+            let mtls = index.resolve_mtls(w.namespace(), w.labels());
             by_workload.insert(
-                w.uid.clone(),
+                w.uid().to_owned(),
                 Applicable {
                     workload: Arc::clone(w),
                     deny: deny.into(),
@@ -141,11 +149,11 @@ impl PolicyIndex {
 
     /// The precomputed entry of `workload`, if it is the indexed one (same uid, namespace and
     /// labels).
-    fn indexed(&self, workload: &Workload) -> Option<&Applicable> {
-        let entry = self.by_workload.get(&workload.uid)?;
+    fn indexed(&self, workload: &W) -> Option<&Applicable<W>> {
+        let entry = self.by_workload.get(workload.uid())?;
         let same = std::ptr::eq(Arc::as_ptr(&entry.workload), workload)
-            || (entry.workload.namespace == workload.namespace
-                && entry.workload.labels == workload.labels);
+            || (entry.workload.namespace() == workload.namespace()
+                && entry.workload.labels() == workload.labels());
         same.then_some(entry)
     }
 
@@ -164,7 +172,7 @@ impl PolicyIndex {
 
     /// The policies in force on `workload` (dry-run ones included), sorted by (namespace,
     /// name).
-    pub fn policies_for(&self, workload: &Workload) -> Vec<&AuthorizationPolicy> {
+    pub fn policies_for(&self, workload: &W) -> Vec<&AuthorizationPolicy> {
         let mut indexes: Vec<usize> = match self.indexed(workload) {
             Some(e) => e
                 .deny
@@ -174,7 +182,7 @@ impl PolicyIndex {
                 .copied()
                 .collect(),
             None => self
-                .candidates(&workload.namespace)
+                .candidates(workload.namespace())
                 .filter(|i| self.applies(*i, workload))
                 .collect(),
         };
@@ -182,8 +190,12 @@ impl PolicyIndex {
         indexes.into_iter().map(|i| &*self.authz[i]).collect()
     }
 
-    fn applies(&self, i: usize, workload: &Workload) -> bool {
-        self.authz[i].applies_to(&workload.namespace, &workload.labels, &self.root_namespace)
+    fn applies(&self, i: usize, workload: &W) -> bool {
+        self.authz[i].applies_to(
+            workload.namespace(),
+            workload.labels(),
+            &self.root_namespace,
+        )
     }
 
     /// Decides a connection to `workload`: a matching (enforced) DENY policy denies; else, if
@@ -193,7 +205,7 @@ impl PolicyIndex {
     /// Walks only the policies in force on the workload (precomputed for workloads of the
     /// snapshot; computed from namespace and labels for others). Allocates nothing unless it
     /// denies or dry-run policies apply.
-    pub fn authorize(&self, workload: &Workload, attrs: &ConnectionAttrs<'_>) -> Verdict {
+    pub fn authorize(&self, workload: &W, attrs: &ConnectionAttrs<'_>) -> Verdict {
         let peer = Peer::new(attrs);
         match self.indexed(workload) {
             Some(e) => {
@@ -207,7 +219,7 @@ impl PolicyIndex {
             }
             None => {
                 let applicable = self
-                    .candidates(&workload.namespace)
+                    .candidates(workload.namespace())
                     .filter(|i| self.applies(*i, workload))
                     .map(|i| &*self.authz[i]);
                 decide(
@@ -227,15 +239,19 @@ impl PolicyIndex {
     /// The mTLS mode of `workload`: its namespace's PeerAuthentication selecting it, else its
     /// namespace's selector-less one, else the root namespace's selector-less one, else
     /// PERMISSIVE. `UNSET` at a level defers to the next. When several policies sit at one
-    /// level, the first by name wins.
-    pub fn mtls_mode(&self, workload: &Workload) -> MtlsMode {
+    /// level, the first by name wins. A namespace held STRICT (see [`PolicyIndex::new`]) is
+    /// STRICT.
+    pub fn mtls_mode(&self, workload: &W) -> MtlsMode {
         match self.indexed(workload) {
             Some(e) => e.mtls,
-            None => self.resolve_mtls(&workload.namespace, &workload.labels),
+            None => self.resolve_mtls(workload.namespace(), workload.labels()),
         }
     }
 
     fn resolve_mtls(&self, namespace: &str, labels: &BTreeMap<String, String>) -> MtlsMode {
+        if self.held_strict.contains(namespace) || self.held_strict.contains(&self.root_namespace) {
+            return MtlsMode::Strict;
+        }
         let in_ns = |ns: &str| {
             self.peer_by_namespace
                 .get(ns)

@@ -1,9 +1,10 @@
 //! L4 authorization and peer authentication: the compiled forms of weft's
 //! `AuthorizationPolicy` and `PeerAuthentication` kinds (Istio's shapes and semantics) and the
-//! engine that decides a connection ([`PolicyIndex`], reached through
-//! [`MeshSnapshot::authorize`](crate::model::MeshSnapshot::authorize)).
+//! engine that decides a connection ([`PolicyIndex`], held and reached through the mesh
+//! snapshot). The engine knows a workload only through [`PolicyTarget`], so this module sits
+//! below the model and imports nothing of it.
 //!
-//! The config translation ([`crate::model`]) validates the YAML and builds these types; every
+//! The config translation (in the model) validates the YAML and builds these types; every
 //! pattern, CIDR and port is parsed there, once, so a decision only compares values. A
 //! decision for a workload walks only the policies that apply to it (precomputed per workload
 //! when the snapshot is built) and allocates nothing unless it denies.
@@ -34,6 +35,17 @@ pub const ROOT_NAMESPACE: &str = "weft-system";
 /// Annotation that makes an `AuthorizationPolicy` dry-run (`"true"`): evaluated and reported,
 /// never enforced.
 pub const DRY_RUN_ANNOTATION: &str = "weft.dev/dry-run";
+
+/// What the policy engine needs to know of a workload: the uid it is indexed by, and the
+/// namespace and labels that policies select it by.
+pub trait PolicyTarget {
+    /// Unique among the workloads of one index.
+    fn uid(&self) -> &str;
+    /// What namespace-scoped policies and the root namespace's apply by.
+    fn namespace(&self) -> &str;
+    /// What `spec.selector.matchLabels` is matched against.
+    fn labels(&self) -> &BTreeMap<String, String>;
+}
 
 /// Errors of the policy layer: a value that is not a valid pattern, CIDR or port. The model
 /// translation wraps them into a `ConfigError` naming the document and field.
@@ -461,6 +473,3 @@ fn namespace_of_principal(principal: &str) -> Option<&str> {
     let rest = &principal[start..];
     Some(rest.split('/').next().unwrap_or(rest)).filter(|ns| !ns.is_empty())
 }
-
-#[cfg(test)]
-mod tests;

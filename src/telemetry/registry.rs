@@ -132,7 +132,7 @@ fn describe() {
 /// reload counts. Runs until the task is dropped.
 pub async fn update_health_forever(
     certs: Arc<crate::identity::CertManager>,
-    source: Arc<crate::config::FileSource>,
+    source: Arc<dyn crate::config::ConfigSource>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -145,10 +145,10 @@ pub async fn update_health_forever(
             let remaining = cert.not_after_unix as f64 - now as f64;
             metrics::gauge!(CERT_EXPIRY, "identity" => cert.identity).set(remaining);
         }
-        let stats = source.stats();
-        metrics::counter!(CONFIG_RELOADS, "result" => "accepted").absolute(stats.accepted);
-        metrics::counter!(CONFIG_RELOADS, "result" => "rejected").absolute(stats.rejected);
-        let stalled = if source.stalled().is_some() { 1.0 } else { 0.0 };
+        let status = source.status();
+        metrics::counter!(CONFIG_RELOADS, "result" => "accepted").absolute(status.reloads.accepted);
+        metrics::counter!(CONFIG_RELOADS, "result" => "rejected").absolute(status.reloads.rejected);
+        let stalled = if status.stalled.is_some() { 1.0 } else { 0.0 };
         metrics::gauge!(CONFIG_STALLED).set(stalled);
     }
 }

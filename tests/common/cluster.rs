@@ -250,7 +250,7 @@ impl Cluster {
             .find(|ns| ns["name"] == REVISION_NAMESPACE)
             .and_then(|ns| ns["labels"]["revision"].as_str()?.parse().ok())
             .unwrap_or(0);
-        let rejected = dump["config"]["reloads"]["rejected"].as_u64()?;
+        let rejected = dump["config"]["rejected"].as_u64()?;
         Some((revision, rejected))
     }
 

@@ -1,170 +1,122 @@
-//! Translation of weft's own security kinds (`weft.dev/v1alpha1` `AuthorizationPolicy` and
-//! `PeerAuthentication`, shaped like Istio's) into the compiled forms of [`crate::policy`].
+//! `weft.dev/v1alpha1 AuthorizationPolicy` → a compiled [`AuthorizationPolicy`] of
+//! [`crate::policy`].
 //!
 //! Every value is validated and parsed here (patterns, CIDRs, ports, enums), so a mistake is a
-//! [`ConfigError`] naming the document, the object, the field path and the offending value,
-//! and the decision path never parses anything. Fields that need L7 are recorded on the rule
-//! and become warnings on the policy (see [`crate::policy::Rule::l7_fields`]).
+//! [`ConfigError`] naming the object, the field path and the offending value, and the
+//! decision path never parses anything. Fields that need L7 are recorded on the rule and
+//! become warnings on the policy (see [`crate::policy::Rule::l7_fields`]).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use super::k8s::{self, IntOrString};
-use super::translate::{identify, non_empty, ConfigError, Ctx, ObjectKey, ParsedObject};
+use super::context::{non_empty, selector, BuildState, Ctx, KindObject};
+use crate::model::error::{ConfigError, ObjectRef};
+use crate::model::weft_kinds::{self, IntOrString};
 use crate::policy::{
-    parse_port, port_from_int, Action, AuthorizationPolicy, Condition, IpBlock, MtlsMode,
-    Operation, PeerAuthentication, PolicyError, Rule, Source, StringMatch, DRY_RUN_ANNOTATION,
-    L4_CONDITION_KEYS,
+    parse_port, port_from_int, Action, AuthorizationPolicy, Condition, IpBlock, Operation,
+    PolicyError, Rule, Source, StringMatch, DRY_RUN_ANNOTATION, L4_CONDITION_KEYS,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-/// The API version of weft's own kinds.
-pub(super) const WEFT_API_VERSION: &str = "weft.dev/v1alpha1";
+impl KindObject for weft_kinds::AuthorizationPolicy {
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
 
-/// Validates and compiles one `AuthorizationPolicy`.
-pub(super) fn translate_authorization_policy(
-    parsed: &ParsedObject,
-    policy: &k8s::AuthorizationPolicy,
-    seen: &mut HashMap<ObjectKey, usize>,
-) -> Result<AuthorizationPolicy, ConfigError> {
-    let (ctx, namespace, name) = identify(parsed, seen)?;
-    let dry_run = dry_run(&ctx, policy.metadata.annotations.as_ref())?;
-    let default_spec = k8s::AuthorizationPolicySpec::default();
-    let spec = policy.spec.as_ref().unwrap_or(&default_spec);
-    if spec.target_ref.is_some() || spec.target_refs.is_some() {
-        let field = if spec.target_ref.is_some() {
-            "spec.targetRef"
-        } else {
-            "spec.targetRefs"
-        };
-        return Err(ctx.err(
-            field,
-            "is not supported; select workloads with spec.selector.matchLabels \
-             (or omit the selector for the whole namespace)",
-        ));
-    }
-    if spec.provider.is_some() {
-        return Err(ctx.err(
-            "spec.provider",
-            "is not supported: it belongs to action CUSTOM (external authorization), which \
-             weft does not implement; use ALLOW or DENY rules",
-        ));
-    }
-    let action = match spec.action.as_deref() {
-        None | Some("ALLOW") => Action::Allow,
-        Some("DENY") => Action::Deny,
-        Some(other) => {
-            let hint = match other {
-                "AUDIT" | "CUSTOM" => " (AUDIT and CUSTOM are not supported)".to_owned(),
-                _ if other.eq_ignore_ascii_case("allow") || other.eq_ignore_ascii_case("deny") => {
-                    format!(
-                        "; write it in upper case ({:?})",
-                        other.to_ascii_uppercase()
-                    )
-                }
-                _ => String::new(),
-            };
-            return Err(ctx.err(
-                "spec.action",
-                format!("{other:?} is not ALLOW or DENY{hint}"),
-            ));
-        }
-    };
-    let selector = selector(spec.selector.as_ref());
-    let rules = spec
-        .rules
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, rule)| translate_rule(&ctx, i, rule))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(AuthorizationPolicy::new(
-        name, namespace, selector, action, rules, dry_run,
-    ))
-}
-
-/// Validates and compiles one `PeerAuthentication`.
-pub(super) fn translate_peer_authentication(
-    parsed: &ParsedObject,
-    policy: &k8s::PeerAuthentication,
-    seen: &mut HashMap<ObjectKey, usize>,
-) -> Result<PeerAuthentication, ConfigError> {
-    let (ctx, namespace, name) = identify(parsed, seen)?;
-    let default_spec = k8s::PeerAuthenticationSpec::default();
-    let spec = policy.spec.as_ref().unwrap_or(&default_spec);
-    if spec.port_level_mtls.is_some() {
-        return Err(ctx.err(
-            "spec.portLevelMtls",
-            "is not supported: weft applies one mTLS mode to all ports of a workload; remove \
-             portLevelMtls and set spec.mtls.mode",
-        ));
-    }
-    let mode = match spec.mtls.as_ref().and_then(|m| m.mode.as_deref()) {
-        None | Some("UNSET") => None,
-        Some("STRICT") => Some(MtlsMode::Strict),
-        Some("PERMISSIVE") => Some(MtlsMode::Permissive),
-        Some(other) => {
-            let hint = if other == "DISABLE" {
-                " (DISABLE is not supported: the mesh always offers mTLS; use PERMISSIVE to \
-                 also accept plaintext)"
-                    .to_owned()
-            } else if ["strict", "permissive", "unset"]
-                .iter()
-                .any(|m| other.eq_ignore_ascii_case(m))
-            {
-                format!(
-                    "; write it in upper case ({:?})",
-                    other.to_ascii_uppercase()
-                )
+    fn translate(&self, ctx: &Ctx, state: &mut BuildState) -> Result<(), ConfigError> {
+        let dry_run = dry_run(ctx, self.metadata.annotations.as_ref())?;
+        let default_spec = weft_kinds::AuthorizationPolicySpec::default();
+        let spec = self.spec.as_ref().unwrap_or(&default_spec);
+        if spec.target_ref.is_some() || spec.target_refs.is_some() {
+            let field = if spec.target_ref.is_some() {
+                "spec.targetRef"
             } else {
-                String::new()
+                "spec.targetRefs"
             };
             return Err(ctx.err(
-                "spec.mtls.mode",
-                format!("{other:?} is not STRICT, PERMISSIVE or UNSET{hint}"),
+                field,
+                "is not supported; select workloads with spec.selector.matchLabels \
+                 (or omit the selector for the whole namespace)",
             ));
         }
-    };
-    Ok(PeerAuthentication {
-        name,
-        namespace,
-        selector: selector(spec.selector.as_ref()),
-        mode,
-    })
+        if spec.provider.is_some() {
+            return Err(ctx.err(
+                "spec.provider",
+                "is not supported: it belongs to action CUSTOM (external authorization), which \
+                 weft does not implement; use ALLOW or DENY rules",
+            ));
+        }
+        let action = match spec.action.as_deref() {
+            None | Some("ALLOW") => Action::Allow,
+            Some("DENY") => Action::Deny,
+            Some(other) => {
+                let hint = match other {
+                    "AUDIT" | "CUSTOM" => " (AUDIT and CUSTOM are not supported)".to_owned(),
+                    _ if other.eq_ignore_ascii_case("allow")
+                        || other.eq_ignore_ascii_case("deny") =>
+                    {
+                        format!(
+                            "; write it in upper case ({:?})",
+                            other.to_ascii_uppercase()
+                        )
+                    }
+                    _ => String::new(),
+                };
+                return Err(ctx.err(
+                    "spec.action",
+                    format!("{other:?} is not ALLOW or DENY{hint}"),
+                ));
+            }
+        };
+        let selector = selector(spec.selector.as_ref());
+        let rules = spec
+            .rules
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, rule)| translate_rule(ctx, i, rule))
+            .collect::<Result<Vec<_>, _>>()?;
+        state.authorization_policies.push(AuthorizationPolicy::new(
+            ctx.name.clone(),
+            ctx.namespace.clone(),
+            selector,
+            action,
+            rules,
+            dry_run,
+        ));
+        Ok(())
+    }
 }
 
-/// Logs what cannot be enforced as written, once per load of a valid config.
-pub(super) fn log_warnings(
-    authorization_policies: &[AuthorizationPolicy],
-    peer_authentications: &[PeerAuthentication],
+/// Fail-closed stand-in for a rejected AuthorizationPolicy (lenient build): a DENY policy
+/// with one rule that matches every connection, for the whole namespace of the rejected one
+/// (the whole mesh, in the root namespace), named after it with its error as a warning.
+pub(super) fn deny_all_in_its_namespace(
+    object: &ObjectRef,
+    error: &ConfigError,
+    state: &mut BuildState,
 ) {
+    let name = object.name.as_deref().unwrap_or("<no name>");
+    let namespace = object.namespace.clone().unwrap_or_default();
+    let mut stand_in = AuthorizationPolicy::new(
+        format!("{name} (rejected)"),
+        namespace,
+        None,
+        Action::Deny,
+        vec![Rule::default()],
+        false,
+    );
+    stand_in.warnings.push(format!(
+        "stands in for a rejected policy and denies every connection to its namespace until          the policy is fixed: {error}"
+    ));
+    state.authorization_policies.push(stand_in);
+}
+
+/// Logs what cannot be enforced as written, once per load.
+pub(super) fn log_warnings(authorization_policies: &[AuthorizationPolicy]) {
     for policy in authorization_policies {
         for warning in &policy.warnings {
             tracing::warn!(policy = %policy.key(), "AuthorizationPolicy {}: {warning}", policy.key());
-        }
-    }
-    // Two namespace-wide PeerAuthentications in one namespace: Istio takes the oldest; weft
-    // has no creation times and takes the first by name.
-    let mut namespace_wide: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for pa in peer_authentications
-        .iter()
-        .filter(|pa| pa.selector.is_none())
-    {
-        namespace_wide
-            .entry(pa.namespace.as_str())
-            .or_default()
-            .push(pa.name.as_str());
-    }
-    for (namespace, mut names) in namespace_wide {
-        if names.len() > 1 {
-            names.sort_unstable();
-            tracing::warn!(
-                namespace,
-                "namespace {namespace} has {} PeerAuthentications without a selector ({}); \
-                 {} is in force, delete the others",
-                names.len(),
-                names.join(", "),
-                names[0]
-            );
         }
     }
 }
@@ -180,13 +132,6 @@ fn dry_run(ctx: &Ctx, annotations: Option<&BTreeMap<String, String>>) -> Result<
             format!("{other:?} is not \"true\" or \"false\""),
         )),
     }
-}
-
-/// `spec.selector.matchLabels`; absent or empty selects everything.
-fn selector(selector: Option<&k8s::WorkloadSelector>) -> Option<BTreeMap<String, String>> {
-    selector
-        .and_then(|s| s.match_labels.clone())
-        .filter(|labels| !labels.is_empty())
 }
 
 /// A list field, empty when absent.
@@ -229,7 +174,7 @@ fn note_l7<T>(l7: &mut Vec<String>, path: String, values: &Option<Vec<T>>) {
     }
 }
 
-fn translate_rule(ctx: &Ctx, i: usize, rule: &k8s::Rule) -> Result<Rule, ConfigError> {
+fn translate_rule(ctx: &Ctx, i: usize, rule: &weft_kinds::Rule) -> Result<Rule, ConfigError> {
     let base = format!("spec.rules[{i}]");
     let mut l7 = Vec::new();
     let mut out = Rule::default();
@@ -414,6 +359,7 @@ fn translate_rule(ctx: &Ctx, i: usize, rule: &k8s::Rule) -> Result<Rule, ConfigE
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{assert_error, error};
     use crate::model::parse_and_build;
 
     const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
@@ -430,20 +376,6 @@ mod tests {
             "apiVersion: weft.dev/v1alpha1\nkind: PeerAuthentication\n\
              metadata: {{name: mtls, namespace: shop}}\nspec:\n{spec}\n"
         )
-    }
-
-    #[track_caller]
-    fn error(yaml: &str) -> String {
-        parse_and_build(yaml).unwrap_err().to_string()
-    }
-
-    /// Asserts the error of `yaml` mentions every fragment.
-    #[track_caller]
-    fn assert_error(yaml: &str, fragments: &[&str]) {
-        let err = error(yaml);
-        for fragment in fragments {
-            assert!(err.contains(fragment), "{err:?} lacks {fragment:?}");
-        }
     }
 
     #[test]
@@ -532,32 +464,6 @@ mod tests {
                 "  rules: [{when: [{key: destination.port, values: [\"99999\"]}]}]",
             ),
             &["spec.rules[0].when[0].values[0]", "\"99999\" is not a port"],
-        );
-    }
-
-    #[test]
-    fn bad_mtls_mode() {
-        assert_eq!(
-            error(&pa("  mtls: {mode: STRICTER}")),
-            "document 1 (PeerAuthentication shop/mtls): spec.mtls.mode: \"STRICTER\" is not \
-             STRICT, PERMISSIVE or UNSET"
-        );
-        assert_error(
-            &pa("  mtls: {mode: DISABLE}"),
-            &["spec.mtls.mode", "DISABLE is not supported"],
-        );
-        assert_error(&pa("  mtls: {mode: strict}"), &["upper case (\"STRICT\")"]);
-        assert_error(
-            &pa("  mtls: {mode: STRICT}\n  portLevelMtls: {8080: {mode: DISABLE}}"),
-            &[
-                "PeerAuthentication shop/mtls",
-                "spec.portLevelMtls",
-                "is not supported",
-            ],
-        );
-        assert_error(
-            &pa("  mtls: {mode: STRICT, extra: 1}"),
-            &["spec.mtls", "unknown field `extra`"],
         );
     }
 

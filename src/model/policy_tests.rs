@@ -1,11 +1,13 @@
 //! Unit tests of the policy engine, driven through the YAML translation as operators write
-//! policies.
+//! policies (here, in the model, since they need the translation: the policy module sits
+//! below the model).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::*;
-use crate::model::{parse_and_build, MeshSnapshot, Workload};
+use super::{parse_and_build, MeshSnapshot, Workload};
+use crate::policy::*;
 
 /// Namespace `shop` with three pods, plus a pod in `other` and one in the root namespace.
 const MESH: &str = r#"
@@ -679,7 +681,10 @@ fn peer_authentication_resolution() {
 #[test]
 fn snapshot_equality_and_default() {
     assert_eq!(parse_and_build("").unwrap(), MeshSnapshot::empty());
-    assert_eq!(PolicyIndex::default().root_namespace(), ROOT_NAMESPACE);
+    assert_eq!(
+        PolicyIndex::<Workload>::default().root_namespace(),
+        ROOT_NAMESPACE
+    );
     let a = snap(ALLOW_ORDER_TO_PAYMENT);
     assert_eq!(a, snap(ALLOW_ORDER_TO_PAYMENT));
     assert_ne!(a, snap(""));
