@@ -749,9 +749,23 @@ fn write_results(settings: &Settings, results: &Results, memory: Value, out_dir:
     )
     .unwrap_or_else(|e| panic!("writing {}: {e}", json_path.display()));
     let mut md = format!(
-        "# weft benchmark results\n\n{date}, `{command}` ({} runs per mode, interleaved D/H/D/H{}).\nD = same pods, namespace not enrolled (direct); H = enrolled (HBONE mTLS through both daemons).\nMedians with min–max; ratios are H over D medians from the same run. Raw samples and the load average before each run: `benches/RESULTS.json`.\n\n| case | unit | D median (min–max) | H median (min–max) | H/D |\n|---|---|---|---|---|\n",
+        "# weft benchmark results\n\n{date}, `{command}` ({} runs per mode, interleaved D/H/D/H{}).\nD = same pods, namespace not enrolled (direct); H = enrolled (HBONE mTLS through both daemons).\nMedians with min–max; ratios are H over D medians from the same run. Raw samples and the load average before each run: `benches/RESULTS.json`.\n\n",
         settings.runs,
         if settings.quick { ", QUICK smoke run: not comparable" } else { "" }
+    );
+    let busy = results
+        .loadavg
+        .iter()
+        .filter(|l| l["busy"].as_bool() == Some(true))
+        .count();
+    if busy > 0 {
+        md.push_str(&format!(
+            "**{busy} of {} measurements started on a machine still busy (CPU >= 25%) after about a minute of waiting: see `loadavg_before_runs` in `benches/RESULTS.json`.**\n\n",
+            results.loadavg.len()
+        ));
+    }
+    md.push_str(
+        "| case | unit | D median (min–max) | H median (min–max) | H/D |\n|---|---|---|---|---|\n",
     );
     md.push_str(&rows.join("\n"));
     md.push_str(&format!(
