@@ -29,8 +29,8 @@ use common::cluster::{Cluster, AMBIENT};
 use common::testbed::Process;
 use report::{
     format_figure, holds, json_f64, kib_per_connection, median, memory_returned, min_max,
-    parse_h2load_counts, parse_h2load_rate, parse_proc_stat, per_run_ratios, prometheus_sum,
-    reproducibility_section, worst_highest, Bound,
+    parse_h2load_counts, parse_h2load_rate, parse_iperf, parse_proc_stat, per_run_ratios,
+    prometheus_sum, reproducibility_section, worst_highest, Bound, IperfRun,
 };
 use serde_json::{json, Value};
 
@@ -222,7 +222,7 @@ fn set_mode(c: &mut Cluster, mode: Mode) {
     );
 }
 
-fn iperf(c: &Cluster, server_ip: &str, streams: u32, seconds: u32) -> f64 {
+fn iperf(c: &Cluster, server_ip: &str, streams: u32, seconds: u32) -> IperfRun {
     let out = c.pods[0]
         .ns
         .command("iperf3")
@@ -245,10 +245,7 @@ fn iperf(c: &Cluster, server_ip: &str, streams: u32, seconds: u32) -> f64 {
             String::from_utf8_lossy(&out.stdout)
         )
     });
-    let bps = report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("iperf3 failed: {report}"));
-    bps / 1e9
+    parse_iperf(&report).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -559,12 +556,12 @@ fn main() {
                 let cpu0 = daemon_cpu_seconds(&c, ticks_per_second);
                 let one = iperf(&c, &server_ip, 1, settings.iperf_seconds);
                 let cpu1 = daemon_cpu_seconds(&c, ticks_per_second);
-                results.add("throughput_1_stream_gbps", mode, one);
-                let gbit_moved = one * (settings.iperf_seconds as f64 + 1.0);
-                results.add("daemon_cpu_s_per_gbit", mode, (cpu1 - cpu0) / gbit_moved);
+                results.add("throughput_1_stream_gbps", mode, one.received_gbps);
+                // CPU over the whole run, over every bit of it (the omitted second too).
+                results.add("daemon_cpu_s_per_gbit", mode, (cpu1 - cpu0) / one.gbit_sent);
                 wait_quiet(&mut results, &format!("{label}-iperf4"));
                 let four = iperf(&c, &server_ip, 4, settings.iperf_seconds);
-                results.add("throughput_4_streams_gbps", mode, four);
+                results.add("throughput_4_streams_gbps", mode, four.received_gbps);
             }
             if wants("latency") {
                 wait_quiet(&mut results, &format!("{label}-latency"));
@@ -752,9 +749,23 @@ fn write_results(settings: &Settings, results: &Results, memory: Value, out_dir:
     )
     .unwrap_or_else(|e| panic!("writing {}: {e}", json_path.display()));
     let mut md = format!(
-        "# weft benchmark results\n\n{date}, `{command}` ({} runs per mode, interleaved D/H/D/H{}).\nD = same pods, namespace not enrolled (direct); H = enrolled (HBONE mTLS through both daemons).\nMedians with min–max; ratios are H over D medians from the same run. Raw samples and the load average before each run: `benches/RESULTS.json`.\n\n| case | unit | D median (min–max) | H median (min–max) | H/D |\n|---|---|---|---|---|\n",
+        "# weft benchmark results\n\n{date}, `{command}` ({} runs per mode, interleaved D/H/D/H{}).\nD = same pods, namespace not enrolled (direct); H = enrolled (HBONE mTLS through both daemons).\nMedians with min–max; ratios are H over D medians from the same run. Raw samples and the load average before each run: `benches/RESULTS.json`.\n\n",
         settings.runs,
         if settings.quick { ", QUICK smoke run: not comparable" } else { "" }
+    );
+    let busy = results
+        .loadavg
+        .iter()
+        .filter(|l| l["busy"].as_bool() == Some(true))
+        .count();
+    if busy > 0 {
+        md.push_str(&format!(
+            "**{busy} of {} measurements started on a machine still busy (CPU >= 25%) after about a minute of waiting: see `loadavg_before_runs` in `benches/RESULTS.json`.**\n\n",
+            results.loadavg.len()
+        ));
+    }
+    md.push_str(
+        "| case | unit | D median (min–max) | H median (min–max) | H/D |\n|---|---|---|---|---|\n",
     );
     md.push_str(&rows.join("\n"));
     md.push_str(&format!(

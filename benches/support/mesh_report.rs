@@ -1,6 +1,6 @@
 //! The pure half of the end-to-end benchmark (`benches/mesh.rs`): reading what the tools and
-//! the kernel print (`/proc/<pid>/stat`, h2load's summary, the daemon's Prometheus
-//! exposition), the statistics over runs, target verdicts, and the computed reproducibility
+//! the kernel print (`/proc/<pid>/stat`, h2load's summary, iperf3's JSON report, the
+//! daemon's Prometheus exposition), the statistics over runs, target verdicts, and the computed reproducibility
 //! section of `benches/RESULTS.md`. Nothing here does I/O, so every rule is unit-tested:
 //! `cargo test --test mesh_report` (a `[[test]]` target on this file, so
 //! `cargo test --workspace` runs it) — `benches/mesh.rs` itself is a `harness = false`
@@ -168,6 +168,48 @@ pub fn parse_h2load_rate(output: &str) -> Result<f64> {
         bail!("h2load's req/s figure is {rate}");
     }
     Ok(rate)
+}
+
+// === iperf3 ===
+
+/// What one `iperf3 -J` client run measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IperfRun {
+    /// The receiver's rate over the measured (not omitted) intervals, Gbit/s.
+    pub received_gbps: f64,
+    /// Every bit sent over the whole run, the omitted warm-up intervals included: what the
+    /// daemons' CPU time over the whole run is divided by.
+    pub gbit_sent: f64,
+}
+
+/// Reads an `iperf3 -J` client report; an `error` entry, a missing figure or a run that
+/// moved nothing is an error.
+pub fn parse_iperf(report: &Value) -> Result<IperfRun> {
+    if let Some(error) = report["error"].as_str() {
+        bail!("iperf3 failed: {error}");
+    }
+    let bps = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| {
+            format!("iperf3 report has no end.sum_received.bits_per_second: {report}")
+        })?;
+    let intervals = report["intervals"]
+        .as_array()
+        .filter(|i| !i.is_empty())
+        .with_context(|| format!("iperf3 report has no intervals: {report}"))?;
+    let mut bytes = 0.0;
+    for interval in intervals {
+        bytes += interval["sum"]["bytes"]
+            .as_f64()
+            .with_context(|| format!("iperf3 interval without sum.bytes: {interval}"))?;
+    }
+    if !(bps > 0.0 && bytes > 0.0) {
+        bail!("iperf3 moved nothing ({bps} bit/s, {bytes} bytes in its intervals)");
+    }
+    Ok(IperfRun {
+        received_gbps: bps / 1e9,
+        gbit_sent: bytes * 8.0 / 1e9,
+    })
 }
 
 // === Prometheus exposition ===
@@ -498,6 +540,26 @@ mod tests {
         assert_eq!(parse_h2load_rate(H2LOAD_OK).unwrap(), 414.46);
         assert!(parse_h2load_rate("requests: 1 total").is_err());
         assert!(parse_h2load_rate("finished in 277us, 0.00 req/s, 0B/s").is_err());
+    }
+
+    #[test]
+    fn iperf_counts_the_omitted_warm_up_in_the_bits_sent() {
+        // Shape of `iperf3 -c ... -J -t 1 -O 1`: one omitted interval, one measured.
+        let report = json!({
+            "intervals": [
+                {"sum": {"omitted": true, "bytes": 1_000_000_000u64, "seconds": 1.0}},
+                {"sum": {"omitted": false, "bytes": 1_500_000_000u64, "seconds": 1.0}},
+            ],
+            "end": {"sum_received": {"bits_per_second": 12.0e9, "bytes": 1_500_000_000u64}},
+        });
+        let run = parse_iperf(&report).unwrap();
+        assert_eq!(run.received_gbps, 12.0);
+        assert_eq!(run.gbit_sent, 20.0);
+        assert!(parse_iperf(&json!({"error": "unable to connect to server"})).is_err());
+        assert!(parse_iperf(&json!({"end": {"sum_received": {"bits_per_second": 1.0}}})).is_err());
+        let mut idle = report.clone();
+        idle["end"]["sum_received"]["bits_per_second"] = json!(0.0);
+        assert!(parse_iperf(&idle).is_err());
     }
 
     #[test]
