@@ -248,3 +248,61 @@ fn socks5_through_two_host_daemons_carries_only_tls() {
         );
     }
 }
+
+/// Readiness must never answer while the HBONE port is not bound: with 15008 taken by
+/// another process, the daemon exits with an error naming the port, and its readiness
+/// endpoint never came up at all.
+#[test]
+fn readiness_never_comes_up_without_the_hbone_listener() {
+    if !e2e_ready(&["ip", "python3"]) {
+        return;
+    }
+    let weft_node = binary("weft-node");
+    let work = tempfile::tempdir().unwrap();
+    let ca_dir = work.path().join("ca");
+    MeshCa::init(&ca_dir, "cluster.local", false).unwrap();
+    let config = work.path().join("mesh.yaml");
+    std::fs::write(&config, mesh(250, "")).unwrap();
+    let ns = Netns::new("whr");
+    let mut squatter = ns.command("python3");
+    squatter.args([
+        "-c",
+        "import socket, time\n\
+         s = socket.socket(); s.bind(('0.0.0.0', 15008)); s.listen()\n\
+         print('bound', flush=True)\n\
+         time.sleep(600)",
+    ]);
+    let mut squatter = Process::spawn(squatter, &work.path().join("squatter.log"), "squatter");
+    squatter.wait_for_log("bound", Duration::from_secs(10));
+
+    let mut cmd = ns.command(&weft_node);
+    cmd.args(["--mode", "host", "--node-name", "vm-b"])
+        .arg("--config")
+        .arg(&config)
+        .arg("--ca-dir")
+        .arg(&ca_dir)
+        .env("RUST_LOG", "info");
+    let mut node = Process::spawn(cmd, &work.path().join("vm-b.log"), "vm-b");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = node.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon kept running without its HBONE port:\n{}",
+            node.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = node.log_text();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("0.0.0.0:15008"),
+        "error must name the port:\n{log}"
+    );
+    assert!(
+        !log.contains("readiness endpoints up"),
+        "readiness was served before the HBONE port was bound:\n{log}"
+    );
+}

@@ -2,7 +2,7 @@
 //! on its own interfaces (HBONE inbound on 15008) and, with `--socks5`, takes outbound
 //! connections from local clients and sends them through the mesh.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,8 +41,19 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
         });
     }
 
+    // Every proxy port is bound before the readiness endpoint exists, so "ready" never
+    // answers while one of them could still fail to bind.
+    let hbone_listener = daemon::bind(args.hbone_listen).await?;
+    let socks_listener = match args.socks5 {
+        Some(addr) => Some(daemon::bind(addr).await?),
+        None => None,
+    };
+    let listening = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let status = Arc::new(HostStatus { host: host.clone() });
+    let status = Arc::new(HostStatus {
+        host: host.clone(),
+        listening: listening.clone(),
+    });
     daemon::start_admin(&args, &basics, "host", status, log, stop_rx.clone()).await?;
     let server = HboneServer::new(
         host.clone(),
@@ -52,9 +63,8 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
             ..HboneServerConfig::default()
         },
     );
-    let listener = daemon::bind(args.hbone_listen).await?;
     tracing::info!(addr = %args.hbone_listen, "HBONE listener up");
-    tokio::spawn(server.clone().serve(listener, stop_rx.clone()));
+    tokio::spawn(server.clone().serve(hbone_listener, stop_rx.clone()));
 
     let client = HboneClient::new(
         certs.clone(),
@@ -66,16 +76,16 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
     // The SOCKS5 port is this daemon too: a SOCKS5 CONNECT to it would loop.
     let own_ports = args.socks5.iter().map(|addr| addr.port()).collect();
     let outbound = OutboundProxy::with_own_ports(client, args.trust_domain.clone(), own_ports);
-    let socks = match args.socks5 {
-        Some(addr) => {
+    let socks = match (args.socks5, socks_listener) {
+        (Some(addr), Some(listener)) => {
             let socks = Socks5Server::new(outbound.clone(), store.clone(), host.clone());
-            let listener = daemon::bind(addr).await?;
             tracing::info!(%addr, "SOCKS5 listener up");
             tokio::spawn(socks.clone().serve(listener, stop_rx.clone()));
             Some(socks)
         }
-        None => None,
+        _ => None,
     };
+    listening.store(true, Ordering::Release);
     tracing::info!(node = %args.node_name, "weft-node ready (host mode)");
 
     daemon::wait_for_signal().await?;
@@ -101,6 +111,8 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
 /// Host mode's answers for the admin API and dashboard.
 struct HostStatus {
     host: Arc<HostWorkloads>,
+    /// Set once the HBONE (and SOCKS5) listeners are serving.
+    listening: Arc<AtomicBool>,
 }
 
 impl NodeStatus for HostStatus {
@@ -123,8 +135,14 @@ impl NodeStatus for HostStatus {
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
-        // The HBONE listener is bound before the admin endpoints start.
-        Box::pin(async { Ok(()) })
+        let listening = self.listening.load(Ordering::Acquire);
+        Box::pin(async move {
+            if listening {
+                Ok(())
+            } else {
+                Err("the HBONE listener is not serving yet".to_owned())
+            }
+        })
     }
 }
 
