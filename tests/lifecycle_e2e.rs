@@ -5,9 +5,12 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use common::cluster::{Cluster, AMBIENT, CNI_DIR};
 use common::testbed::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use weft::identity::MeshCa;
 
 /// A one-pod mesh for a host-mode daemon that serves nothing in particular.
@@ -108,4 +111,144 @@ fn default_workers() -> usize {
     } else {
         1
     }
+}
+
+const GATED_SENDER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/gated_sender.py");
+/// Bytes one transfer carries across SIGTERM.
+const TRANSFER_BYTES: u64 = 8 * 1024 * 1024;
+
+fn pods_ready() -> bool {
+    if !e2e_ready(&["ip", "nft", "nsenter", "curl", "python3"]) {
+        return false;
+    }
+    for plugin in ["bridge", "host-local", "loopback"] {
+        let path = Path::new(CNI_DIR).join(plugin);
+        assert!(
+            path.exists(),
+            "{} missing: run scripts/install-deps.sh",
+            path.display()
+        );
+    }
+    true
+}
+
+/// Starts tests/apps/gated_sender.py in pod `from` towards `to_ip:port`; returns once the
+/// first half is sent. The second half follows when `gate` exists.
+fn start_gated_sender(c: &Cluster, from: usize, to_ip: &str, port: u16, gate: &Path) -> Process {
+    let mut cmd = c.pods[from].ns.command("python3");
+    cmd.arg(GATED_SENDER)
+        .args([to_ip, &port.to_string(), &TRANSFER_BYTES.to_string()])
+        .arg(gate);
+    let log = c.work.path().join(unique("sender-"));
+    let mut sender = Process::spawn(cmd, &log, "gated sender");
+    sender.wait_for_log("half-sent", Duration::from_secs(15));
+    sender
+}
+
+/// Waits until `process` exits by itself.
+fn wait_for_exit(process: &mut Process, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = process.child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not exit within {timeout:?}:\n{}",
+            process.what,
+            process.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a new TCP connection from pod `from` to `ip:port` is accepted end to end.
+fn connects(c: &Cluster, from: usize, ip: &str, port: u16) -> bool {
+    let probe = format!(
+        "import socket\ns = socket.create_connection(('{ip}', {port}), timeout=3)\n\
+         s.shutdown(socket.SHUT_WR)\nassert s.recv(64).startswith(b'received 0')"
+    );
+    c.pods[from]
+        .ns
+        .command("python3")
+        .args(["-c", &probe])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// SIGTERM in pods mode: the daemon stops accepting (new connections are refused: the
+/// rules stay, the listeners are gone), lets an open transfer finish intact, and exits
+/// only then; a connection that never finishes is cut at `--grace-period`.
+#[test]
+fn pods_mode_drains_open_connections_on_sigterm() {
+    if !pods_ready() {
+        return;
+    }
+    let mut c = Cluster::new(1);
+    c.namespace("shop", &[AMBIENT]);
+    c.write_config();
+    c.daemon_args = vec!["--grace-period".into(), "60s".into()];
+    c.start_daemon(0);
+    let client = c
+        .add_pod(0, "shop", "client", "client", &[])
+        .expect("ADD client");
+    let server = c
+        .add_pod(0, "shop", "server", "server", &[])
+        .expect("ADD server");
+    c.settle();
+    c.start_tcp_app(server, "counter_server.py", 9000);
+    let server_ip = c.pods[server].ip.clone();
+    assert!(connects(&c, client, &server_ip, 9000), "mesh path not up");
+
+    // 1. A transfer open across SIGTERM completes, byte for byte; the daemon waits for it.
+    let gate = c.work.path().join("gate-1");
+    let mut sender = start_gated_sender(&c, client, &server_ip, 9000, &gate);
+    kill(Pid::from_raw(c.daemon_pid(0) as i32), Signal::SIGTERM).expect("SIGTERM");
+    let daemon = c.nodes[0].daemon.as_mut().expect("daemon");
+    daemon.wait_for_log("waiting for open connections", Duration::from_secs(10));
+    assert!(
+        daemon.child.try_wait().expect("try_wait").is_none(),
+        "the daemon exited with a transfer open:\n{}",
+        daemon.log_text()
+    );
+    assert!(
+        !connects(&c, client, &server_ip, 9000),
+        "a draining daemon must not accept new connections"
+    );
+    std::fs::write(&gate, "go").unwrap();
+    assert!(wait_for_exit(&mut sender, Duration::from_secs(30)).success());
+    assert!(
+        sender
+            .log_text()
+            .contains(&format!("answer received {TRANSFER_BYTES}")),
+        "transfer across SIGTERM: {}",
+        sender.log_text()
+    );
+    let daemon = c.nodes[0].daemon.as_mut().expect("daemon");
+    let status = wait_for_exit(daemon, Duration::from_secs(30));
+    let log = daemon.log_text();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("all connections finished"), "{log}");
+    assert!(!log.contains("grace period over"), "{log}");
+
+    // 2. A connection that stays open: the daemon exits once the grace period is over, and
+    // not before.
+    let grace = Duration::from_secs(2);
+    c.daemon_args = vec!["--grace-period".into(), "2s".into()];
+    c.start_daemon(0);
+    c.settle();
+    let gate = c.work.path().join("gate-never");
+    let _stuck = start_gated_sender(&c, client, &server_ip, 9000, &gate);
+    let signalled = Instant::now();
+    kill(Pid::from_raw(c.daemon_pid(0) as i32), Signal::SIGTERM).expect("SIGTERM");
+    let daemon = c.nodes[0].daemon.as_mut().expect("daemon");
+    let status = wait_for_exit(daemon, Duration::from_secs(30));
+    let took = signalled.elapsed();
+    let log = daemon.log_text();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("grace period over"), "{log}");
+    assert!(
+        took >= grace,
+        "exited after {took:?}, before the {grace:?} grace period"
+    );
 }

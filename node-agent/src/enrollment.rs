@@ -271,6 +271,13 @@ impl PodManager {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
+    /// Shutdown: every enrolled pod's listeners stop accepting; open connections carry on.
+    pub async fn stop_accepting(&self) {
+        for proxy in self.inner.lock().await.enrolled.values() {
+            proxy.stop_accepting();
+        }
+    }
+
     /// Number of pods known on this node, and how many of them are enrolled.
     pub async fn counts(&self) -> (usize, usize) {
         let inner = self.inner.lock().await;

@@ -4,7 +4,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -91,20 +90,11 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
     daemon::wait_for_signal().await?;
     tracing::info!(grace = ?args.grace_period, "shutting down: no new connections; letting open ones finish");
     let _ = stop_tx.send(true);
-    let deadline = Instant::now() + args.grace_period;
-    loop {
-        let open = server.stats().connections_open.load(Ordering::Relaxed)
-            + socks.as_ref().map_or(0, |s| s.sessions_open());
-        if open == 0 {
-            tracing::info!("all connections finished; exiting");
-            break;
-        }
-        if Instant::now() >= deadline {
-            tracing::warn!(open, "grace period over; closing remaining connections");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon::drain(args.grace_period, || {
+        server.stats().connections_open.load(Ordering::Relaxed)
+            + socks.as_ref().map_or(0, |s| s.sessions_open())
+    })
+    .await;
     Ok(())
 }
 

@@ -138,6 +138,14 @@ impl PodProxy {
     }
 }
 
+impl PodProxy {
+    /// Shutdown: the pod's listeners stop accepting and close (HBONE connections get
+    /// GOAWAY); connections already accepted carry on until they finish.
+    pub fn stop_accepting(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
 impl Drop for PodProxy {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
