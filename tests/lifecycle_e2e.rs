@@ -1,6 +1,7 @@
 //! The daemon's own lifecycle end to end: the async runtime it really builds
-//! (`--worker-threads`), and how it shuts down on SIGTERM in pods mode (open connections
-//! finish, then it exits; one that never finishes is cut at `--grace-period`).
+//! (`--worker-threads`), how it shuts down on SIGTERM in pods mode (open connections
+//! finish, then it exits; one that never finishes is cut at `--grace-period`), and a
+//! renewed certificate really being presented in the next TLS handshake (in process).
 
 mod common;
 
@@ -251,4 +252,90 @@ fn pods_mode_drains_open_connections_on_sigterm() {
         took >= grace,
         "exited after {took:?}, before the {grace:?} grace period"
     );
+}
+
+/// The leaf a TLS server presents changes when the CertManager renews it: a handshake
+/// after the renewal sees a new certificate (another serial, a later notBefore) without
+/// any restart or config rebuild.
+#[tokio::test]
+async fn a_renewed_certificate_is_served_in_the_next_handshake() {
+    use std::sync::Arc;
+
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::AsyncWriteExt;
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+    use weft::identity::{CertManager, RenewalPolicy, SpiffeId};
+
+    let dir = tempfile::tempdir().unwrap();
+    MeshCa::init(dir.path(), "cluster.local", false).unwrap();
+    let policy = RenewalPolicy {
+        ttl: Duration::from_secs(2),
+        renew_at_fraction: 0.5,
+        retry_initial: Duration::from_millis(100),
+        retry_max: Duration::from_millis(400),
+    };
+    let certs = CertManager::new(dir.path().to_owned(), policy).unwrap();
+    let server_id = SpiffeId::new("cluster.local", "demo", "server").unwrap();
+    let client_id = SpiffeId::new("cluster.local", "demo", "client").unwrap();
+    let server_slot = certs.get_or_issue(&server_id).await.unwrap();
+    let server_config = weft::tls::server_config(certs.roots(), server_slot.clone()).unwrap();
+    let client_slot = certs.get_or_issue(&client_id).await.unwrap();
+    let client_config =
+        weft::tls::client_config(certs.roots(), client_slot, server_id.clone()).unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = TlsAcceptor::from(server_config);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    let connector = TlsConnector::from(client_config);
+    let handshake = || {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::IpAddress(addr.ip().into());
+            let tls = connector.connect(name, tcp).await.expect("handshake");
+            let presented: Vec<CertificateDer<'static>> = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .expect("server chain")
+                .to_vec();
+            Arc::new(presented[0].clone())
+        }
+    };
+    let facts = |der: &CertificateDer<'_>| {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).expect("x509");
+        (
+            cert.raw_serial().to_vec(),
+            cert.validity().not_before.timestamp(),
+        )
+    };
+
+    let first = handshake().await;
+    assert_eq!(*first, server_slot.current().chain[0]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while server_slot.current().chain[0] == *first {
+        assert!(
+            Instant::now() < deadline,
+            "the server leaf was never renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = handshake().await;
+    let (first_serial, first_not_before) = facts(&first);
+    let (second_serial, second_not_before) = facts(&second);
+    assert_ne!(
+        second_serial, first_serial,
+        "the handshake after a renewal still presented the old certificate"
+    );
+    assert!(second_not_before > first_not_before);
 }

@@ -33,7 +33,9 @@ pub fn start_basics(args: &Args) -> anyhow::Result<Basics> {
         ttl: args.cert_ttl,
         ..RenewalPolicy::default()
     };
-    let certs = CertManager::new(args.ca_dir.clone(), policy).context("loading the mesh CA")?;
+    // Reading the CA directory blocks: keep it off the async workers.
+    let certs = tokio::task::block_in_place(|| CertManager::new(args.ca_dir.clone(), policy))
+        .context("loading the mesh CA")?;
     let store = Arc::new(MeshStore::new(MeshSnapshot::empty()));
     let limits = FileSourceLimits {
         max_bytes: args.config_max_bytes,

@@ -389,6 +389,10 @@ impl PodManager {
             tracing::error!(%error, "cannot write the state file");
         }
         metrics::gauge!(weft::telemetry::registry::ENROLLED_PODS).set(inner.enrolled.len() as f64);
+        // Identities no enrolled pod has any more stop being renewed.
+        self.ctx
+            .certs
+            .retain(|id| inner.enrolled.values().any(|proxy| &proxy.identity == id));
         let mut enrolled_ips: Vec<IpAddr> = inner
             .enrolled
             .keys()

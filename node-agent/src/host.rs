@@ -26,7 +26,7 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
 
     let host = HostWorkloads::new(store.clone(), args.trust_domain.clone());
     tokio::spawn(host.clone().enforce_policy_changes());
-    announce_workloads(&host, &certs, &args.node_name);
+    announce_workloads(&host, &certs, &args.node_name).await;
     let mut changes = store.subscribe();
     {
         let host = host.clone();
@@ -35,7 +35,7 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
         tokio::spawn(async move {
             while changes.changed().await.is_ok() {
                 host.refresh_local_ips();
-                announce_workloads(&host, &certs, &node);
+                announce_workloads(&host, &certs, &node).await;
             }
         });
     }
@@ -136,9 +136,13 @@ impl NodeStatus for HostStatus {
     }
 }
 
-/// Logs which workloads this host serves and gets their certificates ready.
-fn announce_workloads(host: &HostWorkloads, certs: &Arc<CertManager>, node: &str) {
+/// Logs which workloads this host serves, gets their certificates ready and retires the
+/// certificates of identities none of them uses any more.
+async fn announce_workloads(host: &HostWorkloads, certs: &Arc<CertManager>, node: &str) {
     let served = host.served();
+    let in_use: std::collections::HashSet<_> =
+        served.iter().filter_map(|w| host.identity_of(w)).collect();
+    certs.retain(|id| in_use.contains(id));
     if served.is_empty() {
         tracing::warn!(
             node,
@@ -149,7 +153,7 @@ fn announce_workloads(host: &HostWorkloads, certs: &Arc<CertManager>, node: &str
         let Some(id) = host.identity_of(&workload) else {
             continue;
         };
-        match certs.get_or_issue(&id) {
+        match certs.get_or_issue(&id).await {
             Ok(_) => {
                 tracing::info!(workload = %format!("{}/{}", workload.namespace, workload.name), identity = %id, ips = ?workload.ips, "serving workload")
             }

@@ -105,9 +105,12 @@ impl PodProxy {
             },
         );
         // Have the certificate ready before the first connection arrives.
-        if let Err(error) = ctx.certs.get_or_issue(&identity) {
-            tracing::error!(%identity, %error, "cannot issue the pod's certificate");
-        }
+        let (certs, id) = (ctx.certs.clone(), identity.clone());
+        tokio::spawn(async move {
+            if let Err(error) = certs.get_or_issue(&id).await {
+                tracing::error!(identity = %id, %error, "cannot issue the pod's certificate");
+            }
+        });
 
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = vec![tokio::spawn(inbound.clone().enforce_policy_changes())];

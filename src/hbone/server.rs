@@ -138,7 +138,7 @@ impl<T: InboundTarget> HboneServer<T> {
         .await;
     }
 
-    fn tls_config_for(&self, local: SocketAddr) -> Result<Arc<rustls::ServerConfig>, String> {
+    async fn tls_config_for(&self, local: SocketAddr) -> Result<Arc<rustls::ServerConfig>, String> {
         let id = self
             .target
             .identity_for(local)
@@ -151,7 +151,11 @@ impl<T: InboundTarget> HboneServer<T> {
         {
             return Ok(config.clone());
         }
-        let slot = self.certs.get_or_issue(&id).map_err(|e| e.to_string())?;
+        let slot = self
+            .certs
+            .get_or_issue(&id)
+            .await
+            .map_err(|e| e.to_string())?;
         let config = tls::server_config(self.certs.roots(), slot).map_err(|e| e.to_string())?;
         self.tls_configs
             .lock()
@@ -179,7 +183,7 @@ impl<T: InboundTarget> HboneServer<T> {
                 return;
             }
         };
-        let tls_config = match self.tls_config_for(local) {
+        let tls_config = match self.tls_config_for(local).await {
             Ok(config) => config,
             Err(reason) => {
                 tracing::warn!(%remote, %local, %reason, "refusing HBONE connection");
