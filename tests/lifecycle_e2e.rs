@@ -27,16 +27,36 @@ spec: {serviceAccountName: server, nodeName: vm-a}
 status: {podIP: 10.254.0.2}
 "#;
 
-/// Names of the threads of process `pid`, from `/proc/<pid>/task/*/comm`.
-fn thread_names(pid: u32) -> Vec<String> {
-    let mut names = Vec::new();
+/// (thread id, name) of every thread of process `pid`, from `/proc/<pid>/task/*/comm`.
+fn threads(pid: u32) -> Vec<(String, String)> {
+    let mut list = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/<pid>/task") {
-        let comm = task.expect("task entry").path().join("comm");
-        if let Ok(name) = std::fs::read_to_string(comm) {
-            names.push(name.trim().to_owned());
+        let task = task.expect("task entry");
+        if let Ok(name) = std::fs::read_to_string(task.path().join("comm")) {
+            list.push((
+                task.file_name().to_string_lossy().into_owned(),
+                name.trim().to_owned(),
+            ));
         }
     }
-    names
+    list.sort();
+    list
+}
+
+/// The thread names of `pid` once two reads in a row agree: a thread that is just being
+/// created still shows its creator's name until it sets its own.
+fn settled_thread_names(pid: u32) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut previous = threads(pid);
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = threads(pid);
+        if now == previous {
+            return now.into_iter().map(|(_, name)| name).collect();
+        }
+        assert!(Instant::now() < deadline, "threads never settled: {now:?}");
+        previous = now;
+    }
 }
 
 /// Starts `weft-node --mode host` in `ns` with `extra` flags and waits until it is ready.
@@ -72,7 +92,7 @@ fn worker_threads_flag_sets_the_number_of_async_workers() {
             .map(|n| vec!["--worker-threads", n])
             .unwrap_or_default();
         let mut daemon = start_host_daemon(&ns, work.path(), &extra);
-        let names = thread_names(daemon.child.id());
+        let names = settled_thread_names(daemon.child.id());
         let workers = names.iter().filter(|n| *n == "weft-worker").count();
         assert_eq!(
             workers,

@@ -24,12 +24,13 @@ mod pods;
 mod rules;
 mod state;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::TypedValueParser;
 use clap::{Parser, ValueEnum};
+use weft::dataplane;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -66,7 +67,7 @@ pub struct Args {
     #[arg(long)]
     socks5: Option<SocketAddr>,
     /// Where the HBONE server listens (host mode).
-    #[arg(long, default_value = "0.0.0.0:15008")]
+    #[arg(long, default_value_t = any_v4(dataplane::HBONE_PORT))]
     hbone_listen: SocketAddr,
     /// Lifetime of workload certificates (renewed at half-life).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
@@ -83,10 +84,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "plain")]
     log_format: LogFormat,
     /// Admin API (config dump, log level): keep it on loopback.
-    #[arg(long, default_value = "127.0.0.1:15000")]
+    #[arg(long, default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, dataplane::ADMIN_PORT)))]
     admin_addr: SocketAddr,
     /// Prometheus metrics and the node dashboard.
-    #[arg(long, default_value = "0.0.0.0:15020")]
+    #[arg(long, default_value_t = any_v4(dataplane::METRICS_PORT))]
     metrics_addr: SocketAddr,
     /// Async worker threads. Default: 1 on machines with up to 2 CPUs (leaving the other
     /// to the workloads, and avoiding cross-thread wake-ups on the latency path), else 2.
@@ -103,8 +104,13 @@ pub struct Args {
     #[arg(long, default_value_t = weft::limits::DEFAULT_FD_RESERVE)]
     fd_reserve: u64,
     /// Readiness probe (/healthz/ready).
-    #[arg(long, default_value = "0.0.0.0:15021")]
+    #[arg(long, default_value_t = any_v4(dataplane::READINESS_PORT))]
     readiness_addr: SocketAddr,
+}
+
+/// `0.0.0.0:<port>`.
+fn any_v4(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
 }
 
 /// Every proxied connection costs file descriptors on both sides; lift the soft limit to
