@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod dataplane;
 pub mod hbone;
 pub mod identity;
 pub mod limits;

@@ -243,8 +243,11 @@ async fn status_of(
     Ok(response.status())
 }
 
-fn mesh_client_config(certs: &Arc<CertManager>, source: &SpiffeId) -> Arc<rustls::ClientConfig> {
-    let slot = certs.get_or_issue(source).unwrap();
+async fn mesh_client_config(
+    certs: &Arc<CertManager>,
+    source: &SpiffeId,
+) -> Arc<rustls::ClientConfig> {
+    let slot = certs.get_or_issue(source).await.unwrap();
     tls::client_config(certs.roots(), slot, id("demo", "server")).unwrap()
 }
 
@@ -256,7 +259,7 @@ async fn bad_requests_get_their_status_and_the_server_keeps_serving() {
     let echo = start_echo().await;
     let mut sender = raw_h2(
         server.addr,
-        mesh_client_config(&certs, &id("demo", "client")),
+        mesh_client_config(&certs, &id("demo", "client")).await,
     )
     .await
     .expect("mTLS + h2");
@@ -331,7 +334,7 @@ async fn bad_requests_get_their_status_and_the_server_keeps_serving() {
     assert!(status_of(&mut sender, huge).await.is_err());
     let mut fresh = raw_h2(
         server.addr,
-        mesh_client_config(&certs, &id("demo", "client")),
+        mesh_client_config(&certs, &id("demo", "client")).await,
     )
     .await
     .expect("new connection");
@@ -356,7 +359,7 @@ async fn clients_without_a_valid_mesh_identity_are_refused() {
     };
 
     // 1. No client certificate at all.
-    let slot = certs.get_or_issue(&id("demo", "client")).unwrap();
+    let slot = certs.get_or_issue(&id("demo", "client")).await.unwrap();
     let base = tls::client_config(certs.roots(), slot, id("demo", "server")).unwrap();
     let mut no_cert = (*base).clone();
     no_cert.client_auth_cert_resolver = Arc::new(NoClientCert);
@@ -372,7 +375,7 @@ async fn clients_without_a_valid_mesh_identity_are_refused() {
     // 2. A certificate from another CA.
     let other_ca = TestCa::new();
     let other = other_ca.certs();
-    let foreign = other.get_or_issue(&id("demo", "client")).unwrap();
+    let foreign = other.get_or_issue(&id("demo", "client")).await.unwrap();
     // Trust our roots for the server, but present the foreign leaf.
     let foreign_config = tls::client_config(certs.roots(), foreign, id("demo", "server")).unwrap();
     let outcome = match raw_h2(server.addr, foreign_config).await {
@@ -386,7 +389,7 @@ async fn clients_without_a_valid_mesh_identity_are_refused() {
 
     // 3. A certificate from our CA for another trust domain.
     let stranger = SpiffeId::new("evil.example", "demo", "client").unwrap();
-    let outcome = match raw_h2(server.addr, mesh_client_config(&certs, &stranger)).await {
+    let outcome = match raw_h2(server.addr, mesh_client_config(&certs, &stranger).await).await {
         Ok(mut sender) => status_of(&mut sender, good()).await.map(|s| s.to_string()),
         Err(e) => Err(e),
     };
@@ -406,7 +409,7 @@ async fn clients_without_a_valid_mesh_identity_are_refused() {
     // The server still serves a proper client.
     let mut sender = raw_h2(
         server.addr,
-        mesh_client_config(&certs, &id("demo", "client")),
+        mesh_client_config(&certs, &id("demo", "client")).await,
     )
     .await
     .unwrap();
@@ -439,7 +442,7 @@ async fn certificates_renew_and_survive_a_broken_ca() {
         retry_max: Duration::from_millis(400),
     };
     let certs = CertManager::new(ca.path(), policy).unwrap();
-    let slot = certs.get_or_issue(&id("demo", "client")).unwrap();
+    let slot = certs.get_or_issue(&id("demo", "client")).await.unwrap();
     let first = slot.current();
     let first_der = first.chain[0].clone();
     eventually("first renewal", Duration::from_secs(5), || {
@@ -563,12 +566,12 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
 }
 
 /// A client presenting the mesh leaf of `demo/client` with the given TLS versions and ALPN.
-fn client_with(
+async fn client_with(
     certs: &Arc<CertManager>,
     versions: &[&'static rustls::SupportedProtocolVersion],
     alpn: &[&[u8]],
 ) -> Arc<rustls::ClientConfig> {
-    let base = mesh_client_config(certs, &id("demo", "client"));
+    let base = mesh_client_config(certs, &id("demo", "client")).await;
     let provider = tls::provider();
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
@@ -605,16 +608,16 @@ async fn clients_without_tls13_or_alpn_h2_are_refused() {
     // The same client, TLS 1.3 with h2, is served: the refusals below are about the
     // version and ALPN only.
     assert_eq!(
-        outcome(client_with(&certs, &tls13, &[b"h2"])).await,
+        outcome(client_with(&certs, &tls13, &[b"h2"]).await).await,
         Ok(StatusCode::OK)
     );
     let refused = [
-        ("TLS 1.2 only", client_with(&certs, &tls12, &[b"h2"])),
+        ("TLS 1.2 only", client_with(&certs, &tls12, &[b"h2"]).await),
         (
             "ALPN http/1.1 only",
-            client_with(&certs, &tls13, &[b"http/1.1"]),
+            client_with(&certs, &tls13, &[b"http/1.1"]).await,
         ),
-        ("no ALPN", client_with(&certs, &tls13, &[])),
+        ("no ALPN", client_with(&certs, &tls13, &[]).await),
     ];
     for (i, (what, config)) in refused.into_iter().enumerate() {
         let result = outcome(config).await;
@@ -637,7 +640,7 @@ async fn clients_without_tls13_or_alpn_h2_are_refused() {
     }
     // The server still serves a proper client.
     assert_eq!(
-        outcome(mesh_client_config(&certs, &id("demo", "client"))).await,
+        outcome(mesh_client_config(&certs, &id("demo", "client")).await).await,
         Ok(StatusCode::OK)
     );
 }

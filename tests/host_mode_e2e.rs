@@ -1,10 +1,12 @@
 //! Host mode end to end: two `weft-node --mode host` daemons in two network namespaces
 //! sharing one CA. `curl --socks5` on the first reaches an HTTP server on the second;
 //! tcpdump on the link proves only TLS to port 15008 crosses it. Config edits apply live and
-//! a broken edit is rejected while traffic continues; SIGTERM exits cleanly.
+//! a broken edit is rejected while traffic continues; SIGTERM lets an open transfer finish,
+//! then exits cleanly.
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::testbed::*;
@@ -236,15 +238,125 @@ fn socks5_through_two_host_daemons_carries_only_tls() {
         .expect("traffic after a broken edit");
     assert!(still.starts_with("server sees"), "{still}");
 
-    // SIGTERM: both daemons stop cleanly.
+    // SIGTERM with a transfer open through both daemons: each stops accepting, waits for
+    // the transfer, which completes byte for byte, and only then exits cleanly.
+    let counter = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/counter_server.py");
+    let mut counter_cmd = b.command("python3");
+    counter_cmd.arg(&counter).arg("9000");
+    let _counter = Process::spawn(counter_cmd, &work.path().join("counter.log"), "counter");
+    let probe =
+        format!("import socket; socket.create_connection(('10.{subnet}.0.2', 9000), timeout=1)");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !b
+        .command("python3")
+        .args(["-c", &probe])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(Instant::now() < deadline, "the counter app never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gate = work.path().join("gate");
+    let total = 8 * 1024 * 1024u64;
+    let mut sender_cmd = a.command("python3");
+    sender_cmd
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/gated_sender.py"))
+        .args(["--socks5", "127.0.0.1:15080"])
+        .args([&format!("10.{subnet}.0.2"), "9000", &total.to_string()])
+        .arg(&gate);
+    let mut sender = Process::spawn(sender_cmd, &work.path().join("sender.log"), "sender");
+    sender.wait_for_log("half-sent", Duration::from_secs(15));
     for node in [&mut node_a, &mut node_b] {
-        let status =
-            node.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(8));
+        let pid = nix::unistd::Pid::from_raw(node.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    }
+    for node in [&mut node_a, &mut node_b] {
+        node.wait_for_log("waiting for open connections", Duration::from_secs(10));
+    }
+    for node in [&mut node_a, &mut node_b] {
         assert!(
-            status.success(),
-            "{} exited with {status}:\n{}",
+            node.child.try_wait().unwrap().is_none(),
+            "{} exited with a transfer open:\n{}",
             node.what,
             node.log_text()
         );
     }
+    std::fs::write(&gate, "go").unwrap();
+    sender.wait_for_log("answer ", Duration::from_secs(30));
+    assert!(
+        sender
+            .log_text()
+            .contains(&format!("answer received {total}")),
+        "transfer across SIGTERM: {}",
+        sender.log_text()
+    );
+    for node in [&mut node_a, &mut node_b] {
+        let status =
+            node.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(8));
+        let log = node.log_text();
+        assert!(
+            status.success(),
+            "{} exited with {status}:\n{log}",
+            node.what
+        );
+        assert!(log.contains("all connections finished"), "{log}");
+    }
+}
+
+/// Readiness must never answer while the HBONE port is not bound: with 15008 taken by
+/// another process, the daemon exits with an error naming the port, and its readiness
+/// endpoint never came up at all.
+#[test]
+fn readiness_never_comes_up_without_the_hbone_listener() {
+    if !e2e_ready(&["ip", "python3"]) {
+        return;
+    }
+    let weft_node = binary("weft-node");
+    let work = tempfile::tempdir().unwrap();
+    let ca_dir = work.path().join("ca");
+    MeshCa::init(&ca_dir, "cluster.local", false).unwrap();
+    let config = work.path().join("mesh.yaml");
+    std::fs::write(&config, mesh(250, "")).unwrap();
+    let ns = Netns::new("whr");
+    let mut squatter = ns.command("python3");
+    squatter.args([
+        "-c",
+        "import socket, time\n\
+         s = socket.socket(); s.bind(('0.0.0.0', 15008)); s.listen()\n\
+         print('bound', flush=True)\n\
+         time.sleep(600)",
+    ]);
+    let mut squatter = Process::spawn(squatter, &work.path().join("squatter.log"), "squatter");
+    squatter.wait_for_log("bound", Duration::from_secs(10));
+
+    let mut cmd = ns.command(&weft_node);
+    cmd.args(["--mode", "host", "--node-name", "vm-b"])
+        .arg("--config")
+        .arg(&config)
+        .arg("--ca-dir")
+        .arg(&ca_dir)
+        .env("RUST_LOG", "info");
+    let mut node = Process::spawn(cmd, &work.path().join("vm-b.log"), "vm-b");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = node.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon kept running without its HBONE port:\n{}",
+            node.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = node.log_text();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("0.0.0.0:15008"),
+        "error must name the port:\n{log}"
+    );
+    assert!(
+        !log.contains("readiness endpoints up"),
+        "readiness was served before the HBONE port was bound:\n{log}"
+    );
 }

@@ -33,7 +33,9 @@ pub fn start_basics(args: &Args) -> anyhow::Result<Basics> {
         ttl: args.cert_ttl,
         ..RenewalPolicy::default()
     };
-    let certs = CertManager::new(args.ca_dir.clone(), policy).context("loading the mesh CA")?;
+    // Reading the CA directory blocks: keep it off the async workers.
+    let certs = tokio::task::block_in_place(|| CertManager::new(args.ca_dir.clone(), policy))
+        .context("loading the mesh CA")?;
     let store = Arc::new(MeshStore::new(MeshSnapshot::empty()));
     let limits = FileSourceLimits {
         max_bytes: args.config_max_bytes,
@@ -117,4 +119,30 @@ pub async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+/// After SIGTERM, once listeners stopped accepting: waits until `open()` (connections still
+/// open) reaches 0 or `grace` has passed, whichever comes first.
+pub async fn drain(grace: Duration, open: impl Fn() -> u64) {
+    let deadline = tokio::time::Instant::now() + grace;
+    let at_start = open();
+    if at_start > 0 {
+        tracing::info!(
+            open = at_start,
+            ?grace,
+            "waiting for open connections to finish"
+        );
+    }
+    loop {
+        let open = open();
+        if open == 0 {
+            tracing::info!("all connections finished; exiting");
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(open, "grace period over; closing remaining connections");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

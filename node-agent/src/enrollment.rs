@@ -268,6 +268,13 @@ impl PodManager {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
+    /// Shutdown: every enrolled pod's listeners stop accepting; open connections carry on.
+    pub async fn stop_accepting(&self) {
+        for proxy in self.inner.lock().await.enrolled.values() {
+            proxy.stop_accepting();
+        }
+    }
+
     /// Number of pods known on this node, and how many of them are enrolled.
     pub async fn counts(&self) -> (usize, usize) {
         let inner = self.inner.lock().await;
@@ -375,6 +382,10 @@ impl PodManager {
             tracing::error!(%error, "cannot write the state file");
         }
         metrics::gauge!(weft::telemetry::registry::ENROLLED_PODS).set(inner.enrolled.len() as f64);
+        // Identities no enrolled pod has any more stop being renewed.
+        self.ctx
+            .certs
+            .retain(|id| inner.enrolled.values().any(|proxy| &proxy.identity == id));
         let mut enrolled_ips: Vec<IpAddr> = inner
             .enrolled
             .keys()

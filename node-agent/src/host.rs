@@ -2,9 +2,8 @@
 //! on its own interfaces (HBONE inbound on 15008) and, with `--socks5`, takes outbound
 //! connections from local clients and sends them through the mesh.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -27,7 +26,7 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
 
     let host = HostWorkloads::new(store.clone(), args.trust_domain.clone());
     tokio::spawn(host.clone().enforce_policy_changes());
-    announce_workloads(&host, &certs, &args.node_name);
+    announce_workloads(&host, &certs, &args.node_name).await;
     let mut changes = store.subscribe();
     {
         let host = host.clone();
@@ -36,13 +35,24 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
         tokio::spawn(async move {
             while changes.changed().await.is_ok() {
                 host.refresh_local_ips();
-                announce_workloads(&host, &certs, &node);
+                announce_workloads(&host, &certs, &node).await;
             }
         });
     }
 
+    // Every proxy port is bound before the readiness endpoint exists, so "ready" never
+    // answers while one of them could still fail to bind.
+    let hbone_listener = daemon::bind(args.hbone_listen).await?;
+    let socks_listener = match args.socks5 {
+        Some(addr) => Some(daemon::bind(addr).await?),
+        None => None,
+    };
+    let listening = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let status = Arc::new(HostStatus { host: host.clone() });
+    let status = Arc::new(HostStatus {
+        host: host.clone(),
+        listening: listening.clone(),
+    });
     daemon::start_admin(&args, &basics, "host", status, log, stop_rx.clone()).await?;
     let server = HboneServer::new(
         host.clone(),
@@ -52,9 +62,8 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
             ..HboneServerConfig::default()
         },
     );
-    let listener = daemon::bind(args.hbone_listen).await?;
     tracing::info!(addr = %args.hbone_listen, "HBONE listener up");
-    tokio::spawn(server.clone().serve(listener, stop_rx.clone()));
+    tokio::spawn(server.clone().serve(hbone_listener, stop_rx.clone()));
 
     let client = HboneClient::new(
         certs.clone(),
@@ -66,41 +75,34 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
     // The SOCKS5 port is this daemon too: a SOCKS5 CONNECT to it would loop.
     let own_ports = args.socks5.iter().map(|addr| addr.port()).collect();
     let outbound = OutboundProxy::with_own_ports(client, args.trust_domain.clone(), own_ports);
-    let socks = match args.socks5 {
-        Some(addr) => {
+    let socks = match (args.socks5, socks_listener) {
+        (Some(addr), Some(listener)) => {
             let socks = Socks5Server::new(outbound.clone(), store.clone(), host.clone());
-            let listener = daemon::bind(addr).await?;
             tracing::info!(%addr, "SOCKS5 listener up");
             tokio::spawn(socks.clone().serve(listener, stop_rx.clone()));
             Some(socks)
         }
-        None => None,
+        _ => None,
     };
+    listening.store(true, Ordering::Release);
     tracing::info!(node = %args.node_name, "weft-node ready (host mode)");
 
     daemon::wait_for_signal().await?;
     tracing::info!(grace = ?args.grace_period, "shutting down: no new connections; letting open ones finish");
     let _ = stop_tx.send(true);
-    let deadline = Instant::now() + args.grace_period;
-    loop {
-        let open = server.stats().connections_open.load(Ordering::Relaxed)
-            + socks.as_ref().map_or(0, |s| s.sessions_open());
-        if open == 0 {
-            tracing::info!("all connections finished; exiting");
-            break;
-        }
-        if Instant::now() >= deadline {
-            tracing::warn!(open, "grace period over; closing remaining connections");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon::drain(args.grace_period, || {
+        server.stats().connections_open.load(Ordering::Relaxed)
+            + socks.as_ref().map_or(0, |s| s.sessions_open())
+    })
+    .await;
     Ok(())
 }
 
 /// Host mode's answers for the admin API and dashboard.
 struct HostStatus {
     host: Arc<HostWorkloads>,
+    /// Set once the HBONE (and SOCKS5) listeners are serving.
+    listening: Arc<AtomicBool>,
 }
 
 impl NodeStatus for HostStatus {
@@ -123,14 +125,24 @@ impl NodeStatus for HostStatus {
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
-        // The HBONE listener is bound before the admin endpoints start.
-        Box::pin(async { Ok(()) })
+        let listening = self.listening.load(Ordering::Acquire);
+        Box::pin(async move {
+            if listening {
+                Ok(())
+            } else {
+                Err("the HBONE listener is not serving yet".to_owned())
+            }
+        })
     }
 }
 
-/// Logs which workloads this host serves and gets their certificates ready.
-fn announce_workloads(host: &HostWorkloads, certs: &Arc<CertManager>, node: &str) {
+/// Logs which workloads this host serves, gets their certificates ready and retires the
+/// certificates of identities none of them uses any more.
+async fn announce_workloads(host: &HostWorkloads, certs: &Arc<CertManager>, node: &str) {
     let served = host.served();
+    let in_use: std::collections::HashSet<_> =
+        served.iter().filter_map(|w| host.identity_of(w)).collect();
+    certs.retain(|id| in_use.contains(id));
     if served.is_empty() {
         tracing::warn!(
             node,
@@ -141,7 +153,7 @@ fn announce_workloads(host: &HostWorkloads, certs: &Arc<CertManager>, node: &str
         let Some(id) = host.identity_of(&workload) else {
             continue;
         };
-        match certs.get_or_issue(&id) {
+        match certs.get_or_issue(&id).await {
             Ok(_) => {
                 tracing::info!(workload = %format!("{}/{}", workload.namespace, workload.name), identity = %id, ips = ?workload.ips, "serving workload")
             }

@@ -24,11 +24,13 @@ mod pods;
 mod rules;
 mod state;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
 use clap::{Parser, ValueEnum};
+use weft::dataplane;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -65,7 +67,7 @@ pub struct Args {
     #[arg(long)]
     socks5: Option<SocketAddr>,
     /// Where the HBONE server listens (host mode).
-    #[arg(long, default_value = "0.0.0.0:15008")]
+    #[arg(long, default_value_t = any_v4(dataplane::HBONE_PORT))]
     hbone_listen: SocketAddr,
     /// Lifetime of workload certificates (renewed at half-life).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
@@ -82,14 +84,14 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "plain")]
     log_format: LogFormat,
     /// Admin API (config dump, log level): keep it on loopback.
-    #[arg(long, default_value = "127.0.0.1:15000")]
+    #[arg(long, default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, dataplane::ADMIN_PORT)))]
     admin_addr: SocketAddr,
     /// Prometheus metrics and the node dashboard.
-    #[arg(long, default_value = "0.0.0.0:15020")]
+    #[arg(long, default_value_t = any_v4(dataplane::METRICS_PORT))]
     metrics_addr: SocketAddr,
     /// Async worker threads. Default: 1 on machines with up to 2 CPUs (leaving the other
     /// to the workloads, and avoiding cross-thread wake-ups on the latency path), else 2.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
     worker_threads: Option<usize>,
     /// A config file larger than this is rejected without being read whole.
     #[arg(long, default_value_t = weft::config::file_source::DEFAULT_MAX_BYTES)]
@@ -102,8 +104,13 @@ pub struct Args {
     #[arg(long, default_value_t = weft::limits::DEFAULT_FD_RESERVE)]
     fd_reserve: u64,
     /// Readiness probe (/healthz/ready).
-    #[arg(long, default_value = "0.0.0.0:15021")]
+    #[arg(long, default_value_t = any_v4(dataplane::READINESS_PORT))]
     readiness_addr: SocketAddr,
+}
+
+/// `0.0.0.0:<port>`.
+fn any_v4(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
 }
 
 /// Every proxied connection costs file descriptors on both sides; lift the soft limit to
@@ -130,6 +137,48 @@ fn raise_fd_limit() -> u64 {
     }
 }
 
+/// Name of the async worker threads (`/proc/<pid>/task/*/comm`); the runtime's blocking
+/// threads (certificate signing, file reads) are named [`BLOCKING_THREAD_NAME`].
+pub const WORKER_THREAD_NAME: &str = "weft-worker";
+/// Name of the runtime's blocking-pool threads.
+pub const BLOCKING_THREAD_NAME: &str = "weft-blocking";
+
+/// One worker on machines with up to 2 CPUs (the other is left to the workloads, and the
+/// latency path avoids cross-thread wake-ups), else 2.
+fn default_worker_threads() -> usize {
+    match std::thread::available_parallelism() {
+        Ok(cpus) if cpus.get() > 2 => 2,
+        _ => 1,
+    }
+}
+
+/// The multi-thread runtime with exactly `workers` async worker threads.
+///
+/// tokio starts its workers on its blocking pool from inside `build()`, before any task
+/// can run; threads spawned while `build()` runs are therefore exactly the workers and get
+/// [`WORKER_THREAD_NAME`], every later one (blocking work) [`BLOCKING_THREAD_NAME`].
+fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let building = Arc::new(AtomicBool::new(true));
+    let runtime = {
+        let building = building.clone();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name_fn(move || {
+                if building.load(Ordering::Relaxed) {
+                    WORKER_THREAD_NAME.to_owned()
+                } else {
+                    BLOCKING_THREAD_NAME.to_owned()
+                }
+            })
+            .enable_all()
+            .build()
+    };
+    building.store(false, Ordering::Relaxed);
+    runtime
+}
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let log_control = logging::init(args.log_format == LogFormat::Json);
@@ -146,10 +195,9 @@ fn main() -> std::process::ExitCode {
         per_source = limits.per_source,
         "connection limits"
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let workers = args.worker_threads.unwrap_or_else(default_worker_threads);
+    tracing::info!(workers, "async runtime");
+    let runtime = match build_runtime(workers) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("weft-node: cannot start the async runtime: {error}");

@@ -2,7 +2,8 @@
 //!
 //! A socket stays in the namespace it was created in, so the daemon briefly moves the
 //! calling thread into the pod's namespace (`setns`), creates the socket, and moves the
-//! thread back. Every socket made this way carries the proxy mark `0x539`, which the pod's
+//! thread back. Every socket made this way carries the proxy mark
+//! ([`weft::dataplane::PROXY_MARK`]), which the pod's
 //! redirection rules let through untouched.
 
 use std::fs::File;
@@ -16,10 +17,8 @@ use nix::sched::{setns, CloneFlags};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket};
 
+use weft::dataplane::PROXY_MARK;
 use weft::sockets::SocketFactory;
-
-/// Mark on every socket the proxy opens in a pod (lower 12 bits).
-pub const PROXY_MARK: u32 = 0x539;
 
 /// What went wrong entering a namespace or making a socket there.
 #[derive(Debug, thiserror::Error)]

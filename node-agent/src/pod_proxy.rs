@@ -22,8 +22,7 @@ use weft::proxy::{OutboundProxy, PodInbound, TransparentSockets};
 
 use crate::netns::{listen_in_pod, Netns, NetnsError, PodSockets};
 
-pub use weft::proxy::capture::{INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
-pub const HBONE_PORT: u16 = weft::hbone::HBONE_PORT;
+use weft::dataplane::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_CAPTURE_PORT};
 
 /// What every pod proxy on this node shares.
 pub struct NodeContext {
@@ -68,7 +67,7 @@ impl PodProxy {
             addrs
         };
         let mut listeners = Vec::new();
-        for port in [OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT] {
+        for port in [OUTBOUND_CAPTURE_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT] {
             for addr in bind_all(port) {
                 listeners.push((port, listen_in_pod(&netns, &ctx.home, addr)?));
             }
@@ -100,15 +99,18 @@ impl PodProxy {
             },
         );
         // Have the certificate ready before the first connection arrives.
-        if let Err(error) = ctx.certs.get_or_issue(&identity) {
-            tracing::error!(%identity, %error, "cannot issue the pod's certificate");
-        }
+        let (certs, id) = (ctx.certs.clone(), identity.clone());
+        tokio::spawn(async move {
+            if let Err(error) = certs.get_or_issue(&id).await {
+                tracing::error!(identity = %id, %error, "cannot issue the pod's certificate");
+            }
+        });
 
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = vec![tokio::spawn(inbound.clone().enforce_policy_changes())];
         for (port, listener) in listeners {
             let task = match port {
-                OUTBOUND_PORT => tokio::spawn(serve_outbound(
+                OUTBOUND_CAPTURE_PORT => tokio::spawn(serve_outbound(
                     listener,
                     stop_rx.clone(),
                     outbound.clone(),
@@ -130,6 +132,14 @@ impl PodProxy {
             stop,
             tasks,
         })
+    }
+}
+
+impl PodProxy {
+    /// Shutdown: the pod's listeners stop accepting and close (HBONE connections get
+    /// GOAWAY); connections already accepted carry on until they finish.
+    pub fn stop_accepting(&self) {
+        let _ = self.stop.send(true);
     }
 }
 

@@ -44,14 +44,14 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
     tracing::info!(known, enrolled, "pods from the run dir restored");
 
     let mut changes = store.subscribe();
-    {
+    let reconciler = {
         let pods = pods.clone();
         tokio::spawn(async move {
             while changes.changed().await.is_ok() {
                 pods.reconcile_all().await;
             }
-        });
-    }
+        })
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     daemon::start_admin(&args, &basics, "pods", pods.clone(), log, stop_rx.clone()).await?;
@@ -66,9 +66,18 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
     // Rules stay in the pods: until a daemon runs again their traffic is refused, never
     // sent around the mesh.
     tracing::info!(
-        "shutting down; enrolled pods keep their rules (traffic is refused until a daemon runs)"
+        grace = ?args.grace_period,
+        "shutting down: no new connections; letting open ones finish (enrolled pods keep their rules)"
     );
+    // No more enrollments or releases: the pods stay as they are for the next daemon.
+    reconciler.abort();
     let _ = stop_tx.send(true);
     let _ = std::fs::remove_file(&socket_path);
+    pods.stop_accepting().await;
+    // Every accepted connection and HBONE stream holds a permit until it ends.
+    daemon::drain(args.grace_period, || {
+        u64::try_from(weft::limits::global().open()).unwrap_or(u64::MAX)
+    })
+    .await;
     Ok(())
 }

@@ -19,7 +19,7 @@ use tokio_rustls::TlsConnector;
 
 use super::stream::H2Stream;
 use super::{set_nodelay, CONNECTION_WINDOW, MAX_FRAME_SIZE, STREAM_WINDOW};
-use crate::identity::{CaError, CertManager, SpiffeId};
+use crate::identity::{CertManager, IdentityError, SpiffeId};
 use crate::sockets::{self, HostSockets, SocketFactory};
 use crate::tls::{self, TlsError};
 
@@ -64,7 +64,10 @@ pub struct ConnectRequest {
 #[derive(Debug, thiserror::Error)]
 pub enum HboneError {
     #[error("no certificate for {identity}: {source}")]
-    Certificate { identity: String, source: CaError },
+    Certificate {
+        identity: String,
+        source: IdentityError,
+    },
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("TCP connect to {addr} failed: {source}")]
@@ -252,13 +255,14 @@ impl HboneClient {
         slot: Weak<tokio::sync::Mutex<Vec<Arc<PooledConnection>>>>,
     ) -> Result<Arc<PooledConnection>, HboneError> {
         let addr = request.hbone_addr;
-        let identity =
-            self.certs
-                .get_or_issue(&request.source)
-                .map_err(|source| HboneError::Certificate {
-                    identity: request.source.to_string(),
-                    source,
-                })?;
+        let identity = self
+            .certs
+            .get_or_issue(&request.source)
+            .await
+            .map_err(|source| HboneError::Certificate {
+                identity: request.source.to_string(),
+                source,
+            })?;
         let tls_config = tls::client_config(
             self.certs.roots(),
             identity,

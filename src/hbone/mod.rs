@@ -16,8 +16,7 @@ pub use server::{
 };
 pub use stream::H2Stream;
 
-/// The HBONE port, inside every enrolled pod and on hosts.
-pub const HBONE_PORT: u16 = 15008;
+pub use crate::dataplane::{HBONE_PORT, OWN_PORTS};
 
 /// HTTP/2 flow-control windows: MiB-sized so a single stream can carry multiple Gbit/s.
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
@@ -26,9 +25,6 @@ pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 pub const MAX_FRAME_SIZE: u32 = 256 * 1024;
 /// Largest header block a server accepts; anything larger gets 431.
 pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
-
-/// Ports weft itself listens on: a CONNECT to any of them is refused (no loops).
-pub const OWN_PORTS: [u16; 7] = [15001, 15006, 15008, 15053, 15000, 15020, 15021];
 
 /// Sets TCP_NODELAY; a failure only costs latency, so it is logged, not fatal.
 pub(crate) fn set_nodelay(stream: &tokio::net::TcpStream) {

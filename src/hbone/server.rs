@@ -167,7 +167,7 @@ pub enum ServerTlsError {
     #[error("cannot get a certificate for {id}: {source}")]
     Certificate {
         id: SpiffeId,
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: crate::identity::IdentityError,
     },
     #[error("TLS configuration for {id}: {source}")]
     Tls { id: SpiffeId, source: tls::TlsError },
@@ -248,7 +248,7 @@ impl<H: StreamHandler> HboneServer<H> {
         .await;
     }
 
-    fn tls_config_for(
+    async fn tls_config_for(
         &self,
         local: SocketAddr,
     ) -> Result<Arc<rustls::ServerConfig>, ServerTlsError> {
@@ -265,13 +265,14 @@ impl<H: StreamHandler> HboneServer<H> {
             return Ok(config.clone());
         }
         // The one place the server asks for a certificate.
-        let slot = self
-            .certs
-            .get_or_issue(&id)
-            .map_err(|e| ServerTlsError::Certificate {
-                id: id.clone(),
-                source: e.into(),
-            })?;
+        let slot =
+            self.certs
+                .get_or_issue(&id)
+                .await
+                .map_err(|source| ServerTlsError::Certificate {
+                    id: id.clone(),
+                    source,
+                })?;
         let config =
             tls::server_config(self.certs.roots(), slot).map_err(|source| ServerTlsError::Tls {
                 id: id.clone(),
@@ -302,7 +303,7 @@ impl<H: StreamHandler> HboneServer<H> {
                 return;
             }
         };
-        let tls_config = match self.tls_config_for(local) {
+        let tls_config = match self.tls_config_for(local).await {
             Ok(config) => config,
             Err(error) => {
                 tracing::warn!(%remote, %local, %error, "refusing HBONE connection");

@@ -1,20 +1,27 @@
-//! Keeps one leaf certificate per identity the daemon serves: issued on first use, renewed at
-//! a fraction of its lifetime (half by default), and, when renewal fails, retried with
+//! Keeps one leaf certificate per identity the daemon serves: issued on first use by the
+//! [`Issuer`] (async, never on an async worker thread for the local CA), renewed at a
+//! fraction of its lifetime (half by default), and, when renewal fails, retried with
 //! exponential backoff while the still-valid old certificate keeps serving.
 //!
-//! The CA directory is re-read at every issuance, so an operator who rotates the signing CA
-//! in place is picked up at the next renewal without a restart.
+//! Identities no served workload uses any more are retired: [`CertManager::retain`] is
+//! called whenever the served set changes; an identity outside it whose leaf nobody holds
+//! (no TLS config, no pooled connection) is dropped at once, one still held is dropped at
+//! its next renewal time once it is released, and a retired identity is never renewed.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
+use tokio::sync::OnceCell;
 
 use super::ca::{CaError, IssuedLeaf, MeshCa};
+use super::error::IdentityError;
+use super::issuer::{IssueRequest, Issuer, LocalCaIssuer};
 use super::spiffe::SpiffeId;
 
 /// Lifetimes and retry timing for leaves.
@@ -81,24 +88,51 @@ struct Counters {
     failed_renewals: u64,
 }
 
-/// Issues and renews leaves from the CA directory.
+/// One identity in the manager.
+#[derive(Default)]
+struct Entry {
+    /// The slot, once its first leaf is issued; concurrent first callers share one issuance.
+    slot: Arc<OnceCell<Arc<IdentityCert>>>,
+    counters: Counters,
+    /// No served workload uses this identity (set by [`CertManager::retain`]); it is dropped
+    /// as soon as nobody holds its leaf.
+    retiring: bool,
+}
+
+type Entries = HashMap<SpiffeId, Entry>;
+
+/// Issues and renews leaves through an [`Issuer`].
 pub struct CertManager {
-    ca_dir: PathBuf,
+    issuer: Arc<dyn Issuer>,
     policy: RenewalPolicy,
     roots: Vec<CertificateDer<'static>>,
-    entries: Mutex<HashMap<SpiffeId, (Arc<IdentityCert>, Counters)>>,
+    entries: Mutex<Entries>,
 }
 
 impl CertManager {
-    /// Loads the CA directory once (failing early if it is unusable) and keeps its roots.
+    /// Issues from the local CA directory: loads it once now (failing early if it is
+    /// unusable) and keeps its roots; every issuance re-reads it off the async executor.
     pub fn new(ca_dir: PathBuf, policy: RenewalPolicy) -> Result<Arc<CertManager>, CaError> {
         let ca = MeshCa::load(&ca_dir)?;
-        Ok(Arc::new(CertManager {
-            roots: ca.roots().to_vec(),
-            ca_dir,
+        Ok(CertManager::with_issuer(
+            Arc::new(LocalCaIssuer::new(ca_dir)),
+            ca.roots().to_vec(),
             policy,
+        ))
+    }
+
+    /// Issues through `issuer`; peers must chain to `roots`.
+    pub fn with_issuer(
+        issuer: Arc<dyn Issuer>,
+        roots: Vec<CertificateDer<'static>>,
+        policy: RenewalPolicy,
+    ) -> Arc<CertManager> {
+        Arc::new(CertManager {
+            issuer,
+            policy,
+            roots,
             entries: Mutex::new(HashMap::new()),
-        }))
+        })
     }
 
     /// The trust anchors peers must chain to.
@@ -106,26 +140,57 @@ impl CertManager {
         &self.roots
     }
 
-    /// The identity's slot, issuing its first leaf (and starting its renewal task) if needed.
-    /// Must be called within a tokio runtime.
-    pub fn get_or_issue(self: &Arc<Self>, id: &SpiffeId) -> Result<Arc<IdentityCert>, CaError> {
-        if let Some((slot, _)) = self.lock_entries().get(id) {
-            return Ok(slot.clone());
+    /// The identity's slot, issuing its first leaf (and starting its renewal task) if
+    /// needed. Must be called within a tokio runtime.
+    pub async fn get_or_issue(
+        self: &Arc<Self>,
+        id: &SpiffeId,
+    ) -> Result<Arc<IdentityCert>, IdentityError> {
+        let cell = {
+            let mut entries = self.lock_entries();
+            let entry = entries.entry(id.clone()).or_default();
+            entry.retiring = false;
+            entry.slot.clone()
+        };
+        let created = AtomicBool::new(false);
+        let slot = cell
+            .get_or_try_init(|| async {
+                let leaf = self.issue(id).await?;
+                created.store(true, Ordering::Relaxed);
+                Ok::<_, IdentityError>(Arc::new(IdentityCert {
+                    id: id.clone(),
+                    current: ArcSwap::from_pointee(leaf),
+                }))
+            })
+            .await?
+            .clone();
+        if created.load(Ordering::Relaxed) {
+            tokio::spawn(renew_forever(Arc::downgrade(self), Arc::downgrade(&slot)));
         }
-        let leaf = self.issue(id)?;
-        let slot = Arc::new(IdentityCert {
-            id: id.clone(),
-            current: ArcSwap::from_pointee(leaf),
-        });
-        let mut entries = self.lock_entries();
-        if let Some((existing, _)) = entries.get(id) {
-            // Another caller won the race; use its slot.
-            return Ok(existing.clone());
-        }
-        entries.insert(id.clone(), (slot.clone(), Counters::default()));
-        drop(entries);
-        tokio::spawn(renew_forever(Arc::downgrade(self), slot.clone()));
         Ok(slot)
+    }
+
+    /// Keeps only the identities `in_use` says a served workload has (plus those whose
+    /// leaf someone still holds, until they let go); the others stop being renewed and
+    /// leave [`CertManager::status`]. Returns the identities retired now.
+    pub fn retain(&self, in_use: impl Fn(&SpiffeId) -> bool) -> Vec<SpiffeId> {
+        let mut retired = Vec::new();
+        self.lock_entries().retain(|id, entry| {
+            entry.retiring = !in_use(id);
+            let held = entry
+                .slot
+                .get()
+                .is_some_and(|slot| Arc::strong_count(slot) > 1);
+            let keep = !entry.retiring || held;
+            if !keep {
+                retired.push(id.clone());
+            }
+            keep
+        });
+        for id in &retired {
+            tracing::info!(identity = %id, "no served workload uses this identity; its certificate is retired");
+        }
+        retired
     }
 
     /// Every identity held, with its certificate's validity.
@@ -133,56 +198,73 @@ impl CertManager {
         let mut list: Vec<CertStatus> = self
             .lock_entries()
             .values()
-            .map(|(slot, counters)| {
+            .filter_map(|entry| {
+                let slot = entry.slot.get()?;
                 let leaf = slot.current();
-                CertStatus {
+                Some(CertStatus {
                     identity: slot.id.to_string(),
                     not_before_unix: unix_seconds(leaf.not_before),
                     not_after_unix: unix_seconds(leaf.not_after),
-                    renewals: counters.renewals,
-                    failed_renewals: counters.failed_renewals,
-                }
+                    renewals: entry.counters.renewals,
+                    failed_renewals: entry.counters.failed_renewals,
+                })
             })
             .collect();
         list.sort_by(|a, b| a.identity.cmp(&b.identity));
         list
     }
 
-    fn issue(&self, id: &SpiffeId) -> Result<LeafCert, CaError> {
-        let ca = MeshCa::load(&self.ca_dir)?;
-        let issued = ca.issue(id, self.policy.ttl)?;
-        leaf_from_issued(issued)
+    async fn issue(&self, id: &SpiffeId) -> Result<LeafCert, IdentityError> {
+        let request = IssueRequest {
+            id: id.clone(),
+            ttl: self.policy.ttl,
+        };
+        let issued = self.issuer.issue(request).await?;
+        if &issued.id != id {
+            return Err(IdentityError::WrongIdentity {
+                requested: id.to_string(),
+                returned: issued.id.to_string(),
+            });
+        }
+        Ok(leaf_from_issued(issued)?)
     }
 
-    fn lock_entries(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<SpiffeId, (Arc<IdentityCert>, Counters)>> {
+    fn lock_entries(&self) -> std::sync::MutexGuard<'_, Entries> {
         // A poisoned lock only means another thread panicked mid-update of plain counters;
         // the map itself is still consistent, so keep serving.
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn record(&self, id: &SpiffeId, ok: bool) -> bool {
-        match self.lock_entries().get_mut(id) {
-            Some((_, counters)) => {
-                if ok {
-                    counters.renewals += 1;
-                } else {
-                    counters.failed_renewals += 1;
-                }
-                true
+    fn record(&self, id: &SpiffeId, ok: bool) {
+        if let Some(entry) = self.lock_entries().get_mut(id) {
+            if ok {
+                entry.counters.renewals += 1;
+            } else {
+                entry.counters.failed_renewals += 1;
             }
-            None => false,
         }
     }
 
-    fn is_current(&self, slot: &Arc<IdentityCert>) -> bool {
-        self.lock_entries()
-            .get(&slot.id)
-            .is_some_and(|(held, _)| Arc::ptr_eq(held, slot))
+    /// Whether `slot` should still be renewed: it is the identity's current slot, and the
+    /// identity is in use or its leaf is held by someone besides the manager and the
+    /// caller. A slot that is neither is retired here.
+    fn keep_renewing(&self, slot: &Arc<IdentityCert>) -> bool {
+        let mut entries = self.lock_entries();
+        let Some(entry) = entries.get(&slot.id) else {
+            return false;
+        };
+        if !entry.slot.get().is_some_and(|held| Arc::ptr_eq(held, slot)) {
+            return false;
+        }
+        // Held by the map and by the renewal task's upgrade: nobody else.
+        if entry.retiring && Arc::strong_count(slot) <= 2 {
+            entries.remove(&slot.id);
+            tracing::info!(identity = %slot.id, "no served workload uses this identity any more; its certificate is retired");
+            return false;
+        }
+        true
     }
 }
-
 /// Turns a signed leaf into what rustls needs to present it.
 pub fn leaf_from_issued(issued: IssuedLeaf) -> Result<LeafCert, CaError> {
     let key = PrivateKeyDer::Pkcs8(issued.key.clone_key());
@@ -202,11 +284,16 @@ pub fn leaf_from_issued(issued: IssuedLeaf) -> Result<LeafCert, CaError> {
     })
 }
 
-async fn renew_forever(manager: Weak<CertManager>, slot: Arc<IdentityCert>) {
+async fn renew_forever(manager: Weak<CertManager>, slot: Weak<IdentityCert>) {
     loop {
-        let (policy, leaf) = match manager.upgrade() {
-            Some(m) if m.is_current(&slot) => (m.policy.clone(), slot.current()),
-            _ => return,
+        let (policy, leaf) = {
+            let (Some(m), Some(slot)) = (manager.upgrade(), slot.upgrade()) else {
+                return;
+            };
+            if !m.keep_renewing(&slot) {
+                return;
+            }
+            (m.policy.clone(), slot.current())
         };
         let lifetime = leaf
             .not_after
@@ -216,15 +303,18 @@ async fn renew_forever(manager: Weak<CertManager>, slot: Arc<IdentityCert>) {
         let wait = renew_at
             .duration_since(SystemTime::now())
             .unwrap_or_default();
+        drop(leaf);
         tokio::time::sleep(wait).await;
 
         let mut backoff = policy.retry_initial;
         loop {
-            let Some(m) = manager.upgrade() else { return };
-            if !m.is_current(&slot) {
+            let (Some(m), Some(slot)) = (manager.upgrade(), slot.upgrade()) else {
+                return;
+            };
+            if !m.keep_renewing(&slot) {
                 return;
             }
-            match m.issue(&slot.id) {
+            match m.issue(&slot.id).await {
                 Ok(fresh) => {
                     tracing::info!(identity = %slot.id, "renewed certificate");
                     slot.current.store(Arc::new(fresh));
@@ -235,7 +325,7 @@ async fn renew_forever(manager: Weak<CertManager>, slot: Arc<IdentityCert>) {
                     m.record(&slot.id, false);
                     tracing::warn!(identity = %slot.id, %error, retry_in = ?backoff,
                         "certificate renewal failed; still serving the previous certificate");
-                    drop(m);
+                    drop((m, slot));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(policy.retry_max);
                 }
@@ -248,4 +338,127 @@ fn unix_seconds(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// The local CA, counting the issuances asked of it per identity.
+    struct CountingIssuer {
+        local: LocalCaIssuer,
+        asked: Mutex<HashMap<SpiffeId, Arc<AtomicUsize>>>,
+    }
+
+    impl CountingIssuer {
+        fn count(&self, id: &SpiffeId) -> usize {
+            self.asked
+                .lock()
+                .unwrap()
+                .get(id)
+                .map_or(0, |n| n.load(Ordering::SeqCst))
+        }
+    }
+
+    impl Issuer for CountingIssuer {
+        fn issue(&self, request: IssueRequest) -> super::super::issuer::IssueFuture<'_> {
+            // Counted when asked, before any await: a paused clock cannot skip it.
+            self.asked
+                .lock()
+                .unwrap()
+                .entry(request.id.clone())
+                .or_default()
+                .fetch_add(1, Ordering::SeqCst);
+            self.local.issue(request)
+        }
+    }
+
+    fn id(sa: &str) -> SpiffeId {
+        SpiffeId::new("cluster.local", "demo", sa).unwrap()
+    }
+
+    fn manager(ttl: Duration) -> (tempfile::TempDir, Arc<CountingIssuer>, Arc<CertManager>) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = MeshCa::init(dir.path(), "cluster.local", false).unwrap();
+        let issuer = Arc::new(CountingIssuer {
+            local: LocalCaIssuer::new(dir.path().to_owned()),
+            asked: Mutex::new(HashMap::new()),
+        });
+        let policy = RenewalPolicy {
+            ttl,
+            ..RenewalPolicy::default()
+        };
+        let certs = CertManager::with_issuer(issuer.clone(), ca.roots().to_vec(), policy);
+        (dir, issuer, certs)
+    }
+
+    fn listed(certs: &CertManager) -> Vec<String> {
+        certs.status().into_iter().map(|s| s.identity).collect()
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_requests_share_one_issuance() {
+        let (_dir, issuer, certs) = manager(Duration::from_secs(3600));
+        let a_id = id("a");
+        let (a, b) = tokio::join!(certs.get_or_issue(&a_id), certs.get_or_issue(&a_id));
+        assert!(Arc::ptr_eq(&a.unwrap(), &b.unwrap()));
+        assert_eq!(issuer.count(&id("a")), 1);
+    }
+
+    #[tokio::test]
+    async fn retain_drops_identities_no_served_workload_uses() {
+        let (_dir, _issuer, certs) = manager(Duration::from_secs(3600));
+        certs.get_or_issue(&id("a")).await.unwrap();
+        certs.get_or_issue(&id("b")).await.unwrap();
+        let retired = certs.retain(|candidate| candidate == &id("a"));
+        assert_eq!(retired, vec![id("b")]);
+        assert_eq!(listed(&certs), vec![id("a").to_string()]);
+
+        // A leaf someone still presents (a TLS config holds it) is kept until released.
+        let held = certs.get_or_issue(&id("c")).await.unwrap();
+        assert!(certs.retain(|candidate| candidate == &id("a")).is_empty());
+        assert!(listed(&certs).contains(&id("c").to_string()));
+        drop(held);
+        assert_eq!(
+            certs.retain(|candidate| candidate == &id("a")),
+            vec![id("c")]
+        );
+
+        // Asked for again, a retired identity gets a fresh leaf.
+        certs.get_or_issue(&id("b")).await.unwrap();
+        assert!(listed(&certs).contains(&id("b").to_string()));
+    }
+
+    /// Both identities share one renewal schedule (2 s leaves, renewed every second): once
+    /// the one in use has been renewed twice, the retired one's renewal time has passed
+    /// too, and it was never asked for again.
+    #[tokio::test]
+    async fn retired_identities_are_not_renewed() {
+        let (_dir, issuer, certs) = manager(Duration::from_secs(2));
+        let (kept_id, dropped_id) = (id("kept"), id("dropped"));
+        let (kept, dropped) = tokio::join!(
+            certs.get_or_issue(&kept_id),
+            certs.get_or_issue(&dropped_id)
+        );
+        let (_kept, dropped) = (kept.unwrap(), dropped.unwrap());
+        // Still held when retired: dropped at its renewal time instead of renewed.
+        certs.retain(|candidate| candidate == &kept_id);
+        drop(dropped);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while issuer.count(&kept_id) < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the identity in use was not renewed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            issuer.count(&dropped_id),
+            1,
+            "a retired identity was renewed"
+        );
+        assert_eq!(listed(&certs), vec![kept_id.to_string()]);
+    }
 }

@@ -17,11 +17,6 @@ use crate::listener::accept_gated;
 use crate::model::{MeshStore, Workload};
 use crate::telemetry::ConnectionId;
 
-/// The capture port for a pod's outbound connections.
-pub const OUTBOUND_PORT: u16 = 15001;
-/// The capture port for plaintext connections to a pod.
-pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
-
 /// The destination a redirected connection was headed for (`SO_ORIGINAL_DST`).
 pub fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
     let socket = socket2::SockRef::from(stream);

@@ -22,8 +22,9 @@ use tokio::net::TcpStream;
 
 use super::l4::{self, Authorize, Connect, Downstream, Refusal};
 use super::tracker::TrackedAttrs;
+use crate::dataplane::{HBONE_PORT, OWN_PORTS};
 use crate::hbone::client::HboneError;
-use crate::hbone::{ConnectRequest, H2Stream, HboneClient, HBONE_PORT, OWN_PORTS};
+use crate::hbone::{ConnectRequest, H2Stream, HboneClient};
 use crate::identity::SpiffeId;
 use crate::model::{MeshSnapshot, Workload};
 use crate::telemetry::{
@@ -170,7 +171,10 @@ pub struct OutboundProxy {
 }
 
 /// Capture ports: nothing legitimate is ever reached on them by plain TCP.
-const CAPTURE_PORTS: [u16; 2] = [15001, 15006];
+const CAPTURE_PORTS: [u16; 2] = [
+    crate::dataplane::OUTBOUND_CAPTURE_PORT,
+    crate::dataplane::INBOUND_PLAINTEXT_PORT,
+];
 
 /// Why `target` would loop back into this proxy, if it would.
 ///
