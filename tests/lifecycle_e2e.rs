@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, AMBIENT, CNI_DIR};
+use common::cluster::{pods_e2e_ready, Cluster, AMBIENT};
 use common::testbed::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -139,18 +139,7 @@ const GATED_SENDER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/gate
 const TRANSFER_BYTES: u64 = 8 * 1024 * 1024;
 
 fn pods_ready() -> bool {
-    if !e2e_ready(&["ip", "nft", "nsenter", "curl", "python3"]) {
-        return false;
-    }
-    for plugin in ["bridge", "host-local", "loopback"] {
-        let path = Path::new(CNI_DIR).join(plugin);
-        assert!(
-            path.exists(),
-            "{} missing: run scripts/install-deps.sh",
-            path.display()
-        );
-    }
-    true
+    pods_e2e_ready(&["ip", "nft", "nsenter", "curl", "python3"])
 }
 
 /// Starts tests/apps/gated_sender.py in pod `from` towards `to_ip:port`; returns once the

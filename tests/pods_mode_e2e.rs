@@ -8,27 +8,14 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::cluster::{Cluster, AMBIENT, CNI_DIR};
+use common::cluster::{pods_e2e_ready, Cluster, AMBIENT};
 use common::testbed::*;
 use serde_json::json;
 
 const MARKER: &str = "WEFT-POD-PLAINTEXT-MARKER-41d";
 
 fn ready() -> bool {
-    if !e2e_ready(&["ip", "nft", "nsenter", "curl", "tcpdump", "python3"]) {
-        return false;
-    }
-    for plugin in ["bridge", "host-local", "loopback"] {
-        let path = Path::new(CNI_DIR).join(plugin);
-        assert!(
-            path.exists(),
-            "{} missing: run scripts/install-deps.sh",
-            path.display()
-        );
-    }
-    true
+    pods_e2e_ready(&["ip", "nft", "nsenter", "curl", "tcpdump", "python3"])
 }
 
 fn nft_table_present(ns: &Netns) -> bool {

@@ -6,9 +6,9 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::cluster::{Cluster, AMBIENT};
+use common::cluster::{stream_outcome, unix_now, Cluster, AMBIENT};
 use common::testbed::*;
 
 fn ready() -> bool {
@@ -38,32 +38,6 @@ fn peer_auth(mode: &str) -> String {
     format!(
         "apiVersion: weft.dev/v1alpha1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: shop}}\nspec:\n  mtls: {{mode: {mode}}}\n"
     )
-}
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
-/// Waits for a stream client to report "closed <t>" or "alive <t>".
-fn outcome(p: &mut Process, timeout: Duration) -> (String, f64) {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let log = p.log_text();
-        for line in log.lines() {
-            let mut parts = line.split_whitespace();
-            if let (Some(word @ ("closed" | "alive")), Some(t)) = (parts.next(), parts.next()) {
-                return (word.to_owned(), t.parse().unwrap());
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "stream client never finished: {log}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -250,16 +224,16 @@ spec:
     c.settle();
     // Both connections carry data before the change (start_stream_client returns once a
     // ping came back), so a cut measured below is a cut, not a refusal from the start.
-    let mut doomed = c.start_stream_client(order, &pay_ip, 7070, 8);
-    let mut survivor = c.start_stream_client(inventory, &pay_ip, 7070, 8);
+    let doomed = c.start_stream_client(order, &pay_ip, 7070, 8);
+    let survivor = c.start_stream_client(inventory, &pay_ip, 7070, 8);
     // order is no longer allowed; inventory still is.
     c.extra_yaml = payment_allow(&outsider_cidr, "").replace(
         "cluster.local/ns/shop/sa/order",
         "cluster.local/ns/shop/sa/inventory",
     );
-    let changed_at = now();
+    let changed_at = unix_now();
     c.write_config();
-    let (doomed_state, closed_at) = outcome(&mut doomed, Duration::from_secs(10));
+    let (doomed_state, closed_at) = stream_outcome(&doomed, Duration::from_secs(10));
     assert_eq!(doomed_state, "closed", "order's connection must be cut");
     let delay = closed_at - changed_at;
     eprintln!("denied connection closed {delay:.3} s after the policy change");
@@ -276,7 +250,7 @@ spec:
         delay < 1.0,
         "cut took {delay:.3} s; it must be within a second"
     );
-    let (survivor_state, _) = outcome(&mut survivor, Duration::from_secs(15));
+    let (survivor_state, _) = stream_outcome(&survivor, Duration::from_secs(15));
     assert_eq!(
         survivor_state, "alive",
         "unaffected connection must stay up"

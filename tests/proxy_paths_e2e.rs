@@ -7,20 +7,13 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, AMBIENT};
+use common::cluster::{stream_outcome, unix_now, Cluster, AMBIENT};
 use common::testbed::*;
 
 fn ready() -> bool {
     e2e_ready(&["ip", "nft", "nsenter", "curl", "python3"])
-}
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
 }
 
 /// Waits until node `i`'s `/config_dump` satisfies `applied` (the config in force there).
@@ -72,25 +65,6 @@ fn open_inbound(c: &Cluster, i: usize) -> f64 {
         .find(|l| l.starts_with("weft_open_connections{direction=\"inbound\"}"))
         .and_then(|l| l.split_whitespace().last()?.parse().ok())
         .unwrap_or(0.0)
-}
-
-/// Waits for a stream client to report "closed <t>" or "alive <t>".
-fn outcome(p: &mut Process, timeout: Duration) -> (String, f64) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let log = p.log_text();
-        for line in log.lines() {
-            let mut parts = line.split_whitespace();
-            if let (Some(word @ ("closed" | "alive")), Some(t)) = (parts.next(), parts.next()) {
-                return (word.to_owned(), t.parse().unwrap());
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stream client never finished: {log}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -216,7 +190,7 @@ fn plaintext_inbound_is_denied_by_policy_and_cut_when_a_change_denies_it() {
 
     // An open plaintext connection, admitted under that policy, then a change that no
     // longer admits it: the connection is cut after the change, not before.
-    let mut held = c.start_stream_client(outsider, &pay_ip, 7070, 20);
+    let held = c.start_stream_client(outsider, &pay_ip, 7070, 20);
     // Admitted: node 2 counts it open (only an admitted, connected stream is).
     let deadline = Instant::now() + Duration::from_secs(5);
     while open_inbound(&c, 1) < 1.0 {
@@ -233,9 +207,9 @@ fn plaintext_inbound_is_denied_by_policy_and_cut_when_a_change_denies_it() {
         held.log_text()
     );
     c.extra_yaml = payment_policy("order-only", None);
-    let changed_at = now();
+    let changed_at = unix_now();
     c.write_config();
-    let (state, closed_at) = outcome(&mut held, Duration::from_secs(10));
+    let (state, closed_at) = stream_outcome(&held, Duration::from_secs(10));
     assert_eq!(state, "closed", "the now denied connection must be cut");
     assert!(
         closed_at > changed_at,

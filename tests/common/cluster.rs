@@ -23,6 +23,51 @@ use super::testbed::{binary, sh, unique, Netns, Process};
 pub const CNI_DIR: &str = "/usr/lib/cni";
 pub const AMBIENT: (&str, &str) = ("weft.dev/dataplane-mode", "ambient");
 
+/// Whether a pods-mode end-to-end test can run: `tools` are present (see
+/// [`super::testbed::e2e_ready`]) and the CNI reference plugins are installed.
+pub fn pods_e2e_ready(tools: &[&str]) -> bool {
+    if !super::testbed::e2e_ready(tools) {
+        return false;
+    }
+    for plugin in ["bridge", "host-local", "loopback"] {
+        let path = Path::new(CNI_DIR).join(plugin);
+        assert!(
+            path.exists(),
+            "{} missing: run scripts/install-deps.sh",
+            path.display()
+        );
+    }
+    true
+}
+
+/// Wall-clock seconds since the epoch, as the test apps print them.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// Waits for a stream client (tests/apps/stream_client.py) to report "closed <t>" (its
+/// connection was cut at time t) or "alive <t>" (it ran its time).
+pub fn stream_outcome(p: &Process, timeout: Duration) -> (String, f64) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let log = p.log_text();
+        for line in log.lines() {
+            let mut parts = line.split_whitespace();
+            if let (Some(word @ ("closed" | "alive")), Some(t)) = (parts.next(), parts.next()) {
+                return (word.to_owned(), t.parse().expect("a time"));
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stream client never finished: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// One node: a namespace with a bridge for its pods, an underlay leg and a daemon.
 pub struct Node {
     pub name: String,

@@ -244,7 +244,7 @@ impl Capture {
 
     /// Stops the capture; returns the raw pcap bytes and tcpdump's one-line-per-packet text.
     pub fn stop(mut self) -> (Vec<u8>, Vec<String>) {
-        std::thread::sleep(Duration::from_millis(200));
+        // tcpdump writes every packet at once (-U, --immediate-mode) and flushes on SIGINT.
         self.process
             .signal_and_wait(nix::sys::signal::Signal::SIGINT, Duration::from_secs(5));
         let raw = std::fs::read(&self.pcap).unwrap_or_default();
