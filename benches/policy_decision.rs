@@ -23,6 +23,11 @@
 //! The snapshot build time (YAML parse, then validation and indexing) is printed before the
 //! criterion groups run. Run with `cargo bench --bench policy_decision -- --noplot`.
 
+// criterion_group! defines a public function it gives no doc comment.
+#![allow(missing_docs)]
+// The counting allocator below implements GlobalAlloc, an unsafe trait.
+#![allow(unsafe_code)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
 use std::hint::black_box;

@@ -4,6 +4,9 @@
 //! two proxy hops a meshed connection takes. Each iteration moves 16 MiB and waits for the
 //! app to acknowledge it. `benches/run.sh` prints the ratios (and runs metrics_cost).
 
+// criterion_group! defines a public function it gives no doc comment.
+#![allow(missing_docs)]
+
 mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

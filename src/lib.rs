@@ -5,6 +5,8 @@
 //! (client and server), the L4 proxy logic and the SOCKS5 entry point. `weft-node`
 //! (node-agent/) wires them into a daemon; the `weft` CLI exposes the CA for operators.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod config;
 pub mod dataplane;

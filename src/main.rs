@@ -1,6 +1,8 @@
 //! `weft`: the operator CLI. `weft ca init` writes a fresh mesh CA in the Istio plug-in CA
 //! layout; `weft ca issue` signs one workload leaf (for operators and debugging).
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 

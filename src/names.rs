@@ -33,19 +33,25 @@ pub enum NameError {
     /// A dot-separated part of a DNS subdomain is not a DNS label.
     #[error("part {part:?} {reason}")]
     Part {
+        /// The offending part, as written.
         part: String,
+        /// Why it is not a DNS label.
         reason: Box<NameError>,
     },
     /// The prefix (before '/') of a label key is not a DNS subdomain.
     #[error("prefix {prefix:?} {reason}")]
     Prefix {
+        /// The prefix, as written (without the '/').
         prefix: String,
+        /// Why it is not a DNS subdomain.
         reason: Box<NameError>,
     },
     /// The name (after the prefix) of a label key is not valid.
     #[error("name {name:?} {reason}")]
     Name {
+        /// The name part, as written.
         name: String,
+        /// Why it is not valid.
         reason: Box<NameError>,
     },
 }

@@ -34,34 +34,51 @@ const ATYP_V6: u8 = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Reply {
+    /// The upstream is open; the reply carries the address the client is connected to.
     Succeeded = 0,
+    /// Any other refusal (a loop, an identity or HBONE failure, a policy denial).
     GeneralFailure = 1,
+    /// This host serves no mesh workload, so there is no identity to connect as.
     NotAllowed = 2,
+    /// The name did not resolve, or the service has no such port or no endpoints.
     HostUnreachable = 4,
+    /// The plain TCP connect to the destination failed.
     ConnectionRefused = 5,
+    /// The client asked for something other than CONNECT.
     CommandNotSupported = 7,
+    /// The client used an address type other than IPv4, IPv6 or a domain name.
     AddressTypeNotSupported = 8,
 }
 
 /// Why a SOCKS5 session failed before or during setup.
 #[derive(Debug, thiserror::Error)]
 pub enum Socks5Error {
+    /// Reading from or writing to the client failed.
     #[error("client I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The client did not send its greeting and request within 10 seconds.
     #[error("client did not finish the SOCKS5 handshake in time")]
     Timeout,
+    /// The greeting or request carried this version byte instead of 5.
     #[error("unsupported SOCKS version {0} (only 5 is spoken)")]
     Version(u8),
+    /// The client's methods did not include "no authentication" (it is told 0xff).
     #[error("client offered no 'no authentication' method")]
     NoMethod,
+    /// The client sent this command code instead of CONNECT (1).
     #[error("unsupported command {0} (only CONNECT is supported)")]
     Command(u8),
+    /// The request carried this address type code, not 1 (IPv4), 3 (name) or 4 (IPv6).
     #[error("unsupported address type {0}")]
     AddressType(u8),
+    /// The requested host is neither an IP literal nor the name of a Service in the
+    /// model.
     #[error(
         "cannot resolve {0:?}: only IP addresses and <service>.<namespace>.svc names are served"
     )]
     Unresolvable(String),
+    /// No workload of the model has an address on this host (see
+    /// [`HostWorkloads::source_workload`]).
     #[error("this host serves no mesh workload, so it has no identity to connect with")]
     NoSourceWorkload,
 }
@@ -80,6 +97,8 @@ impl Socks5Server {
         self.sessions_open.load(Ordering::Relaxed)
     }
 
+    /// A server that resolves names against `store`, connects as the workload `host`
+    /// serves, and routes through `outbound`.
     pub fn new(
         outbound: Arc<OutboundProxy>,
         store: Arc<MeshStore>,

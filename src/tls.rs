@@ -23,12 +23,18 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// What went wrong building a TLS configuration or reading a peer's identity.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// rustls refused one of the mesh roots as a trust anchor (the reason is given).
     #[error("mesh root certificate rejected: {0}")]
     BadRoot(String),
+    /// rustls refused the configuration itself, e.g. the client verifier or the TLS 1.3
+    /// protocol choice (the reason is given).
     #[error("building TLS configuration failed: {0}")]
     Config(String),
+    /// The handshake completed without a peer certificate.
     #[error("peer presented no certificate")]
     NoPeerCertificate,
+    /// The peer's leaf cannot be parsed, or does not hold exactly one URI SAN that is a
+    /// mesh SPIFFE ID (the reason is given).
     #[error("peer certificate carries no SPIFFE ID: {0}")]
     NoPeerIdentity(String),
 }

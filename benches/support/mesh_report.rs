@@ -63,12 +63,19 @@ pub fn parse_proc_stat(stat: &str) -> Result<CpuTicks> {
 /// h2load's request counts (its `requests:` summary line).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct H2loadCounts {
+    /// Requests h2load was asked to make.
     pub total: u64,
+    /// Requests sent.
     pub started: u64,
+    /// Requests that got an answer or failed.
     pub done: u64,
+    /// Requests answered with a 2xx/3xx status.
     pub succeeded: u64,
+    /// Requests answered with another status.
     pub failed: u64,
+    /// Requests lost to a connection or protocol error.
     pub errored: u64,
+    /// Requests that timed out.
     pub timeout: u64,
 }
 
@@ -276,7 +283,9 @@ pub fn worst_highest(values: &[f64]) -> f64 {
 /// What a target requires of its value.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Bound {
+    /// The value must be this or more (ratios, rates).
     AtLeast(f64),
+    /// The value must be this or less (latency, CPU, memory).
     AtMost(f64),
 }
 

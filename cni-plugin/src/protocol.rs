@@ -20,23 +20,34 @@ pub const MAX_CONTAINER_ID: usize = 256;
 /// A container id as the CNI spec allows: alphanumerics plus `_`, `.` and `-`, bounded.
 /// Both ends check it: the plugin answers a bad one with a permanent error, the daemon
 /// refuses it from any client.
-pub fn check_container_id(id: &str) -> Result<(), String> {
+pub fn check_container_id(id: &str) -> Result<(), ContainerIdError> {
     if id.is_empty() {
-        return Err("the container id is empty".into());
+        return Err(ContainerIdError::Empty);
     }
     if id.len() > MAX_CONTAINER_ID {
-        return Err(format!(
-            "the container id is {} characters long; at most {MAX_CONTAINER_ID} are accepted",
-            id.len()
-        ));
+        return Err(ContainerIdError::TooLong(id.len()));
     }
     if !id
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
     {
-        return Err("the container id may contain only letters, digits, '_', '.' and '-'".into());
+        return Err(ContainerIdError::BadCharacter);
     }
     Ok(())
+}
+
+/// Why a container id is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContainerIdError {
+    /// No id at all.
+    #[error("the container id is empty")]
+    Empty,
+    /// Longer than [`MAX_CONTAINER_ID`] (the length is given).
+    #[error("the container id is {0} characters long; at most {MAX_CONTAINER_ID} are accepted")]
+    TooLong(usize),
+    /// A character outside the spec's set.
+    #[error("the container id may contain only letters, digits, '_', '.' and '-'")]
+    BadCharacter,
 }
 
 /// One pod sandbox as the container runtime described it.

@@ -156,7 +156,7 @@ impl Environment {
                 CniError::new(
                     Code::InvalidEnvironment,
                     "CNI_CONTAINERID is not valid",
-                    why,
+                    why.to_string(),
                 )
             })?;
         }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use weft::admin::NodeStatus;
+use weft::admin::{NodeStatus, NotReady};
 use weft::hbone::server::BoxFuture;
 
 use weft::model::{enrollment, MeshSnapshot, Workload};
@@ -117,7 +117,7 @@ impl PodManager {
             permanent: true,
         };
         if let Err(why) = check_container_id(&pod.container_id) {
-            return refuse(why);
+            return refuse(why.to_string());
         }
         if pod.ips.is_empty() {
             return refuse(format!(
@@ -461,14 +461,16 @@ impl NodeStatus for PodManager {
         })
     }
 
-    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn ready(&self) -> BoxFuture<'_, Result<(), NotReady>> {
         Box::pin(async move {
             if !self.cni_serving.load(std::sync::atomic::Ordering::Acquire) {
-                return Err("the CNI socket is not serving yet".into());
+                return Err(NotReady("the CNI socket is not serving yet".into()));
             }
             let inner = self.inner.lock().await;
             if !inner.restored {
-                return Err("pods from the run dir are still being restored".into());
+                return Err(NotReady(
+                    "pods from the run dir are still being restored".into(),
+                ));
             }
             let snapshot = self.ctx.store.load();
             let missing: Vec<String> = inner
@@ -480,10 +482,10 @@ impl NodeStatus for PodManager {
             if missing.is_empty() {
                 Ok(())
             } else {
-                Err(format!(
+                Err(NotReady(format!(
                     "enrolled pods without listeners: {}",
                     missing.join(", ")
-                ))
+                )))
             }
         })
     }

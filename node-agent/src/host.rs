@@ -13,7 +13,7 @@ use weft::proxy::{HostWorkloads, OutboundProxy};
 use weft::socks5::Socks5Server;
 
 use serde_json::{json, Value};
-use weft::admin::{LogControl, NodeStatus};
+use weft::admin::{LogControl, NodeStatus, NotReady};
 use weft::hbone::server::BoxFuture;
 
 use crate::daemon::{self, Basics};
@@ -124,13 +124,13 @@ impl NodeStatus for HostStatus {
         Box::pin(async move { Value::Array(served) })
     }
 
-    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn ready(&self) -> BoxFuture<'_, Result<(), NotReady>> {
         let listening = self.listening.load(Ordering::Acquire);
         Box::pin(async move {
             if listening {
                 Ok(())
             } else {
-                Err("the HBONE listener is not serving yet".to_owned())
+                Err(NotReady("the HBONE listener is not serving yet".to_owned()))
             }
         })
     }

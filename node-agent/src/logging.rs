@@ -7,7 +7,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
-use weft::admin::LogControl;
+use weft::admin::{BadLogFilter, LogControl};
 
 /// The live log filter.
 pub struct ReloadableFilter {
@@ -20,9 +20,11 @@ impl LogControl for ReloadableFilter {
         self.current.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
-    fn set(&self, filter: &str) -> Result<(), String> {
-        let parsed = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
-        self.handle.reload(parsed).map_err(|e| e.to_string())?;
+    fn set(&self, filter: &str) -> Result<(), BadLogFilter> {
+        let parsed = EnvFilter::try_new(filter).map_err(|e| BadLogFilter(e.to_string()))?;
+        self.handle
+            .reload(parsed)
+            .map_err(|e| BadLogFilter(e.to_string()))?;
         if let Ok(mut current) = self.current.lock() {
             *current = filter.to_owned();
         }

@@ -8,7 +8,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc settings: purge unused pages after 1 s from a background thread, even when the
 /// daemon is otherwise idle; one arena per CPU is plenty for a proxy.
-#[allow(non_upper_case_globals)]
+// SAFETY: `_rjem_malloc_conf` is the one symbol jemalloc reads its settings from; nothing
+// else in the process defines it, and the value is a NUL-terminated static string.
+#[allow(non_upper_case_globals, unsafe_code)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] =
     b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:1000,narenas:2\0";

@@ -32,25 +32,46 @@ pub trait NodeStatus: Send + Sync + 'static {
     /// The pods (or host workloads) served here, with their state, as JSON.
     fn served(&self) -> BoxFuture<'_, Value>;
     /// Ok once every workload that should be served is; Err says what is missing.
-    fn ready(&self) -> BoxFuture<'_, Result<(), String>>;
+    fn ready(&self) -> BoxFuture<'_, Result<(), NotReady>>;
 }
+
+/// Why the node is not ready, in words an operator can act on (served by readiness and
+/// shown on the dashboard).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotReady(pub String);
+
+/// A log filter the admin API refused, with the parser's reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadLogFilter(pub String);
 
 /// Changing the log filter at runtime.
 pub trait LogControl: Send + Sync + 'static {
+    /// The filter in force, as last set (e.g. `info,weft=debug`).
     fn current(&self) -> String;
-    /// Applies a filter such as `debug` or `info,weft::access=debug`.
-    fn set(&self, filter: &str) -> Result<(), String>;
+    /// Applies a filter such as `debug` or `info,weft::access=debug`; a bad one changes
+    /// nothing.
+    fn set(&self, filter: &str) -> Result<(), BadLogFilter>;
 }
 
 /// Everything the endpoints read.
 pub struct AdminContext {
+    /// This node's name, as reported in dumps and on the dashboard.
     pub node_name: String,
+    /// `host` or `pods`.
     pub mode: &'static str,
+    /// The mesh model in force.
     pub store: Arc<MeshStore>,
+    /// Where the model comes from, and how its last reads went.
     pub source: Arc<dyn ConfigSource>,
+    /// The certificates this node holds (expiry only is shown, never keys).
     pub certs: Arc<CertManager>,
+    /// Renders the Prometheus exposition.
     pub metrics: MetricsHandle,
+    /// What only the running mode knows: served workloads and readiness.
     pub status: Arc<dyn NodeStatus>,
+    /// The runtime log filter.
     pub log: Arc<dyn LogControl>,
 }
 
@@ -142,7 +163,7 @@ impl AdminContext {
             "node": self.node_name,
             "mode": self.mode,
             "ready": ready.is_ok(),
-            "not_ready_reason": ready.err(),
+            "not_ready_reason": ready.err().map(|e| e.to_string()),
             "config": self.source.status(),
             "served": dashboard_view(self.status.served().await),
             "certificates": self.certs.status(),
@@ -151,9 +172,9 @@ impl AdminContext {
     }
 
     /// Ready when the config source is live and the mode says every workload is served.
-    async fn ready(&self) -> Result<(), String> {
+    async fn ready(&self) -> Result<(), NotReady> {
         if let Some(stalled) = self.source.status().stalled {
-            return Err(stalled);
+            return Err(NotReady(stalled));
         }
         self.status.ready().await
     }
@@ -235,8 +256,11 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 /// Listening addresses of the three servers.
 #[derive(Debug, Clone, Copy)]
 pub struct AdminAddrs {
+    /// The admin API (loopback only: it dumps config and changes the log level).
     pub admin: SocketAddr,
+    /// Metrics, the dashboard and its `/stats` JSON.
     pub metrics: SocketAddr,
+    /// Readiness only, for the kubelet's probe.
     pub readiness: SocketAddr,
 }
 

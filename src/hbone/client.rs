@@ -26,10 +26,19 @@ use crate::tls::{self, TlsError};
 /// Pool and timing settings.
 #[derive(Debug, Clone)]
 pub struct HboneClientConfig {
+    /// Streams one connection carries over its whole life (100 by default); once reached,
+    /// the next stream opens a new connection and the old one closes as its streams end.
     pub max_streams_per_connection: u32,
+    /// A connection with no open stream and no new stream for this long is closed (60 s by
+    /// default).
     pub idle_timeout: Duration,
+    /// Time between keepalive pings on each connection (10 s by default).
     pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed as dead (10 s by
+    /// default).
     pub keepalive_timeout: Duration,
+    /// Limit on the TCP connect, and separately on the TLS handshake, of a new connection
+    /// (10 s by default).
     pub connect_timeout: Duration,
 }
 
@@ -63,35 +72,60 @@ pub struct ConnectRequest {
 /// Why a CONNECT stream could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum HboneError {
+    /// The source identity has no certificate to present.
     #[error("no certificate for {identity}: {source}")]
     Certificate {
+        /// The source SPIFFE ID, as text.
         identity: String,
+        /// Why the certificate manager has none.
         source: IdentityError,
     },
+    /// The client TLS configuration could not be built.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The TCP connect to the HBONE server failed.
     #[error("TCP connect to {addr} failed: {source}")]
     Connect {
+        /// The HBONE server address.
         addr: SocketAddr,
+        /// The socket error.
         source: std::io::Error,
     },
+    /// The TCP connect or the TLS handshake to the HBONE server (given) took longer than
+    /// `connect_timeout`.
     #[error("TCP connect to {0} timed out")]
     ConnectTimeout(SocketAddr),
+    /// The TLS handshake failed, e.g. the server's certificate is not the expected identity.
     #[error("TLS handshake with {addr} failed: {source}")]
     Handshake {
+        /// The HBONE server address.
         addr: SocketAddr,
+        /// The handshake error from rustls (wrapped as I/O).
         source: std::io::Error,
     },
+    /// The HBONE server (given) did not agree on ALPN `h2`, or its fresh connection could
+    /// not take a stream.
     #[error("{0} did not negotiate ALPN h2")]
     NoH2(SocketAddr),
+    /// The HTTP/2 handshake, or sending the CONNECT or receiving its response, failed.
     #[error("HTTP/2 with {addr} failed: {source}")]
-    H2 { addr: SocketAddr, source: h2::Error },
+    H2 {
+        /// The HBONE server address.
+        addr: SocketAddr,
+        /// The h2 error.
+        source: h2::Error,
+    },
+    /// The server refused the CONNECT with a status other than 200.
     #[error("HBONE server {addr} answered {status} to CONNECT {authority}")]
     Status {
+        /// The HBONE server address.
         addr: SocketAddr,
+        /// The destination the CONNECT asked for.
         authority: SocketAddr,
+        /// The status it answered (e.g. 401 when policy denied the stream).
         status: StatusCode,
     },
+    /// The CONNECT request could not be built from the request's fields.
     #[error("building the CONNECT request failed: {0}")]
     Request(#[from] http::Error),
 }

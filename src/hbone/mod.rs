@@ -18,8 +18,11 @@ pub use stream::H2Stream;
 
 pub use crate::dataplane::{HBONE_PORT, OWN_PORTS};
 
-/// HTTP/2 flow-control windows: MiB-sized so a single stream can carry multiple Gbit/s.
+/// HTTP/2 flow-control window of each stream, in bytes (client and server): MiB-sized so a
+/// single stream can carry multiple Gbit/s.
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// HTTP/2 flow-control window of a whole connection, in bytes, shared by its streams: room
+/// for four streams at full window.
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Largest DATA frame we send (the peer's SETTINGS may lower it).
 pub const MAX_FRAME_SIZE: u32 = 256 * 1024;

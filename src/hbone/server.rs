@@ -162,22 +162,38 @@ impl AsyncWrite for ServedStream {
 /// Why a connection could get no TLS configuration (it is closed before the handshake).
 #[derive(Debug, thiserror::Error)]
 pub enum ServerTlsError {
+    /// The handler knows no identity for the dialled address (given).
     #[error("no workload here owns {0}")]
     NoIdentity(IpAddr),
+    /// The dialled workload's identity has no certificate.
     #[error("cannot get a certificate for {id}: {source}")]
     Certificate {
+        /// The identity the server would present.
         id: SpiffeId,
+        /// Why the certificate manager has none.
         source: crate::identity::IdentityError,
     },
+    /// The server TLS configuration for the identity could not be built.
     #[error("TLS configuration for {id}: {source}")]
-    Tls { id: SpiffeId, source: tls::TlsError },
+    Tls {
+        /// The identity the server would present.
+        id: SpiffeId,
+        /// Why rustls refused the configuration.
+        source: tls::TlsError,
+    },
 }
 
 /// Server timing settings.
 #[derive(Debug, Clone)]
 pub struct HboneServerConfig {
+    /// Limit on a client's TLS handshake (10 s by default); a slower client is dropped and
+    /// counted in `handshakes_failed`.
     pub handshake_timeout: Duration,
+    /// Streams one client connection may have open at once, announced in the HTTP/2
+    /// SETTINGS (1000 by default).
     pub max_concurrent_streams: u32,
+    /// Time between pings sent on each connection (30 s by default). Pongs are not waited
+    /// for: data sent to a dead peer makes TCP give up, which ends the connection.
     pub keepalive_interval: Duration,
     /// Clients must hold an identity in this trust domain.
     pub trust_domain: String,
@@ -197,11 +213,20 @@ impl Default for HboneServerConfig {
 /// Counters a test or the admin API can read.
 #[derive(Debug, Default)]
 pub struct ServerStats {
+    /// TCP connections accepted since start.
     pub connections_accepted: AtomicU64,
+    /// Connections being served right now.
     pub connections_open: AtomicU64,
+    /// Connections closed before HTTP/2 began: no certificate or TLS configuration for the
+    /// dialled address, a failed or timed-out TLS handshake, no ALPN `h2`, or a client
+    /// without a SPIFFE ID of this trust domain.
     pub handshakes_failed: AtomicU64,
+    /// CONNECT streams admitted with 200 ([`Responder::admit`]).
     pub streams_accepted: AtomicU64,
+    /// CONNECT streams answered with an error status, by the transport checks or by the
+    /// handler ([`Responder::refuse`]).
     pub streams_refused: AtomicU64,
+    /// Admitted streams not yet dropped (live [`ServedStream`]s).
     pub streams_open: AtomicU64,
 }
 
@@ -215,6 +240,8 @@ pub struct HboneServer<H: StreamHandler> {
 }
 
 impl<H: StreamHandler> HboneServer<H> {
+    /// A server whose streams go to `handler`, presenting leaves from `certs`; nothing
+    /// listens until [`HboneServer::serve`] or [`HboneServer::serve_connection`] is called.
     pub fn new(handler: Arc<H>, certs: Arc<CertManager>, config: HboneServerConfig) -> Arc<Self> {
         Arc::new(HboneServer {
             handler,
@@ -225,6 +252,7 @@ impl<H: StreamHandler> HboneServer<H> {
         })
     }
 
+    /// The server's counters, live.
     pub fn stats(&self) -> &Arc<ServerStats> {
         &self.stats
     }

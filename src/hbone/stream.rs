@@ -34,6 +34,9 @@ impl std::fmt::Debug for H2Stream {
 }
 
 impl H2Stream {
+    /// Joins the two halves of one h2 stream: `send` for our DATA frames, `recv` for the
+    /// peer's (a client's request sender and response body, or a server's response sender
+    /// and request body).
     pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
         H2Stream {
             send,

@@ -20,9 +20,15 @@ use time::OffsetDateTime;
 
 use super::spiffe::SpiffeId;
 
+/// The signing CA's certificate (PEM): the root itself or an intermediate; when absent, the
+/// root in [`ROOT_CERT_FILE`] signs.
 pub const CA_CERT_FILE: &str = "ca-cert.pem";
+/// The signing CA's private key (PKCS#8 PEM, ECDSA or RSA); written with mode 0600.
 pub const CA_KEY_FILE: &str = "ca-key.pem";
+/// The trust anchors (PEM, one or more certificates) every leaf must chain to.
 pub const ROOT_CERT_FILE: &str = "root-cert.pem";
+/// The signing CA and the intermediates above it (PEM); sent after each leaf, minus any
+/// root. Optional: without it the chain is the signing CA alone.
 pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
 
 /// How long a root written by `weft ca init` is valid.
@@ -35,29 +41,82 @@ const MIN_RSA_BITS: usize = 2048;
 /// What went wrong reading, writing or using the CA directory.
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
+    /// `weft ca init` without `--force` found one of the CA files already present.
     #[error("CA directory {dir}: {file} already exists; pass --force to overwrite it")]
-    WouldOverwrite { dir: PathBuf, file: &'static str },
+    WouldOverwrite {
+        /// The CA directory.
+        dir: PathBuf,
+        /// The first CA file found.
+        file: &'static str,
+    },
+    /// A CA file could not be read or written, or the directory could not be created.
     #[error("CA directory {dir}: cannot {action} {file}: {source}")]
     Io {
+        /// The CA directory.
         dir: PathBuf,
+        /// The file concerned; empty when creating the directory itself failed.
         file: &'static str,
+        /// What was attempted: `"read"`, `"write"` or `"create"`.
         action: &'static str,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// A CA file is missing when required, or its content cannot be used.
     #[error("CA directory {dir}: {file}: {reason}")]
     BadFile {
+        /// The CA directory.
         dir: PathBuf,
+        /// The file at fault.
         file: &'static str,
+        /// What is wrong with it and, where possible, how to fix it.
         reason: String,
     },
+    /// The directory holds no signing certificate: neither [`CA_CERT_FILE`] nor
+    /// [`ROOT_CERT_FILE`] exists.
     #[error("CA directory {dir}: neither {CA_CERT_FILE} nor {ROOT_CERT_FILE} exists; run `weft ca init --dir {dir}` to create a CA")]
-    NoCertificate { dir: PathBuf },
+    NoCertificate {
+        /// The CA directory.
+        dir: PathBuf,
+    },
+    /// The files load, but a probe leaf signed at load time does not verify against the
+    /// roots (e.g. the chain misses an intermediate, or the roots belong to another CA).
     #[error("CA directory {dir}: the signing CA does not chain to {ROOT_CERT_FILE}: {reason}")]
-    BrokenChain { dir: PathBuf, reason: String },
+    BrokenChain {
+        /// The CA directory.
+        dir: PathBuf,
+        /// Why verification failed (a [`ChainError`] as text).
+        reason: String,
+    },
+    /// A leaf was asked for with a lifetime (given) below one second.
     #[error("leaf lifetime {0:?} is invalid: it must be at least 1 second")]
     BadTtl(Duration),
+    /// Generating a key or signing a certificate failed, or rustls cannot use a leaf's key.
     #[error("signing a leaf for {id} failed: {reason}")]
-    Signing { id: String, reason: String },
+    Signing {
+        /// The identity the certificate was for, as text (`root CA of cluster.local` when
+        /// `weft ca init` makes a root).
+        id: String,
+        /// The underlying error, as text.
+        reason: String,
+    },
+}
+
+/// Why a certificate chain does not lead to the given roots (see [`verify_chain`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The chain holds no certificate, so there is no leaf to verify.
+    #[error("empty chain")]
+    Empty,
+    /// rustls refused one of the roots as a trust anchor.
+    #[error("root certificate rejected: {0}")]
+    BadRoot(#[source] rustls::Error),
+    /// The leaf cannot be parsed as an end-entity certificate.
+    #[error(transparent)]
+    BadLeaf(rustls::Error),
+    /// The leaf does not verify up to a root: a bad signature, a missing intermediate, a
+    /// certificate outside its validity period, a wrong key usage, and so on.
+    #[error(transparent)]
+    Untrusted(rustls::Error),
 }
 
 /// A loaded CA, able to sign leaves.
@@ -74,13 +133,19 @@ pub struct MeshCa {
 
 /// One freshly signed leaf with its private key.
 pub struct IssuedLeaf {
+    /// The identity the leaf carries as its only (URI) SAN.
     pub id: SpiffeId,
     /// Leaf first, then the intermediates a verifier needs.
     pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's ECDSA P-256 private key (PKCS#8 DER), made on this node.
     pub key: PrivatePkcs8KeyDer<'static>,
     /// When it was signed (renewal timing counts from here, not from the backdated start).
     pub issued_at: SystemTime,
+    /// Start of validity: `issued_at` backdated by five minutes, so peers with a slightly
+    /// slow clock accept the leaf at once.
     pub not_before: SystemTime,
+    /// End of validity: `issued_at` plus the requested lifetime, but never later than the
+    /// signing CA's own expiry.
     pub not_after: SystemTime,
 }
 
@@ -268,7 +333,7 @@ impl MeshCa {
         let leaf = self.issue(&probe_id, Duration::from_secs(60))?;
         verify_chain(&leaf.chain, &self.roots).map_err(|reason| CaError::BrokenChain {
             dir: self.dir.clone(),
-            reason,
+            reason: reason.to_string(),
         })
     }
 
@@ -326,6 +391,7 @@ impl MeshCa {
         &self.roots
     }
 
+    /// The CA directory this CA was loaded from.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -335,15 +401,13 @@ impl MeshCa {
 pub fn verify_chain(
     chain: &[CertificateDer<'static>],
     roots: &[CertificateDer<'static>],
-) -> Result<(), String> {
-    let (leaf, intermediates) = chain.split_first().ok_or("empty chain")?;
+) -> Result<(), ChainError> {
+    let (leaf, intermediates) = chain.split_first().ok_or(ChainError::Empty)?;
     let mut store = rustls::RootCertStore::empty();
     for root in roots {
-        store
-            .add(root.clone())
-            .map_err(|e| format!("root certificate rejected: {e}"))?;
+        store.add(root.clone()).map_err(ChainError::BadRoot)?;
     }
-    let parsed = rustls::server::ParsedCertificate::try_from(leaf).map_err(|e| e.to_string())?;
+    let parsed = rustls::server::ParsedCertificate::try_from(leaf).map_err(ChainError::BadLeaf)?;
     let algorithms =
         rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
     rustls::client::verify_server_cert_signed_by_trust_anchor(
@@ -353,7 +417,7 @@ pub fn verify_chain(
         UnixTime::now(),
         algorithms.all,
     )
-    .map_err(|e| e.to_string())
+    .map_err(ChainError::Untrusted)
 }
 
 struct SigningFacts {
@@ -462,4 +526,27 @@ pub fn der_to_pem(label: &str, der: &[u8]) -> String {
         &pem::Pem::new(label, der.to_vec()),
         pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_errors_keep_their_wording() {
+        let err = verify_chain(&[], &[]).unwrap_err();
+        assert!(matches!(err, ChainError::Empty));
+        assert_eq!(err.to_string(), "empty chain");
+        let bad_root = [CertificateDer::from(vec![0u8; 4])];
+        let dir = tempfile::tempdir().unwrap();
+        let ca = MeshCa::init(dir.path(), "cluster.local", false).unwrap();
+        let id = SpiffeId::new("cluster.local", "a", "b").unwrap();
+        let leaf = ca.issue(&id, Duration::from_secs(60)).unwrap();
+        let err = verify_chain(&leaf.chain, &bad_root).unwrap_err();
+        assert!(
+            err.to_string().starts_with("root certificate rejected: "),
+            "{err}"
+        );
+        verify_chain(&leaf.chain, ca.roots()).unwrap();
+    }
 }

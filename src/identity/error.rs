@@ -10,8 +10,18 @@ pub enum IdentityError {
     Ca(#[from] CaError),
     /// The issuance task ended without an answer (it panicked or was cancelled).
     #[error("issuing a certificate for {id}: the issuing task failed: {reason}")]
-    IssuerTask { id: String, reason: String },
+    IssuerTask {
+        /// The identity being issued for.
+        id: String,
+        /// The task's failure, as text.
+        reason: String,
+    },
     /// The issuer answered with a certificate for another identity.
     #[error("the issuer returned a certificate for {returned}, not for {requested}")]
-    WrongIdentity { requested: String, returned: String },
+    WrongIdentity {
+        /// The identity asked for.
+        requested: String,
+        /// The identity the returned leaf carries.
+        returned: String,
+    },
 }

@@ -22,6 +22,7 @@ pub type IssueFuture<'a> =
 /// One leaf to issue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssueRequest {
+    /// The identity the leaf must carry; an issuer answering for any other is an error.
     pub id: SpiffeId,
     /// Requested lifetime (an issuer may shorten it, e.g. to its own expiry).
     pub ttl: Duration,
@@ -43,6 +44,7 @@ pub struct LocalCaIssuer {
 }
 
 impl LocalCaIssuer {
+    /// An issuer for the CA directory `ca_dir`; nothing is read until the first issuance.
     pub fn new(ca_dir: PathBuf) -> LocalCaIssuer {
         LocalCaIssuer { ca_dir }
     }

@@ -27,10 +27,15 @@ use super::spiffe::SpiffeId;
 /// Lifetimes and retry timing for leaves.
 #[derive(Debug, Clone)]
 pub struct RenewalPolicy {
+    /// Lifetime asked for each leaf (24 hours by default); the CA may shorten it to its
+    /// own expiry.
     pub ttl: Duration,
     /// Renew once this fraction of the lifetime has passed.
     pub renew_at_fraction: f64,
+    /// Wait before the first retry after a failed renewal (1 s by default); doubled after
+    /// each further failure.
     pub retry_initial: Duration,
+    /// Longest wait between renewal retries (60 s by default).
     pub retry_max: Duration,
 }
 
@@ -47,11 +52,18 @@ impl Default for RenewalPolicy {
 
 /// The current leaf of one identity, ready for rustls.
 pub struct LeafCert {
+    /// The identity the leaf carries.
     pub id: SpiffeId,
+    /// Leaf first, then the intermediates a verifier needs (no roots).
     pub chain: Vec<CertificateDer<'static>>,
+    /// When it was signed; renewal is due at `renew_at_fraction` of the time from here to
+    /// `not_after`.
     pub issued_at: SystemTime,
+    /// Start of validity (backdated a little against clock skew).
     pub not_before: SystemTime,
+    /// End of validity.
     pub not_after: SystemTime,
+    /// The chain with its signing key, as the TLS configs present it.
     pub certified_key: Arc<CertifiedKey>,
 }
 
@@ -62,6 +74,7 @@ pub struct IdentityCert {
 }
 
 impl IdentityCert {
+    /// The identity this slot holds leaves for.
     pub fn id(&self) -> &SpiffeId {
         &self.id
     }
@@ -75,10 +88,15 @@ impl IdentityCert {
 /// Summary of one identity's certificate, for the config dump and metrics.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CertStatus {
+    /// The SPIFFE ID, as text.
     pub identity: String,
+    /// Start of the current leaf's validity, in seconds since the Unix epoch.
     pub not_before_unix: u64,
+    /// End of the current leaf's validity, in seconds since the Unix epoch.
     pub not_after_unix: u64,
+    /// Successful renewals since the first leaf (which is not counted).
     pub renewals: u64,
+    /// Failed renewal attempts; every retry counts.
     pub failed_renewals: u64,
 }
 

@@ -19,16 +19,37 @@ pub struct SpiffeId {
 /// Why a string is not a mesh SPIFFE ID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpiffeIdError {
+    /// The text (given) does not start with `spiffe://`.
     #[error("{0:?} is not a SPIFFE ID: it must start with spiffe://")]
     MissingScheme(String),
+    /// The text (given) has the scheme, but its path is not exactly
+    /// `/ns/NAMESPACE/sa/SERVICE_ACCOUNT` after the trust domain.
     #[error("{0:?} is not a mesh SPIFFE ID: expected spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>")]
     BadPath(String),
+    /// One part of the ID breaks its naming rule.
     #[error("{value:?} has an invalid {part}: {reason}")]
     BadSegment {
+        /// The whole ID, as text.
         value: String,
+        /// Which part is invalid: `"trust domain"`, `"namespace"` or `"service account"`.
         part: &'static str,
+        /// The rule it breaks, e.g. `is longer than 63 characters`.
         reason: String,
     },
+}
+
+/// Why a segment is not a valid SPIFFE trust domain; each message reads as the reason in
+/// [`SpiffeIdError::BadSegment`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum TrustDomainError {
+    #[error("it is empty")]
+    Empty,
+    #[error("it is longer than {} characters", crate::names::MAX_SUBDOMAIN)]
+    TooLong,
+    #[error("only lowercase letters, digits, '-', '.' and '_' are allowed")]
+    BadCharacters,
+    #[error("it must not contain empty parts ('..', or a leading or trailing '.')")]
+    EmptyPart,
 }
 
 impl SpiffeId {
@@ -49,14 +70,18 @@ impl SpiffeId {
         })
     }
 
+    /// The trust domain (`cluster.local` by default): the mesh the identity belongs to;
+    /// an HBONE server refuses clients of any other.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
     }
 
+    /// The Kubernetes namespace of the workload (a DNS label).
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
 
+    /// The Kubernetes service account the workload runs as (a DNS subdomain).
     pub fn service_account(&self) -> &str {
         &self.service_account
     }
@@ -75,7 +100,7 @@ fn check_segment(whole: &str, part: &'static str, segment: &str) -> Result<(), S
         // Kubernetes namespaces are DNS labels, service accounts DNS subdomains.
         "namespace" => crate::names::check_dns_label(segment).map_err(|e| e.to_string()),
         "service account" => crate::names::check_dns_subdomain(segment).map_err(|e| e.to_string()),
-        _ => check_trust_domain(segment),
+        _ => check_trust_domain(segment).map_err(|e| e.to_string()),
     };
     checked.map_err(|reason| SpiffeIdError::BadSegment {
         value: whole.to_owned(),
@@ -85,20 +110,20 @@ fn check_segment(whole: &str, part: &'static str, segment: &str) -> Result<(), S
 }
 
 /// A SPIFFE trust domain: lowercase letters, digits, '-', '.' and '_', no empty parts.
-fn check_trust_domain(segment: &str) -> Result<(), String> {
+fn check_trust_domain(segment: &str) -> Result<(), TrustDomainError> {
     if segment.is_empty() {
-        return Err("it is empty".into());
+        return Err(TrustDomainError::Empty);
     }
     if segment.len() > crate::names::MAX_SUBDOMAIN {
-        return Err("it is longer than 253 characters".into());
+        return Err(TrustDomainError::TooLong);
     }
     let allowed =
         |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_');
     if !segment.chars().all(allowed) {
-        return Err("only lowercase letters, digits, '-', '.' and '_' are allowed".into());
+        return Err(TrustDomainError::BadCharacters);
     }
     if segment.split('.').any(str::is_empty) {
-        return Err("it must not contain empty parts ('..', or a leading or trailing '.')".into());
+        return Err(TrustDomainError::EmptyPart);
     }
     Ok(())
 }
@@ -157,6 +182,27 @@ mod tests {
         assert!(err.to_string().contains("namespace"), "{err}");
         let err = "spiffe://td/ns/a b/sa/b".parse::<SpiffeId>().unwrap_err();
         assert!(err.to_string().contains("namespace"), "{err}");
+    }
+
+    #[test]
+    fn trust_domain_errors_keep_their_wording() {
+        let reason = |td: &str| match SpiffeId::new(td, "a", "b").unwrap_err() {
+            SpiffeIdError::BadSegment { part, reason, .. } => {
+                assert_eq!(part, "trust domain");
+                reason
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(reason(""), "it is empty");
+        assert_eq!(reason(&"a".repeat(254)), "it is longer than 253 characters");
+        assert_eq!(
+            reason("Cluster.local"),
+            "only lowercase letters, digits, '-', '.' and '_' are allowed"
+        );
+        assert_eq!(
+            reason("a..b"),
+            "it must not contain empty parts ('..', or a leading or trailing '.')"
+        );
     }
 
     #[test]

@@ -63,16 +63,28 @@ pub enum ConfigError {
     /// The config file could not be read.
     #[error("cannot read config file {}: {source}", path.display())]
     Io {
+        /// The file that was read.
         path: PathBuf,
+        /// What the read failed with.
         #[source]
         source: std::io::Error,
     },
     /// The file as a whole is refused (e.g. it would release every enrolled pod).
     #[error("{path}: {message}")]
-    Refused { path: String, message: String },
+    Refused {
+        /// The config file, as displayed.
+        path: String,
+        /// Why it is refused and what to do instead.
+        message: String,
+    },
     /// A document is not valid YAML.
     #[error("document {document}: invalid YAML: {message}")]
-    Yaml { document: usize, message: String },
+    Yaml {
+        /// The 1-based document of the file.
+        document: usize,
+        /// The YAML parser's error.
+        message: String,
+    },
     /// A document is not a supported object, or an object is invalid.
     #[error("{}{field}: {message}", invalid_prefix(*.document, .object.as_deref()))]
     Invalid {
@@ -83,6 +95,7 @@ pub enum ConfigError {
         object: Option<Box<ObjectRef>>,
         /// Field path, e.g. `status.podIPs[1].ip`.
         field: String,
+        /// What is wrong with the field, and how to fix it where possible.
         message: String,
     },
 }

@@ -44,7 +44,10 @@ pub const USE_WAYPOINT_LABEL: &str = "weft.dev/use-waypoint";
 /// A Kubernetes namespace.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Namespace {
+    /// `metadata.name`.
     pub name: String,
+    /// `metadata.labels`: the [`DATAPLANE_MODE_LABEL`] enrolls its pods, the
+    /// [`USE_WAYPOINT_LABEL`] is inherited by its pods and services.
     pub labels: BTreeMap<String, String>,
 }
 
@@ -58,18 +61,30 @@ impl Namespace {
 /// A workload (a pod).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Workload {
+    /// `metadata.uid`, or `namespace/name` when the pod has none; unique in a snapshot.
     pub uid: String,
+    /// `metadata.name`.
     pub name: String,
+    /// `metadata.namespace` (`default` when absent).
     pub namespace: String,
     /// `default` when the pod does not name one.
     pub service_account: String,
+    /// `spec.nodeName`: the node the pod runs on, whose agent serves it; `None` when not
+    /// (yet) scheduled.
     pub node: Option<String>,
+    /// `status.podIPs` and `status.podIP`, deduplicated; empty before the pod has an
+    /// address. A hostNetwork pod's IPs are its node's and are not indexed.
     pub ips: Vec<IpAddr>,
+    /// `metadata.labels`, what service and policy selectors match.
     pub labels: BTreeMap<String, String>,
+    /// `spec.hostNetwork`: the pod shares its node's network, so it is never enrolled and
+    /// never found by IP.
     pub host_network: bool,
     /// Whether weft captures this pod's traffic, as [`enrollment::pod_is_enrolled`] decides
-    /// (see DESIGN.md §6).
+    /// (the design's enrollment section: ../shared/DESIGN.md §6).
     pub enrolled: bool,
+    /// The waypoint named by the pod's [`USE_WAYPOINT_LABEL`], else by its namespace's;
+    /// `None` when neither names one or the pod opts out with `none`.
     pub waypoint: Option<String>,
     /// `spec.containers[].ports[]` name → containerPort.
     pub named_ports: BTreeMap<String, u16>,
@@ -103,6 +118,8 @@ impl PolicyTarget for Workload {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum TargetPort {
+    /// A port number (1-65535) on the endpoint. Only endpoints picked by the selector use
+    /// it; EndpointSlices carry their own ports.
     Number(u16),
     /// A container port name, resolved per endpoint.
     Name(String),
@@ -111,10 +128,13 @@ pub enum TargetPort {
 /// One port of a Service.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServicePort {
+    /// `name`, which EndpointSlice ports are matched by; `None` when unnamed.
     pub name: Option<String>,
+    /// `port`: the port clients connect to on the service's cluster IPs.
     pub port: u16,
     /// Defaults to `port`.
     pub target_port: TargetPort,
+    /// `appProtocol`, as written; recorded only.
     pub app_protocol: Option<String>,
     /// `TCP` by default.
     pub protocol: String,
@@ -123,7 +143,10 @@ pub struct ServicePort {
 /// One ready endpoint (one IP) of a Service.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Endpoint {
+    /// The address connections to the service are sent to.
     pub ip: IpAddr,
+    /// The uid of the workload behind this IP (from the slice's `targetRef`, else the pod
+    /// owning the IP); `None` when no known pod is behind it.
     pub workload_uid: Option<String>,
     /// Service port → port on this endpoint. A service port missing here is not served by
     /// this endpoint.
@@ -133,13 +156,23 @@ pub struct Endpoint {
 /// A Kubernetes Service with its resolved endpoints.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Service {
+    /// `metadata.name`.
     pub name: String,
+    /// `metadata.namespace` (`default` when absent).
     pub namespace: String,
     /// Cluster IPs; empty for a headless service.
     pub vips: Vec<IpAddr>,
+    /// `spec.ports`, unique by (port, protocol).
     pub ports: Vec<ServicePort>,
+    /// `spec.selector`; `None` when absent or empty. Picks the endpoints of a service that
+    /// no EndpointSlice names.
     pub selector: Option<BTreeMap<String, String>>,
+    /// The ready endpoints: from the EndpointSlices naming the service if there are any,
+    /// else from the pods its selector picks. An endpoint serving none of `ports` is left
+    /// out.
     pub endpoints: Vec<Endpoint>,
+    /// The waypoint named by the service's [`USE_WAYPOINT_LABEL`], else by its namespace's;
+    /// `None` when neither names one or the service opts out with `none`.
     pub waypoint: Option<String>,
 }
 
@@ -247,6 +280,7 @@ impl MeshSnapshot {
         self.workloads_by_ip.get(&ip)
     }
 
+    /// The workload with `uid` (see [`Workload::uid`]), host-network ones included.
     pub fn workload_by_uid(&self, uid: &str) -> Option<&Arc<Workload>> {
         self.workloads_by_uid.get(uid)
     }
@@ -256,10 +290,13 @@ impl MeshSnapshot {
         self.services_by_vip.get(&ip)
     }
 
+    /// The service `namespace/name`.
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
         self.services.get(namespace)?.get(name)
     }
 
+    /// The declared namespace `name`. Built-in namespaces (`default`, `kube-system`, ...)
+    /// that no Namespace object declares are not here.
     pub fn namespace(&self, name: &str) -> Option<&Namespace> {
         self.namespaces.get(name)
     }

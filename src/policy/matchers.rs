@@ -14,6 +14,7 @@ use super::PolicyError;
 /// "any authenticated peer").
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum StringMatch {
+    /// A value without `*`: matches only itself.
     Exact(Box<str>),
     /// `value*`.
     Prefix(Box<str>),
@@ -137,10 +138,12 @@ impl IpBlock {
         Self { network, prefix }
     }
 
+    /// The network address, host bits cleared (`10.0.0.0` for `10.1.2.3/8`).
     pub fn network(&self) -> IpAddr {
         self.network
     }
 
+    /// The prefix length in bits: 0-32 for IPv4, 0-128 for IPv6.
     pub fn prefix(&self) -> u8 {
         self.prefix
     }

@@ -51,13 +51,18 @@ pub trait PolicyTarget {
 /// translation wraps them into a `ConfigError` naming the document and field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
+    /// An IP block that is neither an address nor `address/prefix` with a prefix within the
+    /// address width; holds the value as written.
     #[error("{0:?} is not a CIDR; write an IPv4 or IPv6 address or a prefix such as 10.0.0.0/8 or fd00::/64")]
     Cidr(String),
     /// The value, as written (strings quoted).
     #[error("{0} is not a port (1-65535)")]
     Port(String),
+    /// A principal or namespace pattern with a `*` anywhere but alone, at the start or at the
+    /// end (`a*b`, `*a*`); holds the value as written.
     #[error("{0:?} is not a valid pattern: a * is allowed only alone (\"*\") or once at the start or the end")]
     Wildcard(String),
+    /// An empty string where a pattern was expected (it would match nothing).
     #[error("is empty; remove it or write a value")]
     EmptyValue,
 }
@@ -66,7 +71,10 @@ pub enum PolicyError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Action {
+    /// `ALLOW`: once any enforced ALLOW policy applies to a workload, a connection to it must
+    /// match one of them.
     Allow,
+    /// `DENY`: a matching connection is refused, whatever the ALLOW policies say.
     Deny,
 }
 
@@ -102,13 +110,20 @@ impl fmt::Display for MtlsMode {
 /// derives the warnings and the `namespace/name` key; the fields are public for reading.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuthorizationPolicy {
+    /// `metadata.name`.
     pub name: String,
+    /// `metadata.namespace`; in [`ROOT_NAMESPACE`] the policy applies mesh-wide.
     pub namespace: String,
     /// `spec.selector.matchLabels`; `None` selects every workload of the namespace (of the
     /// mesh, in the root namespace).
     pub selector: Option<BTreeMap<String, String>>,
+    /// `spec.action` (`ALLOW` when absent).
     pub action: Action,
+    /// `spec.rules`, in order. An ALLOW policy with no rules allows nothing; a DENY policy
+    /// with no rules denies nothing.
     pub rules: Vec<Rule>,
+    /// Set by the [`DRY_RUN_ANNOTATION`]: the policy is evaluated and reported in
+    /// [`Verdict::dry_run`] but never decides a connection.
     pub dry_run: bool,
     /// Why parts of the policy cannot be enforced as written at L4 (see [`Rule::l7_fields`]).
     pub warnings: Vec<String>,
@@ -121,7 +136,9 @@ pub struct AuthorizationPolicy {
 /// `when` hold. A rule with none of them matches every connection.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Rule {
+    /// `from[].source`: one must match; empty matches any peer.
     pub from: Vec<Source>,
+    /// `to[].operation`: one must match; empty matches any destination port.
     pub to: Vec<Operation>,
     /// The L4 conditions; L7 ones are left out and listed in `l7_fields`.
     pub when: Vec<Condition>,
@@ -137,16 +154,23 @@ pub struct Rule {
 /// alternatives.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Source {
+    /// `principals`: the peer's mTLS principal must match one (a plaintext peer has none, so
+    /// never matches).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub principals: Vec<StringMatch>,
+    /// `notPrincipals`: the peer's principal must match none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_principals: Vec<StringMatch>,
+    /// `namespaces`: the peer's namespace must match one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<StringMatch>,
+    /// `notNamespaces`: the peer's namespace must match none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_namespaces: Vec<StringMatch>,
+    /// `ipBlocks`: the connection's source IP must be in one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ip_blocks: Vec<IpBlock>,
+    /// `notIpBlocks`: the source IP must be in none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_ip_blocks: Vec<IpBlock>,
 }
@@ -154,8 +178,10 @@ pub struct Source {
 /// `to[].operation`, L4 fields.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Operation {
+    /// `ports`: the destination port must be one of them (any port when empty).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
+    /// `notPorts`: the destination port must be none of them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_ports: Vec<u16>,
 }
@@ -165,29 +191,44 @@ pub struct Operation {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "key")]
 pub enum Condition {
+    /// `source.ip`: the connection's source IP, against IP blocks.
     #[serde(rename = "source.ip")]
     SourceIp {
+        /// IP blocks the source IP must be in one of (any, when empty).
         values: Vec<IpBlock>,
+        /// IP blocks the source IP must be in none of.
         not_values: Vec<IpBlock>,
     },
+    /// `source.namespace`: the peer's namespace, against patterns.
     #[serde(rename = "source.namespace")]
     SourceNamespace {
+        /// Patterns the peer's namespace must match one of (any, when empty).
         values: Vec<StringMatch>,
+        /// Patterns the peer's namespace must match none of.
         not_values: Vec<StringMatch>,
     },
+    /// `source.principal`: the peer's mTLS principal, against patterns.
     #[serde(rename = "source.principal")]
     SourcePrincipal {
+        /// Patterns the peer's principal must match one of (any, when empty).
         values: Vec<StringMatch>,
+        /// Patterns the peer's principal must match none of.
         not_values: Vec<StringMatch>,
     },
+    /// `destination.ip`: the address the connection was sent to, against IP blocks.
     #[serde(rename = "destination.ip")]
     DestinationIp {
+        /// IP blocks the destination IP must be in one of (any, when empty).
         values: Vec<IpBlock>,
+        /// IP blocks the destination IP must be in none of.
         not_values: Vec<IpBlock>,
     },
+    /// `destination.port`: the port the connection was sent to.
     #[serde(rename = "destination.port")]
     DestinationPort {
+        /// Ports the destination port must be one of (any, when empty).
         values: Vec<u16>,
+        /// Ports the destination port must be none of.
         not_values: Vec<u16>,
     },
 }
@@ -204,8 +245,11 @@ pub const L4_CONDITION_KEYS: [&str; 5] = [
 /// One `PeerAuthentication`, compiled.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PeerAuthentication {
+    /// `metadata.name`; of several at one level, the first by name wins.
     pub name: String,
+    /// `metadata.namespace`; selector-less ones in [`ROOT_NAMESPACE`] set the mesh-wide mode.
     pub namespace: String,
+    /// `spec.selector.matchLabels`; `None` sets the mode of the whole namespace.
     pub selector: Option<BTreeMap<String, String>>,
     /// `None` is `UNSET`: inherit from the next level.
     pub mode: Option<MtlsMode>,
@@ -220,14 +264,19 @@ pub struct ConnectionAttrs<'a> {
     /// The peer's namespace. When `None`, it is taken from the principal's `/ns/<namespace>/`
     /// segment (as Istio derives `source.namespace`).
     pub source_namespace: Option<&'a str>,
+    /// The peer's address (IPv4-mapped IPv6 addresses match IPv4 blocks).
     pub source_ip: IpAddr,
+    /// The address the connection was sent to (the workload's IP).
     pub destination_ip: IpAddr,
+    /// The port the connection was sent to, on the workload (after any service port
+    /// mapping).
     pub destination_port: u16,
 }
 
 /// The outcome of [`PolicyIndex::authorize`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verdict {
+    /// Whether the connection may proceed.
     pub allowed: bool,
     /// `namespace/name` of the deciding policy: the DENY policy that denied, or the ALLOW
     /// policy that allowed; `None` when no single policy decided (nothing applies, or no
@@ -244,8 +293,10 @@ pub struct Verdict {
 /// would deny when it matches, an ALLOW policy would allow only when it matches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DryRunOutcome {
+    /// `namespace/name` of the dry-run policy.
     #[serde(serialize_with = "serialize_arc_str")]
     pub policy: Arc<str>,
+    /// Whether the connection would have been allowed by this policy alone.
     pub would_allow: bool,
 }
 

@@ -41,7 +41,9 @@ fn give_buffer(buffer: Box<[u8]>) {
 /// Bytes moved in each direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CopyTotals {
+    /// Bytes moved from `a` to `b` (in the proxy, client to upstream).
     pub a_to_b: u64,
+    /// Bytes moved from `b` to `a` (in the proxy, upstream to client).
     pub b_to_a: u64,
 }
 

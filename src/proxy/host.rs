@@ -27,6 +27,9 @@ pub struct HostWorkloads {
 }
 
 impl HostWorkloads {
+    /// The workloads of this host under `store`'s config, with identities in
+    /// `trust_domain`; reads the interface addresses once (see
+    /// [`HostWorkloads::refresh_local_ips`]).
     pub fn new(store: Arc<MeshStore>, trust_domain: String) -> Arc<Self> {
         let host = Arc::new(HostWorkloads {
             store,

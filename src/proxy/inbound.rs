@@ -86,11 +86,17 @@ pub async fn enforce_policy_changes<T: InboundTarget>(target: Arc<T>) {
 /// Why an inbound connection was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum InboundError {
+    /// Policy denied it, or the destination is no workload of the target (response flag
+    /// `DENY`; an HBONE client gets 401).
     #[error("{}", .0.reason)]
     Denied(Denial),
+    /// Authorized, but the application could not be connected to (response flag
+    /// `CONNECT`; an HBONE client gets 503).
     #[error("application at {authority} unreachable: {source}")]
     Unreachable {
+        /// The application address dialled.
         authority: SocketAddr,
+        /// The connect error.
         source: io::Error,
     },
 }

@@ -36,6 +36,8 @@ pub trait Refusal: Display + Send + Sync {
 pub trait Authorize: Send {
     /// What opens the upstream once the connection is authorized.
     type Connect: Connect;
+    /// Decides on the connection described by `attrs`: the connect step when it may
+    /// proceed, the refusal (reported, then sent to the client) when not.
     fn authorize(
         self,
         attrs: &TrackedAttrs,
@@ -49,6 +51,7 @@ pub trait Connect: Send {
     type Upstream: AsyncRead + AsyncWrite + Unpin + Send;
     /// Why the connection was refused (by this step or by [`Authorize`]).
     type Error: Refusal;
+    /// Opens the upstream; an error is reported and the client refused with it.
     fn connect(self) -> impl Future<Output = Result<Self::Upstream, Self::Error>> + Send;
 }
 

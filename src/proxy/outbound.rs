@@ -45,28 +45,68 @@ pub enum Route {
 /// The parts of an HBONE connect decided by routing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnectRequestPlan {
+    /// The SPIFFE ID the destination's HBONE server must prove (the chosen workload's).
     pub destination_identity: SpiffeId,
+    /// Where the tunnel is opened: the chosen endpoint's IP at port 15008.
     pub hbone_addr: SocketAddr,
+    /// The CONNECT authority: the chosen endpoint's `ip:targetPort` (for a VIP, the
+    /// endpoint's target port, not the service port dialled).
     pub authority: SocketAddr,
+    /// The destination workload as `namespace/name`.
     pub destination_workload: String,
+    /// The service as `namespace/name` when the client dialled a VIP; `None` when it
+    /// addressed the workload directly.
     pub service: Option<String>,
 }
 
 /// Why an outbound connection could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// The client dialled a Service VIP on a port the service does not declare.
     #[error("service {service} has no port {port}")]
-    NoServicePort { service: String, port: u16 },
+    NoServicePort {
+        /// The service as `namespace/name`.
+        service: String,
+        /// The port dialled on the VIP.
+        port: u16,
+    },
+    /// The service declares the port, but no endpoint has a target port for it.
     #[error("service {service} port {port} has no ready endpoints")]
-    NoEndpoints { service: String, port: u16 },
-    #[error("destination workload {workload} has an invalid identity: {reason}")]
-    BadIdentity { workload: String, reason: String },
+    NoEndpoints {
+        /// The service as `namespace/name`.
+        service: String,
+        /// The port dialled on the VIP.
+        port: u16,
+    },
+    /// A workload's SPIFFE ID (source, or an enrolled destination) could not be formed
+    /// from its namespace and service account.
+    #[error("workload {workload} has an invalid identity: {reason}")]
+    BadIdentity {
+        /// The workload as `namespace/name`.
+        workload: String,
+        /// Why the SPIFFE ID is invalid.
+        reason: String,
+    },
+    /// The HBONE tunnel could not be opened; a 401 from the destination's proxy is a
+    /// policy denial (response flag `DENY`).
     #[error(transparent)]
     Hbone(#[from] HboneError),
+    /// The target is this proxy itself (see [`loop_reason`]); refused before connecting.
     #[error("refusing to connect to {addr}: it is this proxy itself ({why})")]
-    Loop { addr: SocketAddr, why: &'static str },
+    Loop {
+        /// The refused target (for a tunnel, its authority).
+        addr: SocketAddr,
+        /// Why it loops, as [`loop_reason`] names it.
+        why: &'static str,
+    },
+    /// The plain TCP connect of a `Direct` or `Passthrough` route failed.
     #[error("plain TCP connect to {addr} failed: {source}")]
-    Connect { addr: SocketAddr, source: io::Error },
+    Connect {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// The connect error.
+        source: io::Error,
+    },
 }
 
 impl Refusal for ProxyError {
@@ -90,7 +130,9 @@ impl Refusal for ProxyError {
 
 /// An opened outbound connection of either kind.
 pub enum Upstream {
+    /// An HBONE CONNECT stream to the destination's proxy.
     Tunnel(H2Stream),
+    /// A plain TCP connection straight to the destination.
     Plain(TcpStream),
 }
 
@@ -207,6 +249,8 @@ pub fn loop_reason(
 }
 
 impl OutboundProxy {
+    /// A proxy that opens tunnels with `hbone` and derives SPIFFE IDs in `trust_domain`;
+    /// only [`OWN_PORTS`] count as its own ports.
     pub fn new(hbone: Arc<HboneClient>, trust_domain: String) -> Arc<Self> {
         Arc::new(OutboundProxy {
             hbone,
@@ -230,6 +274,8 @@ impl OutboundProxy {
         })
     }
 
+    /// The HBONE client tunnels are opened with (its socket factory also makes the plain
+    /// TCP connections).
     pub fn hbone(&self) -> &Arc<HboneClient> {
         &self.hbone
     }

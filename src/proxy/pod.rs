@@ -37,6 +37,9 @@ pub struct PodInbound {
 }
 
 impl PodInbound {
+    /// The target for the pod `workload` (as enrolled), presenting `identity` on its
+    /// addresses `ips`; `sockets` make the app-side sockets inside the pod's network
+    /// namespace. Called once per pod when its listeners are opened.
     pub fn new(
         identity: SpiffeId,
         ips: Vec<IpAddr>,

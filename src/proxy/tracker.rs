@@ -49,7 +49,11 @@ pub struct TrackedAttrs {
     /// The peer's identity (HBONE, shared by the streams of one connection), or None for
     /// plaintext.
     pub peer: Option<Arc<SpiffeId>>,
+    /// The client's address: the tunnel's remote end for HBONE, the socket's peer for
+    /// plaintext and outbound.
     pub source: SocketAddr,
+    /// Where the client was headed: the CONNECT authority, or the original destination of
+    /// a redirected connection.
     pub destination: SocketAddr,
 }
 
@@ -58,6 +62,7 @@ pub struct TrackedAttrs {
 pub struct Denial {
     /// `namespace/name` of the deciding policy, when one decided.
     pub policy: Option<String>,
+    /// Human-readable cause, logged and sent back in an HBONE refusal.
     pub reason: String,
 }
 
@@ -80,6 +85,7 @@ pub struct ConnectionTracker {
 }
 
 impl ConnectionTracker {
+    /// An empty tracker; each inbound target owns one.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
@@ -106,6 +112,7 @@ impl ConnectionTracker {
         self.entries().len()
     }
 
+    /// Whether no connection is being tracked.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

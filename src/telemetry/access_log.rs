@@ -12,20 +12,32 @@ use super::labels::{ResponseFlag, WorkloadLabels};
 pub struct Entry<'a> {
     /// The connection's [`super::ConnectionId`], also on its tracing span.
     pub connection_id: u64,
+    /// `outbound` when the source side reports, `inbound` when the destination side does.
     pub direction: &'static str,
+    /// The client's address.
     pub src: SocketAddr,
+    /// Where the client was headed (the original destination or CONNECT authority).
     pub dst: SocketAddr,
+    /// Labels of the client's workload.
     pub source: &'a WorkloadLabels,
+    /// Labels of the destination workload.
     pub destination: &'a WorkloadLabels,
+    /// The Service hostname dialled, or `unknown`.
     pub destination_service: &'a str,
+    /// The `connection_security_policy` value: `mutual_tls` or `none`.
     pub security: &'a str,
     /// Request direction (client to server).
     pub bytes_received: u64,
     /// Response direction (server to client).
     pub bytes_sent: u64,
+    /// From the report's creation to its close or refusal.
     pub duration: Duration,
+    /// How the connection ended.
     pub response_flags: ResponseFlag,
+    /// Why it was refused or ended badly; logged as `-` when `None`.
     pub error: Option<&'a str>,
+    /// `namespace/name` of the policy that refused it, when one did; logged as `-` when
+    /// `None`.
     pub policy: Option<&'a str>,
 }
 

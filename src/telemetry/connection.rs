@@ -106,11 +106,18 @@ pub struct ConnectionReport {
 /// Counts bytes into the connection's counters while the copy runs.
 #[derive(Debug, Clone)]
 pub struct ByteMeter {
+    /// Request direction (client to upstream): the `istio_tcp_received_bytes_total`
+    /// series.
     pub received: Counter,
+    /// Response direction (upstream to client): the `istio_tcp_sent_bytes_total` series.
     pub sent: Counter,
 }
 
 impl ConnectionReport {
+    /// A pending report for connection `id`, reported by `reporter`, from the client at
+    /// `src` to `dst` (the original destination or CONNECT authority), with each side's
+    /// labels, the Service hostname dialled (if any) and whether it crosses HBONE. Its
+    /// duration starts now; nothing is counted until it is opened, refused or dropped.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: ConnectionId,
@@ -318,6 +325,7 @@ pub struct Counted<S> {
 }
 
 impl<S> Counted<S> {
+    /// Wraps `inner`, adding every byte read from it to `counter`.
     pub fn new(inner: S, counter: Counter) -> Self {
         Counted {
             inner,

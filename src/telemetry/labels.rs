@@ -12,11 +12,14 @@ use crate::model::{MeshSnapshot, Workload};
 /// Which end of the connection reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reporter {
+    /// The client's side: the outbound proxy (15001 capture or SOCKS5).
     Source,
+    /// The server's side: the inbound proxy (HBONE 15008 or plaintext 15006).
     Destination,
 }
 
 impl Reporter {
+    /// The `reporter` label value: `source` or `destination`.
     pub fn as_str(self) -> &'static str {
         match self {
             Reporter::Source => "source",
@@ -36,11 +39,14 @@ impl Reporter {
 /// Whether the connection crossed the mesh tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Security {
+    /// Carried over HBONE (mutual TLS between the two proxies).
     MutualTls,
+    /// Plain TCP: plaintext inbound, or outbound to a destination outside the mesh.
     None,
 }
 
 impl Security {
+    /// The `connection_security_policy` label value: `mutual_tls` or `none`.
     pub fn as_str(self) -> &'static str {
         match self {
             Security::MutualTls => "mutual_tls",
@@ -55,10 +61,16 @@ pub const UNKNOWN: &str = "unknown";
 /// The Istio labels of one side of a connection; unknown values print `unknown`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkloadLabels {
+    /// The workload's name.
     pub workload: String,
+    /// The workload's namespace, or else the principal's.
     pub namespace: String,
+    /// The side's SPIFFE ID: the one it proved or presents, or for an outbound HBONE
+    /// destination the one it must prove.
     pub principal: String,
+    /// The workload's `app.kubernetes.io/name` label, or else its `app` label.
     pub app: String,
+    /// The workload's `app.kubernetes.io/version` label, or else its `version` label.
     pub version: String,
 }
 

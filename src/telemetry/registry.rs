@@ -8,17 +8,37 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
+/// Counter: proxied connections opened, with the full Istio label set; a refused
+/// connection counts here too, with its `response_flags`.
 pub const TCP_OPENED: &str = "istio_tcp_connections_opened_total";
+/// Counter: proxied connections closed, with the full Istio label set and how each ended
+/// in `response_flags`.
 pub const TCP_CLOSED: &str = "istio_tcp_connections_closed_total";
+/// Counter: bytes in the response direction (upstream to client), Istio labels, counted
+/// while the connection is open.
 pub const TCP_SENT: &str = "istio_tcp_sent_bytes_total";
+/// Counter: bytes in the request direction (client to upstream), Istio labels, counted
+/// while the connection is open.
 pub const TCP_RECEIVED: &str = "istio_tcp_received_bytes_total";
+/// Histogram: how long established connections lasted, in seconds, by `reporter`.
 pub const CONNECTION_DURATION: &str = "weft_tcp_connection_duration_seconds";
+/// Gauge: established proxied connections open now, by `direction` (`inbound` or
+/// `outbound`).
 pub const OPEN_CONNECTIONS: &str = "weft_open_connections";
+/// Gauge: pods on this node enrolled in the mesh (pods mode; set by the node agent).
 pub const ENROLLED_PODS: &str = "weft_enrolled_pods";
+/// Gauge: seconds until the certificate of each `identity` expires (negative once
+/// expired).
 pub const CERT_EXPIRY: &str = "weft_certificate_expiry_seconds";
+/// Counter: config loads by `result` (`accepted` or `rejected`), copied from the source's
+/// [`crate::config::ReloadStats`].
 pub const CONFIG_RELOADS: &str = "weft_config_reloads_total";
+/// Gauge: always 1, with the crate version in `version`.
 pub const BUILD_INFO: &str = "weft_build_info";
+/// Gauge: 1 while the config source reports itself stalled, else 0.
 pub const CONFIG_STALLED: &str = "weft_config_source_stalled";
+/// Counter: connections the daemon refused to protect itself, by `reason` (`loop`,
+/// `per_source_limit`, `fd_reserve`, `cni_peer`).
 pub const CONNECTIONS_REFUSED: &str = "weft_connections_refused_total";
 
 /// Buckets for connection durations (seconds): sub-millisecond to an hour.
@@ -49,8 +69,11 @@ impl MetricsHandle {
 /// Why metrics could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
+    /// The recorder's configuration (the histogram buckets) was rejected; the exporter's
+    /// message.
     #[error("building the Prometheus recorder: {0}")]
     Build(String),
+    /// Some other global `metrics` recorder was installed first.
     #[error("another metrics recorder is already installed in this process")]
     AlreadyInstalled,
 }

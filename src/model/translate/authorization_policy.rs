@@ -107,7 +107,7 @@ pub(super) fn deny_all_in_its_namespace(
         false,
     );
     stand_in.warnings.push(format!(
-        "stands in for a rejected policy and denies every connection to its namespace until          the policy is fixed: {error}"
+        "stands in for a rejected policy and denies every connection to its namespace until the policy is fixed: {error}"
     ));
     state.authorization_policies.push(stand_in);
 }
