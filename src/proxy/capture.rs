@@ -36,35 +36,39 @@ fn connection_span(id: ConnectionId, path: &'static str, src: SocketAddr) -> tra
     tracing::info_span!("connection", id = id.0, path, %src, dst = tracing::field::Empty)
 }
 
-/// Serves 15001 for `source` until `stop` turns true: each connection is routed by its
-/// original destination against the snapshot current when it arrives.
-pub async fn serve_outbound(
+/// Accepts redirected connections on `listener` until `stop` turns true. Each one holds a
+/// permit, gets a [`ConnectionId`] and a span (`path`), learns its original destination and
+/// is handed to `serve` with it; one without an original destination is closed.
+async fn serve_redirected<F, Fut>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
-    outbound: Arc<OutboundProxy>,
-    store: Arc<MeshStore>,
-    source: Arc<Workload>,
-) {
-    accept_gated(&listener, &mut stop, "outbound 15001", |client, peer, permit| {
+    name: &'static str,
+    path: &'static str,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr, SocketAddr, ConnectionId) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    accept_gated(&listener, &mut stop, name, |client, peer, permit| {
         let _ = client.set_nodelay(true);
-        let outbound = outbound.clone();
-        let store = store.clone();
-        let source = source.clone();
         let id = ConnectionId::next();
-        let span = connection_span(id, "outbound", peer);
+        let span = connection_span(id, path, peer);
+        let dst = {
+            let _entered = span.enter();
+            match original_destination(&client) {
+                Ok(dst) => dst,
+                Err(error) => {
+                    tracing::warn!(%error, "{name}: connection without an original destination; closing");
+                    return;
+                }
+            }
+        };
+        span.record("dst", tracing::field::display(dst));
+        let connection = serve(client, peer, dst, id);
         tokio::spawn(
             async move {
                 let _permit = permit;
-                let dst = match original_destination(&client) {
-                    Ok(dst) => dst,
-                    Err(error) => {
-                        tracing::warn!(%error, "outbound connection without an original destination; closing");
-                        return;
-                    }
-                };
-                tracing::Span::current().record("dst", tracing::field::display(dst));
-                let connection = outbound.prepare(&store.load(), &source, peer, dst, id);
-                connection.relay(PlainDownstream(client)).await;
+                connection.await;
             }
             .instrument(span),
         );
@@ -72,32 +76,45 @@ pub async fn serve_outbound(
     .await;
 }
 
+/// Serves 15001 for `source` until `stop` turns true: each connection is routed by its
+/// original destination against the snapshot current when it arrives.
+pub async fn serve_outbound(
+    listener: TcpListener,
+    stop: watch::Receiver<bool>,
+    outbound: Arc<OutboundProxy>,
+    store: Arc<MeshStore>,
+    source: Arc<Workload>,
+) {
+    serve_redirected(
+        listener,
+        stop,
+        "outbound 15001",
+        "outbound",
+        move |client, peer, dst, id| {
+            let outbound = outbound.clone();
+            let store = store.clone();
+            let source = source.clone();
+            async move {
+                let connection = outbound.prepare(&store.load(), &source, peer, dst, id);
+                connection.relay(PlainDownstream(client)).await;
+            }
+        },
+    )
+    .await;
+}
+
 /// Serves 15006 for `target` until `stop` turns true.
 pub async fn serve_inbound_plaintext<T: InboundTarget>(
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     target: Arc<T>,
 ) {
-    accept_gated(&listener, &mut stop, "inbound 15006", |client, peer, permit| {
-        let _ = client.set_nodelay(true);
-        let target = target.clone();
-        let id = ConnectionId::next();
-        let span = connection_span(id, "plaintext_in", peer);
-        tokio::spawn(
-            async move {
-                let _permit = permit;
-                let dst = match original_destination(&client) {
-                    Ok(dst) => dst,
-                    Err(error) => {
-                        tracing::warn!(%error, "inbound connection without an original destination; closing");
-                        return;
-                    }
-                };
-                tracing::Span::current().record("dst", tracing::field::display(dst));
-                serve_plaintext(target, client, peer, dst, id).await;
-            }
-            .instrument(span),
-        );
-    })
+    serve_redirected(
+        listener,
+        stop,
+        "inbound 15006",
+        "plaintext_in",
+        move |client, peer, dst, id| serve_plaintext(target.clone(), client, peer, dst, id),
+    )
     .await;
 }
