@@ -44,12 +44,7 @@ fn pods_mode_end_to_end() {
     if !ready() {
         return;
     }
-    let mut c = Cluster::new(2);
-    c.namespace("shop", &[AMBIENT]);
-    c.namespace("legacy", &[]);
-    c.write_config();
-    c.start_daemon(0);
-    c.start_daemon(1);
+    let mut c = Cluster::running(2, true);
 
     let client = c
         .add_pod(0, "shop", "client", "client", &[])
@@ -397,10 +392,7 @@ fn a_pod_added_before_the_config_lists_it_is_enrolled_then_gets_its_identity() {
     if !ready() {
         return;
     }
-    let mut c = Cluster::new(1);
-    c.namespace("shop", &[AMBIENT]);
-    c.write_config();
-    c.start_daemon(0);
+    let mut c = Cluster::running(1, false);
     let served = |c: &Cluster| -> serde_json::Value {
         serde_json::from_str(&c.node_get(0, "http://127.0.0.1:15000/config_dump")).unwrap()
     };
@@ -444,10 +436,7 @@ fn bad_cni_input_gets_spec_errors_and_the_daemon_keeps_serving() {
     if !ready() {
         return;
     }
-    let mut c = Cluster::new(1);
-    c.namespace("shop", &[AMBIENT]);
-    c.write_config();
-    c.start_daemon(0);
+    let mut c = Cluster::running(1, false);
     let weft = json!({"cniVersion": "1.0.0", "name": "weftnet", "type": "weft-cni",
         "socketPath": c.nodes[0].run_dir.join("cni.sock"), "runDir": c.nodes[0].run_dir,
         "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": "10.9.9.9/24"}]}});

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{stream_outcome, unix_now, Cluster, AMBIENT};
+use common::cluster::{stream_outcome, unix_now, Cluster};
 use common::testbed::*;
 
 fn ready() -> bool {
@@ -45,12 +45,7 @@ fn l4_policies_across_nodes() {
     if !ready() {
         return;
     }
-    let mut c = Cluster::new(2);
-    c.namespace("shop", &[AMBIENT]);
-    c.namespace("legacy", &[]);
-    c.write_config();
-    c.start_daemon(0);
-    c.start_daemon(1);
+    let mut c = Cluster::running(2, true);
     let order = c.add_pod(0, "shop", "order", "order", &[]).unwrap();
     let inventory = c.add_pod(0, "shop", "inventory", "inventory", &[]).unwrap();
     let payment = c

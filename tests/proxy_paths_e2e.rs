@@ -147,12 +147,7 @@ fn plaintext_inbound_is_denied_by_policy_and_cut_when_a_change_denies_it() {
     if !ready() {
         return;
     }
-    let mut c = Cluster::new(2);
-    c.namespace("shop", &[AMBIENT]);
-    c.namespace("legacy", &[]);
-    c.write_config();
-    c.start_daemon(0);
-    c.start_daemon(1);
+    let mut c = Cluster::running(2, true);
     let payment = c
         .add_pod(1, "shop", "payment", "payment", &[("app", "payment")])
         .unwrap();

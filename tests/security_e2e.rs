@@ -182,10 +182,7 @@ fn config_accidents_and_cni_gc_do_not_release_pods() {
     if !ready() {
         return;
     }
-    let mut c = Cluster::new(1);
-    c.namespace("shop", &[AMBIENT]);
-    c.write_config();
-    c.start_daemon(0);
+    let mut c = Cluster::running(1, false);
     let client = c.add_pod(0, "shop", "client", "client", &[]).expect("ADD");
     let web = c.add_pod(0, "shop", "web", "web", &[]).expect("ADD");
     c.start_app(web, 8080);

@@ -217,6 +217,21 @@ impl Cluster {
         cluster
     }
 
+    /// A cluster of `nodes` nodes with every daemon running on a config that declares
+    /// `shop` (enrolled) and, if `with_legacy`, `legacy` (not enrolled).
+    pub fn running(nodes: usize, with_legacy: bool) -> Cluster {
+        let mut c = Cluster::new(nodes);
+        c.namespace("shop", &[AMBIENT]);
+        if with_legacy {
+            c.namespace("legacy", &[]);
+        }
+        c.write_config();
+        for i in 0..nodes {
+            c.start_daemon(i);
+        }
+        c
+    }
+
     /// Declares a mesh namespace with labels (written to the config at the next write).
     pub fn namespace(&mut self, name: &str, labels: &[(&str, &str)]) {
         self.namespaces.insert(
@@ -531,7 +546,9 @@ impl Cluster {
             result,
             extra: Vec::new(),
         });
+        // Every daemon knows the pod's IP before a test talks to it.
         self.write_config();
+        self.settle();
         Ok(self.pods.len() - 1)
     }
 
