@@ -516,6 +516,13 @@ fn main() {
     // Daemons log as in production (info, with the access log), not the tests' debug level.
     std::env::set_var("WEFT_TEST_DAEMON_LOG", "info");
     let mut c = Cluster::new(2);
+    // One client pod holds all the idle connections of the memory case: its share must fit
+    // them (the default per-source share, 2048, would cap the case, and the open-connection
+    // check would stop the run).
+    c.daemon_args = vec![
+        "--max-connections-per-source".into(),
+        (settings.idle_connections + 1000).to_string(),
+    ];
     c.namespace("bench", &[AMBIENT]);
     c.write_config();
     c.start_daemon(0);
