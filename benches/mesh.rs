@@ -6,7 +6,7 @@
 //! Cases: iperf3 bulk throughput (1 and 4 streams) with daemon CPU seconds per Gbit;
 //! HTTP/1.1 latency at a fixed 1000 req/s over 16 connections (h2load, nginx, 1 KB
 //! responses; p50/p90/p99 from h2load's per-request log); connection rate (h2load with
-//! `Connection: close`, a fixed count); daemon memory at rest, with 10,000 idle tunneled
+//! `Connection: close`, a fixed count); daemon memory at rest, with up to 10,000 idle tunneled
 //! connections (each checked open on both daemons when RSS is sampled), and 60 s after they
 //! close.
 //!
@@ -488,6 +488,19 @@ fn memory(c: &mut Cluster, settings: &Settings, work: &Path, at_rest: [f64; 2]) 
     })
 }
 
+/// How many idle tunneled connections the memory case holds: 10,000, or fewer when the
+/// open-files limit the daemons inherit cannot admit that many (a daemon admits
+/// (limit - fd reserve) / 2 connections; 500 are left for everything else). The count used
+/// is written to the results.
+fn idle_connections_that_fit() -> u32 {
+    const FD_RESERVE: u64 = 512;
+    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(_, hard)| hard)
+        .unwrap_or(20_000);
+    let admitted = hard.saturating_sub(FD_RESERVE) / 2;
+    u32::try_from(admitted.saturating_sub(500).min(10_000)).unwrap_or(10_000)
+}
+
 fn main() {
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!(
@@ -508,7 +521,7 @@ fn main() {
         iperf_seconds: if quick { 2 } else { 5 },
         latency_seconds: if quick { 5 } else { 30 },
         conn_count: if quick { 2000 } else { 10000 },
-        idle_connections: if quick { 2000 } else { 10000 },
+        idle_connections: if quick { 2000 } else { idle_connections_that_fit() },
         memory_settle_seconds: if quick { 10 } else { 60 },
     };
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches");
