@@ -521,7 +521,11 @@ fn main() {
         iperf_seconds: if quick { 2 } else { 5 },
         latency_seconds: if quick { 5 } else { 30 },
         conn_count: if quick { 2000 } else { 10000 },
-        idle_connections: if quick { 2000 } else { idle_connections_that_fit() },
+        idle_connections: if quick {
+            2000
+        } else {
+            idle_connections_that_fit()
+        },
         memory_settle_seconds: if quick { 10 } else { 60 },
     };
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches");
