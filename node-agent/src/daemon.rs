@@ -9,12 +9,14 @@ use tokio::net::TcpListener;
 
 use tokio::sync::watch;
 use weft::admin::{AdminAddrs, AdminContext, LogControl, NodeStatus};
-use weft::config::{ConfigSource, FileSource, FileSourceLimits};
+use weft::config::{
+    kube_source, ConfigSource, FileSource, FileSourceLimits, KubeSource, KubeSourceOptions,
+};
 use weft::identity::{CertManager, RenewalPolicy, SpiffeId};
 use weft::model::{MeshSnapshot, MeshStore};
 use weft::telemetry::MetricsHandle;
 
-use crate::Args;
+use crate::{Args, Source};
 
 /// What every mode starts from.
 pub struct Basics {
@@ -24,9 +26,10 @@ pub struct Basics {
     pub metrics: MetricsHandle,
 }
 
-/// Checks the trust domain, loads the CA and the config (refusing to start on a bad one)
-/// and starts watching the config file.
-pub fn start_basics(args: &Args) -> anyhow::Result<Basics> {
+/// Checks the trust domain, loads the CA and the mesh model (refusing to start on a bad
+/// config file; waiting for the first full list from the Kubernetes API) and keeps
+/// watching the source.
+pub async fn start_basics(args: &Args) -> anyhow::Result<Basics> {
     SpiffeId::new(&args.trust_domain, "x", "x")
         .with_context(|| format!("--trust-domain {:?} is not valid", args.trust_domain))?;
     let policy = RenewalPolicy {
@@ -37,22 +40,10 @@ pub fn start_basics(args: &Args) -> anyhow::Result<Basics> {
     let certs = tokio::task::block_in_place(|| CertManager::new(args.ca_dir.clone(), policy))
         .context("loading the mesh CA")?;
     let store = Arc::new(MeshStore::new(MeshSnapshot::empty()));
-    let limits = FileSourceLimits {
-        max_bytes: args.config_max_bytes,
+    let source = match args.source() {
+        Source::File => file_source(args, store.clone())?,
+        Source::Kube => kube_source(args, store.clone()).await?,
     };
-    // In pods mode the state file says which namespaces were enrolled when the daemon last
-    // ran: a first config that drops all of them is refused like a reload would be.
-    let enrolled_before = match args.mode {
-        crate::Mode::Pods => crate::state::load(&args.run_dir)
-            .map(|state| state.enrolled_namespaces)
-            .unwrap_or_default(),
-        crate::Mode::Host => Vec::new(),
-    };
-    let source =
-        FileSource::load_initial_guarded(&args.config, store.clone(), limits, &enrolled_before)
-            .with_context(|| format!("loading mesh config {}", args.config.display()))?;
-    source.spawn_watch(Duration::from_millis(200));
-    let source: Arc<dyn ConfigSource> = source;
     let metrics = weft::telemetry::install().context("setting up metrics")?;
     tokio::spawn(weft::telemetry::registry::update_health_forever(
         certs.clone(),
@@ -64,6 +55,52 @@ pub fn start_basics(args: &Args) -> anyhow::Result<Basics> {
         source,
         metrics,
     })
+}
+
+/// The Kubernetes source, once every kind has listed (a first snapshot of half a cluster
+/// would release the pods of the namespaces not listed yet).
+async fn kube_source(args: &Args, store: Arc<MeshStore>) -> anyhow::Result<Arc<dyn ConfigSource>> {
+    if args.config.is_some() {
+        anyhow::bail!("--config is for --source file; the kube source reads the API server");
+    }
+    let api = kube_source::client(args.kubeconfig.as_deref())
+        .await
+        .context("connecting to the Kubernetes API")?;
+    tracing::info!(server = %api.server, node = %args.node_name, "watching the Kubernetes API");
+    let source = KubeSource::start(
+        api,
+        store,
+        KubeSourceOptions {
+            node_name: args.node_name.clone(),
+            coalesce: kube_source::DEFAULT_COALESCE,
+        },
+    );
+    source.wait_synced(Duration::from_secs(10)).await;
+    Ok(Arc::new(source))
+}
+
+fn file_source(args: &Args, store: Arc<MeshStore>) -> anyhow::Result<Arc<dyn ConfigSource>> {
+    let Some(config) = &args.config else {
+        anyhow::bail!("--source file needs --config FILE");
+    };
+    if args.kubeconfig.is_some() {
+        anyhow::bail!("--kubeconfig is for --source kube; the file source reads --config");
+    }
+    let limits = FileSourceLimits {
+        max_bytes: args.config_max_bytes,
+    };
+    // In pods mode the state file says which namespaces were enrolled when the daemon last
+    // ran: a first config that drops all of them is refused like a reload would be.
+    let enrolled_before = match args.mode {
+        crate::Mode::Pods => crate::state::load(&args.run_dir)
+            .map(|state| state.enrolled_namespaces)
+            .unwrap_or_default(),
+        crate::Mode::Host => Vec::new(),
+    };
+    let source = FileSource::load_initial_guarded(config, store, limits, &enrolled_before)
+        .with_context(|| format!("loading mesh config {}", config.display()))?;
+    source.spawn_watch(Duration::from_millis(200));
+    Ok(source)
 }
 
 /// Starts the admin (:15000), metrics + dashboard (:15020) and readiness (:15021) servers.

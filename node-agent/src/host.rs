@@ -20,7 +20,7 @@ use crate::daemon::{self, Basics};
 use crate::Args;
 
 pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
-    let basics = daemon::start_basics(&args)?;
+    let basics = daemon::start_basics(&args).await?;
     let Basics { certs, store, .. } = &basics;
     let (certs, store) = (certs.clone(), store.clone());
 

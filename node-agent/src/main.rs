@@ -42,6 +42,15 @@ enum Mode {
     Pods,
 }
 
+/// Where the mesh model comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Source {
+    /// A local YAML file (`--config`), for VMs and tests.
+    File,
+    /// The cluster's Kubernetes API (in-cluster ServiceAccount, or `--kubeconfig`).
+    Kube,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
     Plain,
@@ -54,9 +63,17 @@ enum LogFormat {
 pub struct Args {
     #[arg(long, value_enum)]
     mode: Mode,
-    /// Mesh config: multi-document YAML of Namespace, Pod, Service, EndpointSlice. Hot-reloaded.
+    /// Where the mesh model comes from. Default: `file` when --config is given, else `kube`
+    /// (in a pod, or with --kubeconfig).
+    #[arg(long, value_enum)]
+    source: Option<Source>,
+    /// Mesh config for the file source: multi-document YAML of Namespace, Pod, Service,
+    /// EndpointSlice and weft's kinds. Hot-reloaded.
     #[arg(long)]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// Kubeconfig for the kube source; without it, the in-cluster ServiceAccount config.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// Mesh CA directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem).
     #[arg(long)]
     ca_dir: PathBuf,
@@ -108,6 +125,17 @@ pub struct Args {
     /// Readiness probe (/healthz/ready).
     #[arg(long, default_value_t = any_v4(dataplane::READINESS_PORT))]
     readiness_addr: SocketAddr,
+}
+
+impl Args {
+    /// The source in force: `--source`, else `file` with --config, else `kube`.
+    pub fn source(&self) -> Source {
+        match (self.source, &self.config) {
+            (Some(source), _) => source,
+            (None, Some(_)) => Source::File,
+            (None, None) => Source::Kube,
+        }
+    }
 }
 
 /// `0.0.0.0:<port>`.

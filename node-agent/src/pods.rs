@@ -19,7 +19,7 @@ use crate::pod_proxy::NodeContext;
 use crate::{cni_server, Args};
 
 pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
-    let basics = daemon::start_basics(&args)?;
+    let basics = daemon::start_basics(&args).await?;
     let Basics { certs, store, .. } = &basics;
     let (certs, store) = (certs.clone(), store.clone());
     cni_server::prepare_run_dir(&args.run_dir)

@@ -5,7 +5,8 @@
 //! - metrics on :15020: `/metrics` (Prometheus), `/` (the per-node dashboard), `/stats`
 //!   (the JSON the dashboard reads);
 //! - readiness on :15021: `/healthz/ready` (200 once the config is loaded and every
-//!   enrolled pod has its listeners, 503 with the reason before).
+//!   enrolled pod has its listeners, 503 with the reason before; a 200 says `degraded` and
+//!   why while the source is cut off from its input and the last snapshot serves).
 
 mod http;
 
@@ -181,7 +182,15 @@ impl AdminContext {
 
     async fn readiness(&self) -> HttpResponse {
         match self.ready().await {
-            Ok(()) => respond(StatusCode::OK, "text/plain", "ready\n"),
+            Ok(()) => match self.source.status().degraded {
+                // Still serving (the last snapshot is in force), but an operator should know.
+                Some(degraded) => respond(
+                    StatusCode::OK,
+                    "text/plain",
+                    format!("ready, degraded: {degraded}\n"),
+                ),
+                None => respond(StatusCode::OK, "text/plain", "ready\n"),
+            },
             Err(reason) => respond(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",

@@ -430,6 +430,10 @@ impl ConfigSource for FileSource {
             reloads,
             reads,
             stalled: self.stalled(),
+            degraded: None,
+            last_sync_unix: None,
+            kinds: Default::default(),
+            rejected_objects: Vec::new(),
         }
     }
 

@@ -4,10 +4,14 @@
 //!
 //! - [`FileSource`]: a local multi-document YAML file, watched and hot-reloaded; a bad edit is
 //!   rejected and the last good snapshot stays in force.
+//! - [`KubeSource`]: the Kubernetes API server, watched; an invalid object is left out
+//!   alone, and a lost API server keeps the last snapshot serving.
 
 pub mod file_source;
+pub mod kube_source;
 mod source;
 
 pub use crate::model::ConfigError;
 pub use file_source::{FileSource, FileSourceLimits};
-pub use source::{ConfigSource, ReloadStats, SourceStatus};
+pub use kube_source::{KubeSource, KubeSourceError, KubeSourceOptions};
+pub use source::{ConfigSource, KindStatus, RejectedObject, ReloadStats, SourceStatus};

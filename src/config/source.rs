@@ -6,6 +6,7 @@
 //! one translation of [`crate::model`] and publishes snapshots to a
 //! [`crate::model::MeshStore`]; how it reads is its own business.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
@@ -39,6 +40,46 @@ pub struct SourceStatus {
     /// Why the source counts as stuck (it stopped taking in changes), if it does; the node is
     /// then not ready.
     pub stalled: Option<String>,
+    /// Why the source is cut off from its input while the last snapshot keeps serving (the
+    /// API server is unreachable), if it is; the node stays ready and says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
+    /// When the source last knew its snapshot to be up to date (seconds since the epoch), for
+    /// sources that can lose their input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_sync_unix: Option<u64>,
+    /// Per kind: objects in the model and objects rejected (watch-based sources).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub kinds: BTreeMap<String, KindStatus>,
+    /// The objects rejected now, each with its error (watch-based sources: each is left out
+    /// alone and the rest of the model keeps updating).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rejected_objects: Vec<RejectedObject>,
+}
+
+/// One kind of a watch-based source.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct KindStatus {
+    /// Objects of this kind known now (rejected ones included).
+    pub objects: usize,
+    /// Of those, how many are left out of the model because they are invalid.
+    pub rejected: usize,
+    /// Whether the initial list of this kind completed.
+    pub synced: bool,
+    /// `false` for an optional kind whose API is not installed (its CRD is missing).
+    pub installed: bool,
+    /// The last error of this kind's watch, until it recovers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// An object left out of the model, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RejectedObject {
+    /// `Pod shop/a`.
+    pub object: String,
+    /// Names the field and what is wrong with it.
+    pub error: String,
 }
 
 /// A config source, as the admin API, telemetry and the daemon see it.

@@ -37,6 +37,16 @@ pub const CONFIG_RELOADS: &str = "weft_config_reloads_total";
 pub const BUILD_INFO: &str = "weft_build_info";
 /// Gauge: 1 while the config source reports itself stalled, else 0.
 pub const CONFIG_STALLED: &str = "weft_config_source_stalled";
+/// Gauge: 1 while the config source is cut off from its input (the API server is lost)
+/// and the last snapshot serves, else 0.
+pub const CONFIG_DEGRADED: &str = "weft_config_source_degraded";
+/// Gauge: when the config source last knew its model to be up to date (seconds since the
+/// epoch; Kubernetes source only).
+pub const CONFIG_LAST_SYNC: &str = "weft_config_source_last_sync_timestamp_seconds";
+/// Gauge: objects the config source holds, by `kind` (Kubernetes source only).
+pub const CONFIG_OBJECTS: &str = "weft_config_source_objects";
+/// Gauge: objects left out of the model because they are invalid, by `kind`.
+pub const CONFIG_REJECTED_OBJECTS: &str = "weft_config_source_rejected_objects";
 /// Counter: connections the daemon refused to protect itself, by `reason` (`loop`,
 /// `per_source_limit`, `fd_reserve`, `cni_peer`).
 pub const CONNECTIONS_REFUSED: &str = "weft_connections_refused_total";
@@ -145,6 +155,19 @@ fn describe() {
         CONFIG_STALLED,
         "1 while the config source has not completed a poll for a long time (edits are not applied)"
     );
+    describe_gauge!(
+        CONFIG_DEGRADED,
+        "1 while the config source cannot reach its input (API server lost) and the last snapshot serves"
+    );
+    describe_gauge!(
+        CONFIG_LAST_SYNC,
+        "When the config source last knew its model to be up to date, seconds since the epoch"
+    );
+    describe_gauge!(CONFIG_OBJECTS, "Objects the config source holds, by kind");
+    describe_gauge!(
+        CONFIG_REJECTED_OBJECTS,
+        "Objects left out of the model because they are invalid, by kind"
+    );
     describe_counter!(
         CONNECTIONS_REFUSED,
         "Connections the daemon refused to protect itself, by reason (loop, per-source limit, fd reserve)"
@@ -173,5 +196,15 @@ pub async fn update_health_forever(
         metrics::counter!(CONFIG_RELOADS, "result" => "rejected").absolute(status.reloads.rejected);
         let stalled = if status.stalled.is_some() { 1.0 } else { 0.0 };
         metrics::gauge!(CONFIG_STALLED).set(stalled);
+        let degraded = if status.degraded.is_some() { 1.0 } else { 0.0 };
+        metrics::gauge!(CONFIG_DEGRADED).set(degraded);
+        if let Some(at) = status.last_sync_unix {
+            metrics::gauge!(CONFIG_LAST_SYNC).set(at as f64);
+        }
+        for (kind, counts) in &status.kinds {
+            metrics::gauge!(CONFIG_OBJECTS, "kind" => kind.clone()).set(counts.objects as f64);
+            metrics::gauge!(CONFIG_REJECTED_OBJECTS, "kind" => kind.clone())
+                .set(counts.rejected as f64);
+        }
     }
 }
