@@ -7,6 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
+# The real kube-apiserver and etcd the Kubernetes tests run against: built from their Go
+# modules once per machine (a few minutes), then reused from the cache.
+echo "== test API server: $(bash scripts/build-apiserver.sh)"
 
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then

@@ -10,6 +10,7 @@
 
 pub mod enrollment;
 pub mod error;
+pub mod gateway_kinds;
 pub mod translate;
 pub mod weft_kinds;
 
@@ -153,6 +154,37 @@ pub struct Endpoint {
     pub target_ports: BTreeMap<u16, u16>,
 }
 
+/// A Gateway API `HTTPRoute`, kept for the waypoint: where it attaches and its rules as
+/// written.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HttpRoute {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// The Services (GAMMA) or Gateways it attaches to.
+    pub parents: Vec<RouteParent>,
+    /// Host names it matches; empty matches all.
+    pub hostnames: Vec<String>,
+    /// `spec.rules`, as written.
+    pub rules: Vec<serde_json::Value>,
+}
+
+/// One parent of an [`HttpRoute`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteParent {
+    /// `Service` or `Gateway`.
+    pub kind: String,
+    /// The parent's namespace (the route's when not given).
+    pub namespace: String,
+    /// The parent's name.
+    pub name: String,
+    /// `sectionName`: a named port of the Service.
+    pub section_name: Option<String>,
+    /// `port`: a port of the Service.
+    pub port: Option<u16>,
+}
+
 /// A Kubernetes Service with its resolved endpoints.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Service {
@@ -200,6 +232,8 @@ pub struct MeshSnapshot {
     workloads_by_uid: HashMap<String, Arc<Workload>>,
     workloads_by_node: HashMap<String, Vec<Arc<Workload>>>,
     services_by_vip: HashMap<IpAddr, Arc<Service>>,
+    /// HTTPRoutes, in (namespace, name) order.
+    http_routes: Vec<Arc<HttpRoute>>,
     /// AuthorizationPolicies and PeerAuthentications, indexed by workload.
     policies: PolicyIndex<Workload>,
     /// Assigned by [`MeshStore::publish`]; 0 for a snapshot never published.
@@ -221,8 +255,11 @@ impl MeshSnapshot {
         authorization_policies: Vec<AuthorizationPolicy>,
         peer_authentications: Vec<PeerAuthentication>,
         held_strict: BTreeSet<String>,
+        mut http_routes: Vec<HttpRoute>,
     ) -> Self {
         let mut snapshot = Self::empty();
+        http_routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        snapshot.http_routes = http_routes.into_iter().map(Arc::new).collect();
         for ns in namespaces {
             snapshot.namespaces.insert(ns.name.clone(), ns);
         }
@@ -316,6 +353,25 @@ impl MeshSnapshot {
         self.services.values().flat_map(BTreeMap::values)
     }
 
+    /// Every HTTPRoute, in (namespace, name) order.
+    pub fn http_routes(&self) -> impl Iterator<Item = &Arc<HttpRoute>> {
+        self.http_routes.iter()
+    }
+
+    /// The HTTPRoutes attached to Service `namespace/name`.
+    pub fn http_routes_for_service<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<HttpRoute>> {
+        self.http_routes.iter().filter(move |route| {
+            route
+                .parents
+                .iter()
+                .any(|p| p.kind == "Service" && p.namespace == namespace && p.name == name)
+        })
+    }
+
     /// Workloads scheduled on `node`, sorted by (namespace, name).
     pub fn workloads_on_node<'a>(
         &'a self,
@@ -390,13 +446,15 @@ impl Serialize for MeshSnapshot {
             self.authorization_policies().map(|p| &**p).collect();
         let peer_authentications: Vec<&PeerAuthentication> =
             self.peer_authentications().map(|p| &**p).collect();
-        let mut st = serializer.serialize_struct("MeshSnapshot", 6)?;
+        let http_routes: Vec<&HttpRoute> = self.http_routes().map(|r| &**r).collect();
+        let mut st = serializer.serialize_struct("MeshSnapshot", 7)?;
         st.serialize_field("generation", &self.generation)?;
         st.serialize_field("namespaces", &namespaces)?;
         st.serialize_field("workloads", &workloads)?;
         st.serialize_field("services", &services)?;
         st.serialize_field("authorization_policies", &authorization_policies)?;
         st.serialize_field("peer_authentications", &peer_authentications)?;
+        st.serialize_field("http_routes", &http_routes)?;
         st.end()
     }
 }

@@ -20,6 +20,8 @@ use serde_json::{json, Value};
 
 use super::testbed::{binary, sh, unique, Netns, Process};
 
+pub mod kube;
+
 pub const CNI_DIR: &str = "/usr/lib/cni";
 pub const AMBIENT: (&str, &str) = ("weft.dev/dataplane-mode", "ambient");
 
@@ -121,6 +123,9 @@ pub struct Cluster {
     revision: Cell<u64>,
     /// Writes not yet confirmed by every running daemon: (node, rejected count before).
     unsettled: RefCell<Vec<(usize, u64)>>,
+    /// Kubernetes mode ([`Cluster::with_api`]): the API server the daemons watch instead of
+    /// the config file. Declared last: it is dropped after the daemons.
+    pub api: Option<kube::KubeApi>,
 }
 
 /// The Namespace whose label carries the config revision.
@@ -212,6 +217,7 @@ impl Cluster {
             _underlay: underlay,
             revision: Cell::new(0),
             unsettled: RefCell::new(Vec::new()),
+            api: None,
         };
         cluster.write_config();
         cluster
@@ -333,8 +339,15 @@ impl Cluster {
                     .unwrap_or_default()
                     .split_whitespace(),
             )
-            .arg("--config")
-            .arg(&self.config_path)
+            .args(match &self.api {
+                Some(api) => vec![
+                    "--source".into(),
+                    "kube".into(),
+                    "--kubeconfig".into(),
+                    api.node_kubeconfig.clone().into_os_string(),
+                ],
+                None => vec!["--config".into(), self.config_path.clone().into_os_string()],
+            })
             .arg("--ca-dir")
             .arg(&self.ca_dir)
             .arg("--run-dir")
@@ -495,7 +508,7 @@ impl Cluster {
         labels: &[(&str, &str)],
         listed_before_add: bool,
     ) -> Result<usize, (i32, String)> {
-        let spec = PodSpec {
+        let mut spec = PodSpec {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
             service_account: service_account.to_owned(),
@@ -506,7 +519,14 @@ impl Cluster {
                 .collect(),
             node,
         };
-        if listed_before_add {
+        if self.api.is_some() {
+            // The API server knows the pod before its sandbox exists, as with a kubelet.
+            assert!(
+                listed_before_add,
+                "Kubernetes mode lists every pod before ADD"
+            );
+            self.kube_create_pod(&mut spec);
+        } else if listed_before_add {
             self.write_config_with_pending(&spec);
             // Every daemon knows the pod before its sandbox appears.
             self.settle();
@@ -547,7 +567,12 @@ impl Cluster {
             extra: Vec::new(),
         });
         // Every daemon knows the pod's IP before a test talks to it.
-        self.write_config();
+        if self.api.is_some() {
+            let pod = self.pods.last().expect("just pushed");
+            self.kube_set_pod_ip(&pod.spec, &pod.ip);
+        } else {
+            self.write_config();
+        }
         self.settle();
         Ok(self.pods.len() - 1)
     }

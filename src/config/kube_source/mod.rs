@@ -393,7 +393,12 @@ impl Shared {
             }
         }
         // A cluster's worth of objects takes a while to translate: off the async workers.
-        let built = tokio::task::spawn_blocking(move || build_lenient(&objects)).await;
+        let built = tokio::task::spawn_blocking(move || {
+            // Stable order, so a conflict rejects the same (newer) object every time.
+            objects.sort_by_cached_key(|o| o.age_order());
+            build_lenient(&objects)
+        })
+        .await;
         let Ok((snapshot, left_out)) = built else {
             warn!("the model rebuild panicked; the last snapshot stays in force");
             return;

@@ -78,6 +78,7 @@ pub(super) struct BuildState {
     pub(super) peer_authentications: Vec<PeerAuthentication>,
     /// Namespaces held STRICT because one of their PeerAuthentications was rejected.
     pub(super) held_strict: BTreeSet<String>,
+    pub(super) http_routes: Vec<crate::model::HttpRoute>,
 }
 
 /// The object being translated: who it is (for errors) and its resolved namespace and name.

@@ -1,5 +1,6 @@
 //! The one translation from Kubernetes-shaped objects to a [`MeshSnapshot`]: a registry of
 //! the supported kinds (`KINDS`), one module per kind, and the two ways to build.
+//! (`HTTPRoute`s are kept for the waypoint; the node daemons route at L4.)
 //!
 //! Each kind's module implements `KindObject` for its parsed shape: it validates one object
 //! and adds what it means to the build state. This module recognises a document's kind,
@@ -22,6 +23,7 @@
 mod authorization_policy;
 mod context;
 mod endpoint_slice;
+mod http_route;
 mod namespace;
 mod peer_authentication;
 mod pod;
@@ -42,6 +44,7 @@ use serde_yaml::Value;
 
 use self::context::{identify, BuildState, KindObject};
 use super::error::{ConfigError, ObjectRef};
+use super::gateway_kinds::{self, GATEWAY_API_VERSION};
 use super::weft_kinds::{self, WEFT_API_VERSION};
 use super::MeshSnapshot;
 
@@ -131,6 +134,14 @@ const KINDS: &[KindEntry] = &[
         parse: parse_as::<weft_kinds::PeerAuthentication>,
         fail_closed: Some(peer_authentication::hold_its_namespace_strict),
     },
+    KindEntry {
+        api_version: GATEWAY_API_VERSION,
+        kind: "HTTPRoute",
+        namespaced: true,
+        stage: Stage::Policies,
+        parse: parse_as::<gateway_kinds::HttpRoute>,
+        fail_closed: None,
+    },
 ];
 
 fn parse_as<T: KindObject + DeserializeOwned + 'static>(
@@ -139,8 +150,8 @@ fn parse_as<T: KindObject + DeserializeOwned + 'static>(
     serde_path_to_error::deserialize::<_, T>(value).map(|t| Arc::new(t) as Arc<dyn KindObject>)
 }
 
-/// What weft reads, for error messages: "v1 Namespace, v1 Pod, ..., and weft.dev/v1alpha1
-/// AuthorizationPolicy and PeerAuthentication".
+/// What weft reads, for error messages: "v1 Namespace, v1 Pod, ..., weft.dev/v1alpha1
+/// AuthorizationPolicy and PeerAuthentication, and gateway.networking.k8s.io/v1 HTTPRoute".
 fn supported_kinds() -> String {
     let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
     for entry in KINDS {
@@ -181,6 +192,19 @@ impl ParsedObject {
     /// The `kind`, as written in manifests.
     pub fn kind(&self) -> &'static str {
         self.kind.kind
+    }
+
+    /// The order in which a watch-based source hands objects to [`build_lenient`]: oldest
+    /// first (`metadata.creationTimestamp`), then by namespace and name. A conflict (a pod IP
+    /// or cluster IP claimed twice) then rejects the newer object, the same one every
+    /// rebuild.
+    pub fn age_order(&self) -> impl Ord {
+        let meta = self.object.metadata();
+        (
+            meta.creation_timestamp.clone(),
+            meta.namespace.clone(),
+            meta.name.clone(),
+        )
     }
 
     /// Which object this is, as errors name it.
@@ -416,5 +440,6 @@ fn finish(mut state: BuildState) -> MeshSnapshot {
         state.authorization_policies,
         state.peer_authentications,
         state.held_strict,
+        state.http_routes,
     )
 }

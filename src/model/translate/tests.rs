@@ -714,8 +714,9 @@ fn unknown_or_missing_kind_rejected() {
             "document 2",
             "Deployment shop/web",
             "kind: \"Deployment\" is not supported",
-            "v1 Namespace, v1 Pod, v1 Service, discovery.k8s.io/v1 EndpointSlice, and \
-             weft.dev/v1alpha1 AuthorizationPolicy and PeerAuthentication",
+            "v1 Namespace, v1 Pod, v1 Service, discovery.k8s.io/v1 EndpointSlice, \
+             weft.dev/v1alpha1 AuthorizationPolicy and PeerAuthentication, and \
+             gateway.networking.k8s.io/v1 HTTPRoute",
         ],
     );
     assert_error(
@@ -771,4 +772,56 @@ fn real_manifest_fields_weft_does_not_read_are_checked_as_kubernetes_does() {
         err.contains("spec.containers[0].env[0].value") && err.contains("quote the value"),
         "{err}"
     );
+}
+
+const ROUTE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews-canary, namespace: shop}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: reviews, port: 9080}
+  rules:
+  - backendRefs:
+    - {name: reviews-v1, port: 9080, weight: 90}
+    - {name: reviews-v2, port: 9080, weight: 10}
+status: {parents: []}
+"#;
+
+#[test]
+fn http_routes_are_kept_for_their_services() {
+    let snapshot = parse_and_build(ROUTE).unwrap();
+    let routes: Vec<_> = snapshot
+        .http_routes_for_service("shop", "reviews")
+        .collect();
+    assert_eq!(routes.len(), 1);
+    let route = &routes[0];
+    assert_eq!(route.name, "reviews-canary");
+    assert_eq!(route.parents[0].port, Some(9080));
+    assert_eq!(route.parents[0].namespace, "shop");
+    assert_eq!(route.rules[0]["backendRefs"][1]["weight"], 10);
+    assert_eq!(
+        snapshot.http_routes_for_service("shop", "ratings").count(),
+        0
+    );
+}
+
+#[test]
+fn an_http_route_with_a_bad_parent_names_the_field() {
+    let bad_kind = ROUTE.replace(
+        "kind: Service, name: reviews",
+        "kind: ConfigMap, name: reviews",
+    );
+    let err = parse_and_build(&bad_kind).unwrap_err().to_string();
+    assert!(
+        err.contains("HTTPRoute shop/reviews-canary") && err.contains("spec.parentRefs[0].kind"),
+        "{err}"
+    );
+    let bad_port = ROUTE.replace("port: 9080}\n  rules", "port: 0}\n  rules");
+    let err = parse_and_build(&bad_port).unwrap_err().to_string();
+    assert!(err.contains("spec.parentRefs[0].port"), "{err}");
 }
