@@ -36,9 +36,9 @@ impl KindObject for gateway_kinds::HttpRoute {
                     ))
                 }
             }
-            ctx.name(&field("name"), &parent.name, names::check_dns_label)?;
+            ctx.name(field("name"), &parent.name, names::check_dns_label)?;
             if let Some(namespace) = &parent.namespace {
-                ctx.name(&field("namespace"), namespace, names::check_dns_label)?;
+                ctx.name(field("namespace"), namespace, names::check_dns_label)?;
             }
             let port = parent
                 .port
