@@ -261,12 +261,10 @@ impl KubeSource {
             changed.clone(),
         ));
 
-        let (stats_tx, _) = channel::channel(ReloadStats::default());
-        let (synced_tx, _) = channel::channel(false);
-        let shared = Arc::new(Shared {
-            name: format!("kubernetes {server}"),
+        let shared = Shared::new(
+            format!("kubernetes {server}"),
             store,
-            kinds: vec![
+            vec![
                 namespaces,
                 local_pods,
                 remote_pods,
@@ -277,11 +275,8 @@ impl KubeSource {
                 routes,
             ],
             changed,
-            coalesce: options.coalesce,
-            state: Mutex::new(State::default()),
-            stats_tx,
-            synced_tx,
-        });
+            options.coalesce,
+        );
         tasks.push(tokio::spawn(rebuild_forever(shared.clone())));
         tasks.push(tokio::spawn(probe_forever(shared.clone(), client)));
         KubeSource { shared, tasks }
@@ -351,6 +346,27 @@ fn watch_dynamic(
 // === impl Shared ===
 
 impl Shared {
+    fn new(
+        name: String,
+        store: Arc<MeshStore>,
+        kinds: Vec<Arc<KindStore>>,
+        changed: Arc<Notify>,
+        coalesce: Duration,
+    ) -> Arc<Self> {
+        let (stats_tx, _) = channel::channel(ReloadStats::default());
+        let (synced_tx, _) = channel::channel(false);
+        Arc::new(Shared {
+            name,
+            store,
+            kinds,
+            changed,
+            coalesce,
+            state: Mutex::new(State::default()),
+            stats_tx,
+            synced_tx,
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Fields are replaced one at a time; a panic cannot leave the state torn.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -551,5 +567,106 @@ impl ConfigSource for KubeSource {
 
     fn subscribe(&self) -> channel::Receiver<ReloadStats> {
         self.shared.stats_tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MeshSnapshot;
+    use serde_json::json;
+
+    fn pod(i: usize) -> serde_json::Value {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("p-{i}"), "namespace": "shop", "uid": format!("u-{i}")},
+            "spec": {"nodeName": "node-1", "containers": []},
+            "status": {"podIP": format!("10.1.{}.{}", i / 250, i % 250 + 1)}})
+    }
+
+    /// The rebuild task with a namespace kind and a pod kind, as the watches feed them.
+    fn fixture(coalesce: Duration) -> (Arc<Shared>, Arc<KindStore>, Arc<MeshStore>) {
+        let store = Arc::new(MeshStore::new(MeshSnapshot::empty()));
+        let namespaces = Arc::new(KindStore::new("Namespace", "Namespace", false, false));
+        let pods = Arc::new(KindStore::new("Pod", "Pod", true, false));
+        let shared = Shared::new(
+            "test".into(),
+            store.clone(),
+            vec![namespaces.clone(), pods.clone()],
+            Arc::new(Notify::new()),
+            coalesce,
+        );
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}});
+        let (key, stored) = namespaces.parse(&ns);
+        namespaces.relist_start();
+        namespaces.apply(key, Some(stored));
+        namespaces.relist_done();
+        pods.relist_start();
+        pods.relist_done();
+        (shared, pods, store)
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_a_thousand_pod_events_is_one_rebuild() {
+        let (shared, pods, store) = fixture(Duration::from_millis(500));
+        let mut generations = store.subscribe();
+        let task = tokio::spawn(rebuild_forever(shared.clone()));
+        for i in 0..1000 {
+            let (key, stored) = pods.parse(&pod(i));
+            pods.apply(key, Some(stored));
+            shared.changed.notify_one();
+            // Events arrive spread out, with the rebuild task free to run in between.
+            tokio::task::yield_now().await;
+        }
+        generations.changed().await.unwrap();
+        assert_eq!(store.load().workloads().count(), 1000);
+        assert_eq!(shared.lock().stats.accepted, 1, "one rebuild for the burst");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn nothing_is_published_before_every_kind_listed_and_a_bad_object_is_left_out_alone() {
+        let (shared, pods, store) = fixture(Duration::from_millis(1));
+        let late = Arc::new(KindStore::new("Service", "Service", true, false));
+        let shared = Shared::new(
+            "test".into(),
+            store.clone(),
+            vec![shared.kinds[0].clone(), pods.clone(), late.clone()],
+            Arc::new(Notify::new()),
+            Duration::from_millis(1),
+        );
+        let mut generations = store.subscribe();
+        let task = tokio::spawn(rebuild_forever(shared.clone()));
+        for i in 0..3 {
+            let (key, stored) = pods.parse(&pod(i));
+            pods.apply(key, Some(stored));
+        }
+        // A pod claiming p-0's IP: the API server cannot know, the build rejects it.
+        let mut twin = pod(0);
+        twin["metadata"]["name"] = json!("twin");
+        twin["metadata"]["uid"] = json!("u-twin");
+        twin["metadata"]["creationTimestamp"] = json!("2030-01-01T00:00:00Z");
+        let (key, stored) = pods.parse(&twin);
+        pods.apply(key, Some(stored));
+        shared.changed.notify_one();
+        // Give the rebuild task many windows in which it must not publish.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(store.load().generation, 0, "Service has not listed yet");
+        late.relist_start();
+        late.relist_done();
+        shared.changed.notify_one();
+        generations.changed().await.unwrap();
+        let snapshot = store.load();
+        assert_eq!(snapshot.workloads().count(), 3);
+        let status = KubeSource {
+            shared: shared.clone(),
+            tasks: Vec::new(),
+        }
+        .status();
+        assert_eq!(status.rejected_objects.len(), 1);
+        assert_eq!(status.rejected_objects[0].object, "Pod shop/twin");
+        assert!(status.rejected_objects[0].error.contains("status.podIP"));
+        assert_eq!(status.kinds["Pod"].rejected, 1);
+        assert_eq!(status.kinds["Pod"].objects, 4);
+        task.abort();
     }
 }
