@@ -394,10 +394,17 @@ impl Shared {
     async fn rebuild(self: &Arc<Self>) {
         let mut objects = Vec::new();
         let mut rejected: Vec<(&'static str, RejectedObject)> = Vec::new();
+        // A pod being scheduled onto this node leaves the other-nodes watch as it enters this
+        // node's: for a moment both may hold it. The first store (this node's) wins.
+        let mut seen = std::collections::HashSet::new();
         for kind in &self.kinds {
             for stored in kind.objects() {
                 match stored {
-                    Stored::Parsed(parsed) => objects.push(parsed),
+                    Stored::Parsed(parsed) => {
+                        if seen.insert(parsed.object_ref()) {
+                            objects.push(parsed)
+                        }
+                    }
                     Stored::Invalid { object, error } => rejected.push((
                         kind.label,
                         RejectedObject {
@@ -667,6 +674,41 @@ mod tests {
         assert!(status.rejected_objects[0].error.contains("status.podIP"));
         assert_eq!(status.kinds["Pod"].rejected, 1);
         assert_eq!(status.kinds["Pod"].objects, 4);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_pod_in_both_pod_watches_at_once_is_one_pod() {
+        let (shared, local, store) = fixture(Duration::from_millis(1));
+        let remote = Arc::new(KindStore::new("Pod (other nodes)", "Pod", true, false));
+        remote.relist_start();
+        remote.relist_done();
+        let shared = Shared::new(
+            "test".into(),
+            store.clone(),
+            vec![shared.kinds[0].clone(), local.clone(), remote.clone()],
+            Arc::new(Notify::new()),
+            Duration::from_millis(1),
+        );
+        let mut generations = store.subscribe();
+        let task = tokio::spawn(rebuild_forever(shared.clone()));
+        for kind in [&local, &remote] {
+            let (key, stored) = kind.parse(&pod(7));
+            kind.apply(key, Some(stored));
+        }
+        shared.changed.notify_one();
+        generations.changed().await.unwrap();
+        assert_eq!(store.load().workloads().count(), 1);
+        let status = KubeSource {
+            shared: shared.clone(),
+            tasks: Vec::new(),
+        }
+        .status();
+        assert!(
+            status.rejected_objects.is_empty(),
+            "{:?}",
+            status.rejected_objects
+        );
         task.abort();
     }
 }
