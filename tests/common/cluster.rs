@@ -298,6 +298,19 @@ impl Cluster {
     /// Node `i`'s daemon's view of the config: (revision in force, rejected reloads).
     /// None while its admin port does not answer.
     pub fn config_status(&self, i: usize) -> Option<(u64, u64)> {
+        let dump = self.dump(i)?;
+        let revision = dump["mesh"]["namespaces"]
+            .as_array()?
+            .iter()
+            .find(|ns| ns["name"] == REVISION_NAMESPACE)
+            .and_then(|ns| ns["labels"]["revision"].as_str()?.parse().ok())
+            .unwrap_or(0);
+        let rejected = dump["config"]["rejected"].as_u64()?;
+        Some((revision, rejected))
+    }
+
+    /// Node `i`'s `/config_dump`, or None while its admin port does not answer.
+    pub fn dump(&self, i: usize) -> Option<Value> {
         let out = self.nodes[i]
             .ns
             .command("curl")
@@ -309,15 +322,7 @@ impl Cluster {
             ])
             .output()
             .ok()?;
-        let dump: Value = serde_json::from_slice(&out.stdout).ok()?;
-        let revision = dump["mesh"]["namespaces"]
-            .as_array()?
-            .iter()
-            .find(|ns| ns["name"] == REVISION_NAMESPACE)
-            .and_then(|ns| ns["labels"]["revision"].as_str()?.parse().ok())
-            .unwrap_or(0);
-        let rejected = dump["config"]["rejected"].as_u64()?;
-        Some((revision, rejected))
+        serde_json::from_slice(&out.stdout).ok()
     }
 
     /// Starts (or restarts) the daemon of node `i` and waits until it is ready.

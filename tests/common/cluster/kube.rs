@@ -156,22 +156,6 @@ impl Cluster {
         });
     }
 
-    /// Node `i`'s `/config_dump`, or None while its admin port does not answer.
-    pub fn dump(&self, i: usize) -> Option<Value> {
-        let out = self.nodes[i]
-            .ns
-            .command("curl")
-            .args([
-                "-sf",
-                "--max-time",
-                "2",
-                "http://127.0.0.1:15000/config_dump",
-            ])
-            .output()
-            .ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
     /// Waits until `check` holds for the dump of every running daemon; returns how long
     /// that took.
     pub fn wait_dumps(&self, what: &str, check: impl Fn(&Value) -> bool) -> Duration {
