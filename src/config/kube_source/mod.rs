@@ -1,10 +1,10 @@
 //! The Kubernetes API source: the mesh model from a cluster's API server, through the same
 //! translation the file source uses.
 //!
-//! One watch per kind ([`watch`]) feeds a reflector of parsed objects ([`reflector`]):
+//! One watch per kind (`watch.rs`) feeds a reflector of parsed objects (`reflector.rs`):
 //! this node's Pods (field selector `spec.nodeName=<node>`) and the other nodes' Pods
 //! (`spec.nodeName!=<node>`), both stripped to the fields routing and identity read
-//! ([`strip`]); Namespaces, Services and EndpointSlices cluster-wide; weft's
+//! (`strip.rs`); Namespaces, Services and EndpointSlices cluster-wide; weft's
 //! `AuthorizationPolicy` and `PeerAuthentication`; and Gateway API `HTTPRoute` when its CRD
 //! is installed. A change marks the model dirty; one rebuild task waits a short coalescing
 //! window, then translates everything leniently ([`crate::model::translate::build_lenient`]:
