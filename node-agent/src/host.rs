@@ -2,6 +2,7 @@
 //! on its own interfaces (HBONE inbound on 15008) and, with `--socks5`, takes outbound
 //! connections from local clients and sends them through the mesh.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -26,7 +27,7 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
 
     let host = HostWorkloads::new(store.clone(), args.trust_domain.clone());
     tokio::spawn(host.clone().enforce_policy_changes());
-    announce_workloads(&host, &certs, &args.node_name).await;
+    let mut announced = announce_workloads(&host, &certs, &args.node_name, None).await;
     let mut changes = store.subscribe();
     {
         let host = host.clone();
@@ -35,7 +36,7 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
         tokio::spawn(async move {
             while changes.changed().await.is_ok() {
                 host.refresh_local_ips();
-                announce_workloads(&host, &certs, &node).await;
+                announced = announce_workloads(&host, &certs, &node, Some(&announced)).await;
             }
         });
     }
@@ -136,14 +137,25 @@ impl NodeStatus for HostStatus {
     }
 }
 
-/// Logs which workloads this host serves, gets their certificates ready and retires the
-/// certificates of identities none of them uses any more.
-async fn announce_workloads(host: &HostWorkloads, certs: &Arc<CertManager>, node: &str) {
+/// Gets the certificates of the workloads this host serves ready, retires those no workload
+/// uses any more, and logs what changed since `before` (the workloads last announced; `None`
+/// at start): a cluster-wide source publishes often, and an unchanged host logs nothing.
+/// Returns the workloads served now (namespace/name).
+async fn announce_workloads(
+    host: &HostWorkloads,
+    certs: &Arc<CertManager>,
+    node: &str,
+    before: Option<&BTreeSet<String>>,
+) -> BTreeSet<String> {
     let served = host.served();
     let in_use: std::collections::HashSet<_> =
         served.iter().filter_map(|w| host.identity_of(w)).collect();
     certs.retain(|id| in_use.contains(id));
-    if served.is_empty() {
+    let now: BTreeSet<String> = served
+        .iter()
+        .map(|w| format!("{}/{}", w.namespace, w.name))
+        .collect();
+    if now.is_empty() && before.is_none_or(|b| !b.is_empty()) {
         tracing::warn!(
             node,
             "no workload in the mesh config has an IP on this host's interfaces"
@@ -153,11 +165,14 @@ async fn announce_workloads(host: &HostWorkloads, certs: &Arc<CertManager>, node
         let Some(id) = host.identity_of(&workload) else {
             continue;
         };
+        let name = format!("{}/{}", workload.namespace, workload.name);
         match certs.get_or_issue(&id).await {
+            Ok(_) if before.is_some_and(|b| b.contains(&name)) => {}
             Ok(_) => {
-                tracing::info!(workload = %format!("{}/{}", workload.namespace, workload.name), identity = %id, ips = ?workload.ips, "serving workload")
+                tracing::info!(workload = %name, identity = %id, ips = ?workload.ips, "serving workload")
             }
             Err(error) => tracing::error!(identity = %id, %error, "cannot issue a certificate"),
         }
     }
+    now
 }
