@@ -30,7 +30,8 @@ use tokio::sync::watch;
 pub use enrollment::DATAPLANE_MODE_LABEL;
 pub use error::{ConfigError, ObjectRef};
 pub use translate::{
-    build, build_lenient, parse_and_build, parse_documents, parse_object, ParsedObject, Rejected,
+    build, build_lenient, build_lenient_with_unparsed, parse_and_build, parse_documents,
+    parse_object, ParsedObject, Rejected, Unparsed,
 };
 
 use crate::policy::{

@@ -7,7 +7,7 @@
 //! (`strip.rs`); Namespaces, Services and EndpointSlices cluster-wide; weft's
 //! `AuthorizationPolicy` and `PeerAuthentication`; and Gateway API `HTTPRoute` when its CRD
 //! is installed. A change marks the model dirty; one rebuild task waits a short coalescing
-//! window, then translates everything leniently ([`crate::model::translate::build_lenient`]:
+//! window, then translates everything leniently ([`crate::model::translate::build_lenient_with_unparsed`]:
 //! an invalid object is left out alone, named in a log line and in `/config_dump`) and
 //! publishes one snapshot, so a burst of a thousand pod events is one rebuild.
 //!
@@ -37,7 +37,7 @@ use tracing::{info, warn};
 use self::reflector::{KindStore, Stored};
 use self::watch::WatchSpec;
 use super::source::{ConfigSource, RejectedObject, ReloadStats, SourceStatus};
-use crate::model::translate::build_lenient;
+use crate::model::translate::{build_lenient_with_unparsed, Unparsed};
 use crate::model::weft_kinds::WEFT_API_VERSION;
 use crate::model::MeshStore;
 
@@ -397,6 +397,7 @@ impl Shared {
         // A pod being scheduled onto this node leaves the other-nodes watch as it enters this
         // node's: for a moment both may hold it. The first store (this node's) wins.
         let mut seen = std::collections::HashSet::new();
+        let mut unparsed = Vec::new();
         for kind in &self.kinds {
             for stored in kind.objects() {
                 match stored {
@@ -405,13 +406,18 @@ impl Shared {
                             objects.push(parsed)
                         }
                     }
-                    Stored::Invalid { object, error } => rejected.push((
-                        kind.label,
-                        RejectedObject {
-                            object: object.to_string(),
-                            error: error.to_string(),
-                        },
-                    )),
+                    Stored::Invalid { object, error } => {
+                        rejected.push((
+                            kind.label,
+                            RejectedObject {
+                                object: object.to_string(),
+                                error: error.to_string(),
+                            },
+                        ));
+                        // A policy that does not parse must fail closed like one that does
+                        // not translate.
+                        unparsed.push(Unparsed { object, error });
+                    }
                 }
             }
         }
@@ -419,7 +425,7 @@ impl Shared {
         let built = tokio::task::spawn_blocking(move || {
             // Stable order, so a conflict rejects the same (newer) object every time.
             objects.sort_by_cached_key(|o| o.age_order());
-            build_lenient(&objects)
+            build_lenient_with_unparsed(&objects, &unparsed)
         })
         .await;
         let Ok((snapshot, left_out)) = built else {
@@ -708,6 +714,56 @@ mod tests {
             status.rejected_objects.is_empty(),
             "{:?}",
             status.rejected_objects
+        );
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_policy_that_does_not_parse_denies_its_namespace() {
+        let (shared, pods, store) = fixture(Duration::from_millis(1));
+        let policies = Arc::new(KindStore::new(
+            "AuthorizationPolicy",
+            "AuthorizationPolicy",
+            true,
+            false,
+        ));
+        let shared = Shared::new(
+            "test".into(),
+            store.clone(),
+            vec![shared.kinds[0].clone(), pods.clone(), policies.clone()],
+            Arc::new(Notify::new()),
+            Duration::from_millis(1),
+        );
+        let (key, stored) = pods.parse(&pod(1));
+        pods.apply(key, Some(stored));
+        // A DENY policy with a misspelt field: left out, it would allow what it denies.
+        let broken = json!({"apiVersion": "weft.dev/v1alpha1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "deny-all", "namespace": "shop"},
+            "spec": {"action": "DENY", "rulez": [{}]}});
+        policies.relist_start();
+        let (key, stored) = policies.parse(&broken);
+        assert!(matches!(stored, Stored::Invalid { .. }));
+        policies.apply(key, Some(stored));
+        policies.relist_done();
+        let mut generations = store.subscribe();
+        let task = tokio::spawn(rebuild_forever(shared.clone()));
+        shared.changed.notify_one();
+        generations.changed().await.unwrap();
+        let snapshot = store.load();
+        let workload = snapshot.workloads().next().expect("the pod").clone();
+        let attrs = crate::policy::ConnectionAttrs {
+            source_principal: Some("cluster.local/ns/shop/sa/default"),
+            source_namespace: Some("shop"),
+            source_ip: "10.9.0.7".parse().unwrap(),
+            destination_ip: workload.ips[0],
+            destination_port: 8080,
+        };
+        let verdict = snapshot.authorize(&workload, &attrs);
+        assert!(!verdict.allowed, "{verdict:?}");
+        assert!(
+            verdict.reason.contains("shop/deny-all (rejected)"),
+            "{}",
+            verdict.reason
         );
         task.abort();
     }

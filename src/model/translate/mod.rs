@@ -380,11 +380,44 @@ pub fn build(objects: &[ParsedObject]) -> Result<MeshSnapshot, ConfigError> {
     Ok(finish(state))
 }
 
+/// An object a watch-based source could not even parse into its kind's shape, so it never
+/// became a [`ParsedObject`].
+#[derive(Debug, Clone)]
+pub struct Unparsed {
+    /// The object (its kind as weft names it).
+    pub object: ObjectRef,
+    /// Why it did not parse.
+    pub error: Arc<ConfigError>,
+}
+
 /// Like [`build`], but an invalid object is left out (returned with its error) and the rest is
 /// built.
 pub fn build_lenient(objects: &[ParsedObject]) -> (MeshSnapshot, Vec<Rejected>) {
+    build_lenient_with_unparsed(objects, &[])
+}
+
+/// [`build_lenient`] for a source that also holds objects that did not parse: each counts as
+/// rejected (objects that depend on it say why), and a security policy among them fails
+/// closed exactly as one rejected by its translation does. The returned rejections are those
+/// of `objects` only; the source already knows the unparsed ones.
+pub fn build_lenient_with_unparsed(
+    objects: &[ParsedObject],
+    unparsed: &[Unparsed],
+) -> (MeshSnapshot, Vec<Rejected>) {
     let mut state = BuildState::default();
     let mut rejected = Vec::new();
+    for object in unparsed {
+        let Some(entry) = KINDS.iter().find(|k| k.kind == object.object.kind) else {
+            continue;
+        };
+        if let Some(name) = &object.object.name {
+            let namespace = object.object.namespace.clone().unwrap_or_default();
+            state.rejected.insert((entry.kind, namespace, name.clone()));
+        }
+        if let Some(fail_closed) = entry.fail_closed {
+            fail_closed(&object.object, &object.error, &mut state);
+        }
+    }
     for parsed in in_stage_order(objects) {
         if let Err(error) = translate_one(parsed, &mut state) {
             let object = parsed.object_ref();
