@@ -589,11 +589,16 @@ mod tests {
     use crate::model::MeshSnapshot;
     use serde_json::json;
 
-    fn pod(i: usize) -> serde_json::Value {
-        json!({"apiVersion": "v1", "kind": "Pod",
+    /// An object as the API sends it.
+    fn object(value: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn pod(i: usize) -> DynamicObject {
+        object(json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": format!("p-{i}"), "namespace": "shop", "uid": format!("u-{i}")},
             "spec": {"nodeName": "node-1", "containers": []},
-            "status": {"podIP": format!("10.1.{}.{}", i / 250, i % 250 + 1)}})
+            "status": {"podIP": format!("10.1.{}.{}", i / 250, i % 250 + 1)}}))
     }
 
     /// The rebuild task with a namespace kind and a pod kind, as the watches feed them.
@@ -608,7 +613,8 @@ mod tests {
             Arc::new(Notify::new()),
             coalesce,
         );
-        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}});
+        let ns =
+            object(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}));
         let (key, stored) = namespaces.parse(&ns);
         namespaces.relist_start();
         namespaces.apply(key, Some(stored));
@@ -654,10 +660,11 @@ mod tests {
             pods.apply(key, Some(stored));
         }
         // A pod claiming p-0's IP: the API server cannot know, the build rejects it.
-        let mut twin = pod(0);
+        let mut twin = serde_json::to_value(pod(0)).unwrap();
         twin["metadata"]["name"] = json!("twin");
         twin["metadata"]["uid"] = json!("u-twin");
         twin["metadata"]["creationTimestamp"] = json!("2030-01-01T00:00:00Z");
+        let twin = object(twin);
         let (key, stored) = pods.parse(&twin);
         pods.apply(key, Some(stored));
         shared.changed.notify_one();
@@ -737,9 +744,11 @@ mod tests {
         let (key, stored) = pods.parse(&pod(1));
         pods.apply(key, Some(stored));
         // A DENY policy with a misspelt field: left out, it would allow what it denies.
-        let broken = json!({"apiVersion": "weft.dev/v1alpha1", "kind": "AuthorizationPolicy",
+        let broken = object(
+            json!({"apiVersion": "weft.dev/v1alpha1", "kind": "AuthorizationPolicy",
             "metadata": {"name": "deny-all", "namespace": "shop"},
-            "spec": {"action": "DENY", "rulez": [{}]}});
+            "spec": {"action": "DENY", "rulez": [{}]}}),
+        );
         policies.relist_start();
         let (key, stored) = policies.parse(&broken);
         assert!(matches!(stored, Stored::Invalid { .. }));

@@ -88,24 +88,14 @@ impl KindStore {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Parses an object from the API (any serializable Kubernetes object) for storing.
-    pub(super) fn parse<K: Serialize>(&self, object: &K) -> (ObjectName, Stored) {
+    /// Parses an object from the API for storing.
+    pub(super) fn parse<K: Serialize + kube::ResourceExt>(
+        &self,
+        object: &K,
+    ) -> (ObjectName, Stored) {
+        let key = self.key_of(object);
+        let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
         let value = serde_yaml::to_value(object);
-        let (namespace, name) = match &value {
-            Ok(value) => (
-                str_at(value, "namespace").unwrap_or_default(),
-                str_at(value, "name").unwrap_or_default(),
-            ),
-            Err(_) => (String::new(), String::new()),
-        };
-        let key = (
-            if self.namespaced {
-                namespace.clone()
-            } else {
-                String::new()
-            },
-            name.clone(),
-        );
         let parsed = value
             .map_err(|e| ConfigError::Invalid {
                 document: None,
@@ -240,17 +230,16 @@ impl KindStore {
     }
 }
 
-fn str_at(value: &serde_yaml::Value, key: &str) -> Option<String> {
-    value.get("metadata")?.get(key)?.as_str().map(str::to_owned)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pod(name: &str) -> serde_json::Value {
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "shop"}})
+    fn pod(name: &str) -> kube::api::DynamicObject {
+        serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "shop"}}),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -283,6 +272,7 @@ mod tests {
         let store = KindStore::new("Pod", "Pod", true, false);
         let bad = json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "x", "namespace": "shop"}, "spec": {"hostNetwork": "yes"}});
+        let bad: kube::api::DynamicObject = serde_json::from_value(bad).unwrap();
         let (key, stored) = store.parse(&bad);
         assert_eq!(key, ("shop".to_owned(), "x".to_owned()));
         match stored {

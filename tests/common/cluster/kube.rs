@@ -140,13 +140,7 @@ impl Cluster {
         });
         self.kube_apply(&serde_yaml::to_string(&doc).unwrap())
             .unwrap_or_else(|e| panic!("applying Namespace {name}: {e}"));
-        self.namespaces.insert(
-            name.to_owned(),
-            labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        );
+        self.namespace(name, labels);
         let want = Value::Object(labels_map);
         self.wait_dumps(&format!("Namespace {name} with labels {want}"), |dump| {
             dump["mesh"]["namespaces"].as_array().is_some_and(|all| {
