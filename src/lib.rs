@@ -12,6 +12,7 @@ pub mod config;
 pub mod dataplane;
 pub mod hbone;
 pub mod identity;
+pub mod install;
 pub mod limits;
 pub mod listener;
 pub mod model;

@@ -24,6 +24,8 @@ pub struct Basics {
     pub store: Arc<MeshStore>,
     pub source: Arc<dyn ConfigSource>,
     pub metrics: MetricsHandle,
+    /// The API server's client (kube source only).
+    pub api: Option<kube_source::ApiClient>,
 }
 
 /// Checks the trust domain, loads the CA and the mesh model (refusing to start on a bad
@@ -40,9 +42,12 @@ pub async fn start_basics(args: &Args) -> anyhow::Result<Basics> {
     let certs = tokio::task::block_in_place(|| CertManager::new(args.ca_dir.clone(), policy))
         .context("loading the mesh CA")?;
     let store = Arc::new(MeshStore::new(MeshSnapshot::empty()));
-    let source = match args.source() {
-        Source::File => file_source(args, store.clone())?,
-        Source::Kube => kube_source(args, store.clone()).await?,
+    let (source, api) = match args.source() {
+        Source::File => (file_source(args, store.clone())?, None),
+        Source::Kube => {
+            let (source, api) = kube_source(args, store.clone()).await?;
+            (source, Some(api))
+        }
     };
     let metrics = weft::telemetry::install().context("setting up metrics")?;
     tokio::spawn(weft::telemetry::registry::update_health_forever(
@@ -54,12 +59,16 @@ pub async fn start_basics(args: &Args) -> anyhow::Result<Basics> {
         store,
         source,
         metrics,
+        api,
     })
 }
 
 /// The Kubernetes source, once every kind has listed (a first snapshot of half a cluster
 /// would release the pods of the namespaces not listed yet).
-async fn kube_source(args: &Args, store: Arc<MeshStore>) -> anyhow::Result<Arc<dyn ConfigSource>> {
+async fn kube_source(
+    args: &Args,
+    store: Arc<MeshStore>,
+) -> anyhow::Result<(Arc<dyn ConfigSource>, kube_source::ApiClient)> {
     if args.config.is_some() {
         anyhow::bail!("--config is for --source file; the kube source reads the API server");
     }
@@ -68,7 +77,7 @@ async fn kube_source(args: &Args, store: Arc<MeshStore>) -> anyhow::Result<Arc<d
         .context("connecting to the Kubernetes API")?;
     tracing::info!(server = %api.server, node = %args.node_name, "watching the Kubernetes API");
     let source = KubeSource::start(
-        api,
+        api.clone(),
         store,
         KubeSourceOptions {
             node_name: args.node_name.clone(),
@@ -76,7 +85,7 @@ async fn kube_source(args: &Args, store: Arc<MeshStore>) -> anyhow::Result<Arc<d
         },
     );
     source.wait_synced(Duration::from_secs(10)).await;
-    Ok(Arc::new(source))
+    Ok((Arc::new(source), api))
 }
 
 fn file_source(args: &Args, store: Arc<MeshStore>) -> anyhow::Result<Arc<dyn ConfigSource>> {
@@ -129,7 +138,7 @@ pub async fn start_admin(
     };
     weft::admin::start(ctx, addrs, shutdown)
         .await
-        .context("binding the admin, metrics or readiness port (is another weft-node running?)")
+        .context("binding the admin, metrics or readiness port")
 }
 
 pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
@@ -139,6 +148,8 @@ pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
     }
     .context("creating a socket")?;
     socket.set_reuseaddr(true).context("SO_REUSEADDR")?;
+    // A new daemon starts next to the old one during an upgrade.
+    socket.set_reuseport(true).context("SO_REUSEPORT")?;
     socket
         .bind(addr)
         .with_context(|| format!("binding {addr} (is another weft-node running?)"))?;

@@ -43,6 +43,8 @@ struct Inner {
     /// The enrolled IPs the node's probe rules were last written for.
     node_rules_for: Option<Vec<IpAddr>>,
     enrolled_namespaces: Vec<String>,
+    /// Handed the node over to a newer process: no more changes to pods or the state file.
+    handed_over: bool,
 }
 
 /// Keeps the node's pods enrolled or released as they should be.
@@ -51,6 +53,11 @@ pub struct PodManager {
     run_dir: PathBuf,
     inner: Mutex<Inner>,
     cni_serving: std::sync::atomic::AtomicBool,
+    /// True once this process owns the node ([`crate::handover`]): until then CNI requests
+    /// wait and the state file is not written.
+    owner: tokio::sync::watch::Sender<bool>,
+    /// Why weft's CNI config is not in place (`--cni-install`), for readiness.
+    cni_config_problem: std::sync::Mutex<Option<String>>,
 }
 
 /// Whether the config says this pod belongs in the mesh, and as which workload, by the one
@@ -79,32 +86,81 @@ impl PodManager {
         ctx: Arc<NodeContext>,
         run_dir: &Path,
     ) -> Result<Arc<PodManager>, state::StateError> {
-        let saved = state::load(run_dir)?;
-        let mut known = BTreeMap::new();
-        let mut handles = HashMap::new();
-        for (id, pod) in saved.pods {
-            match open_pod_netns(&ctx.home, &pod.netns) {
-                Ok(handle) => {
-                    handles.insert(id.clone(), handle);
-                    known.insert(id, pod);
-                }
-                Err(why) => tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name),
-                    netns = %pod.netns, "forgetting a recorded pod: {why}"),
-            }
-        }
+        let saved = load_recorded(&ctx.home, run_dir)?;
         Ok(Arc::new(PodManager {
             ctx,
             run_dir: run_dir.to_owned(),
             cni_serving: std::sync::atomic::AtomicBool::new(false),
+            owner: tokio::sync::watch::channel(false).0,
+            cni_config_problem: std::sync::Mutex::new(None),
             inner: Mutex::new(Inner {
                 restored: false,
                 node_rules_for: None,
-                known,
-                handles,
+                known: saved.known,
+                handles: saved.handles,
                 enrolled: HashMap::new(),
                 enrolled_namespaces: saved.enrolled_namespaces,
+                handed_over: false,
             }),
         }))
+    }
+
+    /// This process now owns the node: the state file is read again (a previous process
+    /// may have added or deleted pods since it was first read), every pod is brought to its
+    /// desired state and CNI requests are answered from here on.
+    pub async fn become_owner(&self) {
+        {
+            let mut inner = self.inner.lock().await;
+            match load_recorded(&self.ctx.home, &self.run_dir) {
+                Ok(saved) => {
+                    for gone in inner
+                        .known
+                        .keys()
+                        .filter(|id| !saved.known.contains_key(*id))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                    {
+                        tracing::info!(container = %gone, "pod deleted while the previous weft-node owned the node");
+                        inner.enrolled.remove(&gone);
+                    }
+                    for (id, handle) in saved.handles {
+                        if !inner.known.contains_key(&id) {
+                            inner.handles.insert(id, handle);
+                        }
+                    }
+                    inner.handles.retain(|id, _| saved.known.contains_key(id));
+                    inner.known = saved.known;
+                    inner.enrolled_namespaces = saved.enrolled_namespaces;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot read the state file again; keeping the pods read at start")
+                }
+            }
+        }
+        self.owner.send_replace(true);
+        self.reconcile_all().await;
+    }
+
+    /// A newer process took the node ([`crate::handover`]): finish the request in hand and
+    /// change nothing from here on (its listeners and connections keep serving until SIGTERM).
+    pub async fn hand_over(&self) {
+        let mut inner = self.inner.lock().await;
+        inner.handed_over = true;
+        self.owner.send_replace(false);
+    }
+
+    /// Whether this process handed the node over to a newer one.
+    pub async fn handed_over(&self) -> bool {
+        self.inner.lock().await.handed_over
+    }
+
+    /// Waits until this process owns the node; false if it handed the node over.
+    async fn wait_owner(&self) -> bool {
+        let mut owner = self.owner.subscribe();
+        if owner.wait_for(|owner| *owner).await.is_err() {
+            return false;
+        }
+        !self.inner.lock().await.handed_over
     }
 
     /// CNI ADD: remember the pod and enroll it if it should be. Answers when done.
@@ -118,6 +174,9 @@ impl PodManager {
         };
         if let Err(why) = check_container_id(&pod.container_id) {
             return refuse(why.to_string());
+        }
+        if !self.wait_owner().await {
+            return handed_over_response();
         }
         if pod.ips.is_empty() {
             return refuse(format!(
@@ -170,6 +229,9 @@ impl PodManager {
 
     /// CNI CHECK: the pod is set up as it should be.
     pub async fn check(&self, pod: &PodAttachment) -> Response {
+        if !self.wait_owner().await {
+            return handed_over_response();
+        }
         let inner = self.inner.lock().await;
         let snapshot = self.ctx.store.load();
         let (should, _) = desired(&snapshot, pod);
@@ -197,6 +259,9 @@ impl PodManager {
 
     /// CNI DEL: release and forget the pod (idempotent).
     pub async fn del(&self, container_id: &str) -> Response {
+        if !self.wait_owner().await {
+            return handed_over_response();
+        }
         let mut inner = self.inner.lock().await;
         if let Some(pod) = inner.known.remove(container_id) {
             let handle = inner.handles.remove(container_id);
@@ -244,6 +309,9 @@ impl PodManager {
     /// Brings every known pod to the state the current config asks for.
     pub async fn reconcile_all(&self) {
         let mut inner = self.inner.lock().await;
+        if inner.handed_over {
+            return;
+        }
         if inner.node_rules_for.is_none() {
             // The node's anti-spoofing rules go in before any pod trusts the probe address.
             match run_blocking(|| rules::apply_node_rules(&[])).await {
@@ -260,6 +328,13 @@ impl PodManager {
         }
         inner.restored = true;
         self.persist(&mut inner, &snapshot).await;
+    }
+
+    /// What readiness says about weft's CNI config: `None` when in place (or not managed).
+    pub fn set_cni_config_problem(&self, problem: Option<String>) {
+        if let Ok(mut current) = self.cni_config_problem.lock() {
+            *current = problem;
+        }
     }
 
     /// Marks the CNI socket as serving (readiness needs it).
@@ -360,6 +435,7 @@ impl PodManager {
             .await
             .map_err(|e| format!("pod {label}: {e}"))?;
         inner.enrolled.remove(id);
+        allow_listener_handover(&handle, &self.ctx.home, &label);
         let proxy = PodProxy::start(&self.ctx, handle, workload, pod.ips.clone())
             .map_err(|e| format!("pod {label}: {e}"))?;
         tracing::info!(pod = %label, identity = %proxy.identity, ips = ?pod.ips, "enrolled in the mesh");
@@ -378,8 +454,12 @@ impl PodManager {
             enrolled_namespaces: inner.enrolled_namespaces.clone(),
             pods: inner.known.clone(),
         };
-        if let Err(error) = state::save(&self.run_dir, &state) {
-            tracing::error!(%error, "cannot write the state file");
+        // Only the node's owner writes the state file (a new process next to an old one
+        // reads it, it does not overwrite it).
+        if *self.owner.borrow() && !inner.handed_over {
+            if let Err(error) = state::save(&self.run_dir, &state) {
+                tracing::error!(%error, "cannot write the state file");
+            }
         }
         metrics::gauge!(weft::telemetry::registry::ENROLLED_PODS).set(inner.enrolled.len() as f64);
         // Identities no enrolled pod has any more stop being renewed.
@@ -402,6 +482,73 @@ impl PodManager {
             Ok(()) => inner.node_rules_for = Some(enrolled_ips),
             Err(error) => tracing::error!(%error, "cannot update the node's probe rules"),
         }
+    }
+}
+
+/// The answer to a CNI request that reached this process after it handed the node over:
+/// the runtime retries, and the retry reaches the new owner.
+fn handed_over_response() -> Response {
+    Response {
+        ok: false,
+        enrolled: false,
+        message: "this weft-node handed the node over to a newer one; retry".into(),
+        permanent: false,
+    }
+}
+
+/// The pods of the state file whose network namespaces still exist (the others are gone:
+/// deleted while no daemon ran, or the node rebooted), each opened once.
+struct Recorded {
+    known: BTreeMap<String, PodAttachment>,
+    handles: HashMap<String, Arc<Netns>>,
+    enrolled_namespaces: Vec<String>,
+}
+
+fn load_recorded(home: &Netns, run_dir: &Path) -> Result<Recorded, state::StateError> {
+    let saved = state::load(run_dir)?;
+    let mut known = BTreeMap::new();
+    let mut handles = HashMap::new();
+    let mut gone = 0;
+    for (id, pod) in saved.pods {
+        match open_pod_netns(home, &pod.netns) {
+            Ok(handle) => {
+                handles.insert(id.clone(), handle);
+                known.insert(id, pod);
+            }
+            Err(why) => {
+                gone += 1;
+                tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name),
+                    netns = %pod.netns, "forgetting a recorded pod: {why}");
+            }
+        }
+    }
+    if gone > 0 {
+        tracing::info!(
+            gone,
+            kept = known.len(),
+            "recorded pods whose network namespaces are gone were forgotten (after a reboot, all of them)"
+        );
+    }
+    Ok(Recorded {
+        known,
+        handles,
+        enrolled_namespaces: saved.enrolled_namespaces,
+    })
+}
+
+/// Turns on `net.ipv4.tcp_migrate_req` in the pod's namespace: when one of two daemons'
+/// SO_REUSEPORT listeners closes (the old one of an upgrade), connections queued on it move
+/// to the other listener instead of being reset. A kernel without it (before 5.14) only
+/// loses that guarantee.
+fn allow_listener_handover(netns: &Netns, home: &Netns, label: &str) {
+    const SYSCTL: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+    // /proc/sys/net answers for the network namespace of the thread that opens it.
+    match netns.run(home, || std::fs::write(SYSCTL, "1")) {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(pod = %label, %error, "cannot enable tcp_migrate_req; an upgrade may reset connections queued on the old listeners")
+        }
+        Err(error) => tracing::warn!(pod = %label, %error, "cannot enter the pod's namespace"),
     }
 }
 
@@ -466,7 +613,25 @@ impl NodeStatus for PodManager {
             if !self.cni_serving.load(std::sync::atomic::Ordering::Acquire) {
                 return Err(NotReady("the CNI socket is not serving yet".into()));
             }
+            let cni_problem = self
+                .cni_config_problem
+                .lock()
+                .map(|p| p.clone())
+                .unwrap_or_default();
+            if let Some(problem) = cni_problem {
+                return Err(NotReady(format!("CNI config: {problem}")));
+            }
             let inner = self.inner.lock().await;
+            if inner.handed_over {
+                return Err(NotReady(
+                    "handed the node over to a newer weft-node; draining".into(),
+                ));
+            }
+            if !*self.owner.borrow() {
+                return Err(NotReady(
+                    "waiting for the previous weft-node to hand the node over".into(),
+                ));
+            }
             if !inner.restored {
                 return Err(NotReady(
                     "pods from the run dir are still being restored".into(),

@@ -15,9 +15,11 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static malloc_conf: &[u8] =
     b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:1000,narenas:2\0";
 
+mod cni_install;
 mod cni_server;
 mod daemon;
 mod enrollment;
+mod handover;
 mod host;
 mod logging;
 mod netns;
@@ -61,7 +63,7 @@ enum LogFormat {
 #[derive(Debug, Parser)]
 #[command(name = "weft-node", version)]
 pub struct Args {
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "WEFT_MODE")]
     mode: Mode,
     /// Where the mesh model comes from. Default: `file` when --config is given, else `kube`
     /// (in a pod, or with --kubeconfig).
@@ -78,9 +80,9 @@ pub struct Args {
     #[arg(long)]
     ca_dir: PathBuf,
     /// This node's name (matches spec.nodeName of its pods).
-    #[arg(long)]
+    #[arg(long, env = "NODE_NAME")]
     node_name: String,
-    #[arg(long, default_value = weft::identity::DEFAULT_TRUST_DOMAIN)]
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = weft::identity::DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
     /// Also accept outbound connections as a SOCKS5 proxy on this address (host mode).
     #[arg(long)]
@@ -89,10 +91,10 @@ pub struct Args {
     #[arg(long, default_value_t = any_v4(dataplane::HBONE_PORT))]
     hbone_listen: SocketAddr,
     /// Lifetime of workload certificates (renewed at half-life).
-    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "WEFT_CERT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     cert_ttl: Duration,
     /// On SIGTERM, how long open connections may take to finish.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "WEFT_GRACE_PERIOD", default_value = "10s", value_parser = humantime::parse_duration)]
     grace_period: Duration,
     /// Idle HBONE connections are closed after this long.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
@@ -100,7 +102,7 @@ pub struct Args {
     /// Pods mode: where the CNI socket and the state file live.
     #[arg(long, default_value = weft_cni::protocol::DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
-    #[arg(long, value_enum, default_value = "plain")]
+    #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value = "plain")]
     log_format: LogFormat,
     /// Admin API (config dump, log level): keep it on loopback.
     #[arg(long, default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, dataplane::ADMIN_PORT)))]
@@ -122,9 +124,35 @@ pub struct Args {
     /// File descriptors kept free for the daemon's own work (reloads, CNI, admin).
     #[arg(long, default_value_t = weft::limits::DEFAULT_FD_RESERVE)]
     fd_reserve: u64,
-    /// Readiness probe (/healthz/ready).
+    /// Readiness probe (/healthz/ready) and liveness (/healthz/live).
     #[arg(long, default_value_t = any_v4(dataplane::READINESS_PORT))]
     readiness_addr: SocketAddr,
+    /// Pods mode: install `weft-cni` into the node's CNI bin dir and a weft conflist (the
+    /// primary's chain plus weft-cni) into its conf dir, and keep them there.
+    #[arg(long, env = "WEFT_CNI_INSTALL")]
+    cni_install: bool,
+    /// The node's CNI bin dir, as this process sees it.
+    #[arg(long, env = "WEFT_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+    /// The node's CNI conf dir, as this process sees it.
+    #[arg(long, env = "WEFT_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// The weft-cni binary to install. Default: `weft-cni` next to this executable.
+    #[arg(long, env = "WEFT_CNI_PLUGIN")]
+    cni_plugin: Option<PathBuf>,
+    /// The node's /proc (its PID namespace's): where pods that already run are found.
+    #[arg(long, env = "WEFT_PROC_DIR", default_value = "/proc")]
+    proc_dir: PathBuf,
+    /// The namespace of weft's DaemonSet (kube source: checked at shutdown to tell an
+    /// uninstall from a restart).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "weft-system")]
+    install_namespace: String,
+    /// The name of weft's DaemonSet.
+    #[arg(long, env = "WEFT_DAEMONSET", default_value = "weft-node")]
+    daemonset: String,
+    /// How long a new daemon waits for the one it replaces to hand the node over.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    handover_timeout: Duration,
 }
 
 impl Args {

@@ -6,7 +6,10 @@
 //!   (the JSON the dashboard reads);
 //! - readiness on :15021: `/healthz/ready` (200 once the config is loaded and every
 //!   enrolled pod has its listeners, 503 with the reason before; a 200 says `degraded` and
-//!   why while the source is cut off from its input and the last snapshot serves).
+//!   why while the source is cut off from its input and the last snapshot serves), and
+//!   `/healthz/live` (200 while the process serves HTTP: the liveness probe).
+//!
+//! All three bind with SO_REUSEPORT, so an upgraded daemon can start beside the old one.
 
 mod http;
 
@@ -250,6 +253,9 @@ impl AdminContext {
     ) -> HttpResponse {
         match request.uri().path() {
             "/healthz/ready" => self.readiness().await,
+            // Liveness: the process answers HTTP. Never tied to the API server or the
+            // pods (a kubelet restarting the daemon for an API outage helps nobody).
+            "/healthz/live" => respond(StatusCode::OK, "text/plain", "live\n"),
             path => respond(
                 StatusCode::NOT_FOUND,
                 "text/plain",
@@ -273,15 +279,30 @@ pub struct AdminAddrs {
     pub readiness: SocketAddr,
 }
 
+/// A listener with SO_REUSEPORT: during an upgrade the new daemon binds the same ports while
+/// the old one still serves (it closes its listeners when it starts draining).
+fn bind_shared(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket
+        .bind(addr)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;
+    socket.listen(1024)
+}
+
 /// Binds and starts the admin, metrics and readiness servers.
 pub async fn start(
     ctx: Arc<AdminContext>,
     addrs: AdminAddrs,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let admin = tokio::net::TcpListener::bind(addrs.admin).await?;
-    let metrics = tokio::net::TcpListener::bind(addrs.metrics).await?;
-    let readiness = tokio::net::TcpListener::bind(addrs.readiness).await?;
+    let admin = bind_shared(addrs.admin)?;
+    let metrics = bind_shared(addrs.metrics)?;
+    let readiness = bind_shared(addrs.readiness)?;
     let c = ctx.clone();
     tokio::spawn(serve(admin, shutdown.clone(), "admin", move |r| {
         Box::pin(c.clone().admin(r))

@@ -177,6 +177,24 @@ impl Drop for ActiveStream {
 
 type Slot = Arc<tokio::sync::Mutex<Vec<Arc<PooledConnection>>>>;
 
+/// Why one attempt to open a stream failed.
+enum StreamFailure {
+    /// A pooled connection refused the stream before processing it (GOAWAY, REFUSED_STREAM).
+    Unprocessed(HboneError),
+    /// Anything else: reported as is.
+    Failed(HboneError),
+}
+
+// === impl StreamFailure ===
+
+impl StreamFailure {
+    fn into_error(self) -> HboneError {
+        match self {
+            StreamFailure::Unprocessed(error) | StreamFailure::Failed(error) => error,
+        }
+    }
+}
+
 /// Opens HBONE streams for any number of source identities.
 pub struct HboneClient {
     certs: Arc<CertManager>,
@@ -238,22 +256,48 @@ impl HboneClient {
             let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
             pools.entry(key.clone()).or_default().clone()
         };
+        // A pooled connection the server is closing (GOAWAY: its daemon is draining for an
+        // upgrade) refuses new streams without processing them; such a CONNECT is safe to
+        // send again, once, on a fresh connection.
+        match self.open_stream(request, &slot, true).await {
+            Err(StreamFailure::Unprocessed(error)) => {
+                tracing::debug!(addr = %request.hbone_addr, %error,
+                    "pooled HBONE connection refused the stream; retrying on a new connection");
+                self.open_stream(request, &slot, false)
+                    .await
+                    .map_err(StreamFailure::into_error)
+            }
+            other => other.map_err(StreamFailure::into_error),
+        }
+    }
+
+    /// One CONNECT on a pooled connection (if `reuse` and one has room) or a new one.
+    async fn open_stream(
+        self: &Arc<Self>,
+        request: &ConnectRequest,
+        slot: &Slot,
+        reuse: bool,
+    ) -> Result<H2Stream, StreamFailure> {
         let max = self.config.max_streams_per_connection;
-        let (connection, active) = {
+        let (connection, active, reused) = {
             let mut list = slot.lock().await;
             list.retain(|c| c.usable(max));
             let reserved = list
                 .iter()
+                .filter(|_| reuse)
                 .find_map(|c| c.try_reserve(max).map(|guard| (c.clone(), guard)));
             match reserved {
-                Some(found) => found,
+                Some((connection, guard)) => (connection, guard, true),
                 None => {
-                    let fresh = self.open_connection(request, Arc::downgrade(&slot)).await?;
+                    let fresh = self
+                        .open_connection(request, Arc::downgrade(slot))
+                        .await
+                        .map_err(StreamFailure::Failed)?;
                     let guard = fresh
                         .try_reserve(max)
-                        .ok_or(HboneError::NoH2(request.hbone_addr))?;
+                        .ok_or(StreamFailure::Failed(HboneError::NoH2(request.hbone_addr)))?;
                     list.push(fresh.clone());
-                    (fresh, guard)
+                    (fresh, guard, false)
                 }
             }
         };
@@ -265,20 +309,41 @@ impl HboneClient {
         if let Some(ip) = request.forwarded_for {
             builder = builder.header("forwarded", forwarded_for(ip));
         }
-        let connect = builder.body(())?;
+        let connect = builder
+            .body(())
+            .map_err(|e| StreamFailure::Failed(e.into()))?;
         let h2_error = |source| HboneError::H2 {
             addr: request.hbone_addr,
             source,
         };
-        let mut sender = connection.sender.clone().ready().await.map_err(h2_error)?;
-        let (response, send_stream) = sender.send_request(connect, false).map_err(h2_error)?;
-        let response = response.await.map_err(h2_error)?;
+        // Failures before the server saw the stream, on a connection that served earlier
+        // streams, are worth one retry elsewhere; the connection is not used again.
+        let unprocessed = |source: h2::Error, sent: bool| {
+            let refused =
+                !sent || source.is_go_away() || source.reason() == Some(h2::Reason::REFUSED_STREAM);
+            if reused && refused {
+                connection.dead.store(true, Ordering::Release);
+                StreamFailure::Unprocessed(h2_error(source))
+            } else {
+                StreamFailure::Failed(h2_error(source))
+            }
+        };
+        let mut sender = connection
+            .sender
+            .clone()
+            .ready()
+            .await
+            .map_err(|e| unprocessed(e, false))?;
+        let (response, send_stream) = sender
+            .send_request(connect, false)
+            .map_err(|e| unprocessed(e, false))?;
+        let response = response.await.map_err(|e| unprocessed(e, true))?;
         if response.status() != StatusCode::OK {
-            return Err(HboneError::Status {
+            return Err(StreamFailure::Failed(HboneError::Status {
                 addr: request.hbone_addr,
                 authority: request.authority,
                 status: response.status(),
-            });
+            }));
         }
         Ok(H2Stream::new(send_stream, response.into_body()).with_guard(Box::new(active)))
     }

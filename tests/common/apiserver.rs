@@ -296,17 +296,21 @@ impl ApiServer {
         apply_yaml_with(&self.admin_client().await, yaml).await
     }
 
-    /// Applies deploy/kubernetes/node-rbac.yaml, requests a 1h token for
+    /// Applies deploy/kubernetes/namespace.yaml and rbac.yaml (weft-system, weft-node's
+    /// ServiceAccount and its roles, as installed), requests a 1h token for
     /// weft-system/weft-node and writes at `path` a kubeconfig with [`ApiServer::url`], the CA
     /// and that token: what weft-node gets (`--kubeconfig`).
     pub async fn node_kubeconfig(&self, path: &Path) {
-        let rbac_path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/node-rbac.yaml");
-        let rbac = std::fs::read_to_string(&rbac_path)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", rbac_path.display()));
-        self.apply_yaml(&rbac)
-            .await
-            .unwrap_or_else(|e| panic!("applying {}: {e}", rbac_path.display()));
+        for file in ["namespace.yaml", "rbac.yaml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/kubernetes")
+                .join(file);
+            let yaml = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+            self.apply_yaml(&yaml)
+                .await
+                .unwrap_or_else(|e| panic!("applying {}: {e}", path.display()));
+        }
         let token = self
             .service_account_token("weft-system", "weft-node", 3600)
             .await;
@@ -336,6 +340,18 @@ impl ApiServer {
     /// (for processes in the namespace / on the underlay).
     pub fn admin_kubeconfig(&self, path: &Path) {
         let text = kubeconfig_text(&self.url(), &self.ca_pem, self.admin_user());
+        write_private(path, &text);
+    }
+
+    /// Writes an admin kubeconfig for processes on the host (server [`ApiServer::local_url`]).
+    pub fn admin_kubeconfig_local(&self, path: &Path) {
+        let text = kubeconfig_text(&self.local_url(), &self.ca_pem, self.admin_user());
+        write_private(path, &text);
+    }
+
+    /// Writes a kubeconfig for processes on the host with a bearer `token`.
+    pub fn token_kubeconfig_local(&self, path: &Path, token: &str) {
+        let text = kubeconfig_text(&self.local_url(), &self.ca_pem, json!({ "token": token }));
         write_private(path, &text);
     }
 

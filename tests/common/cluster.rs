@@ -78,6 +78,9 @@ pub struct Node {
     pub pod_cidr: String,
     pub run_dir: PathBuf,
     pub daemon: Option<Process>,
+    /// The node's CNI conf and bin dirs, as a runtime reads them ([`Cluster::runtime_cni`]).
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dir: PathBuf,
     ipam_dir: PathBuf,
 }
 
@@ -99,6 +102,8 @@ pub struct Pod {
     pub ip: String,
     /// The final CNI result, cached for DEL as a runtime does.
     result: Value,
+    /// The plugin chain ADD ran (full confs), for DEL in reverse as a runtime does.
+    chain: Vec<Value>,
     /// Other processes started in the pod (killed with it).
     pub extra: Vec<Process>,
 }
@@ -116,6 +121,10 @@ pub struct Cluster {
     pub daemon_args: Vec<String>,
     /// The umask daemons start with (e.g. "000", as a careless operator's shell has).
     pub daemon_umask: Option<String>,
+    /// Run pods the way a container runtime does: the chain is the first file of the node's
+    /// CNI conf dir (a primary `10-weftnet.conflist` with the bridge plugin alone is written
+    /// there), plugins come from its bin dir, and daemons run with `--cni-install`.
+    pub runtime_cni: bool,
     weft_node: PathBuf,
     weft_cni: PathBuf,
     _underlay: Netns,
@@ -182,6 +191,8 @@ impl Cluster {
                 underlay_ip,
                 pod_cidr: format!("10.{subnet}.{}.0/24", i + 1),
                 ipam_dir: run_dir.join("ipam"),
+                cni_conf_dir: run_dir.join("net.d"),
+                cni_bin_dir: run_dir.join("cni-bin"),
                 run_dir,
                 daemon: None,
             });
@@ -212,6 +223,7 @@ impl Cluster {
             extra_yaml: String::new(),
             daemon_args: Vec::new(),
             daemon_umask: None,
+            runtime_cni: false,
             weft_node: binary("weft-node"),
             weft_cni: binary("weft-cni"),
             _underlay: underlay,
@@ -338,6 +350,17 @@ impl Cluster {
             None => node.ns.command(&self.weft_node),
         };
         cmd.args(["--mode", "pods", "--node-name", &node.name])
+            .args(if self.runtime_cni {
+                vec![
+                    "--cni-install".into(),
+                    "--cni-bin-dir".into(),
+                    node.cni_bin_dir.clone().into_os_string(),
+                    "--cni-conf-dir".into(),
+                    node.cni_conf_dir.clone().into_os_string(),
+                ]
+            } else {
+                Vec::new()
+            })
             .args(&self.daemon_args)
             .args(
                 std::env::var("WEFT_TEST_DAEMON_ARGS")
@@ -366,6 +389,19 @@ impl Cluster {
         let mut process = Process::spawn(cmd, &log, &node.name);
         process.wait_for_log("weft-node ready", Duration::from_secs(15));
         node.daemon = Some(process);
+    }
+
+    /// Starts a second daemon on node `i` from `binary` (an upgrade: the DaemonSet starts
+    /// the new pod before it stops the old one) and returns it once it logs ready; node
+    /// `i`'s current daemon stays in `nodes[i].daemon`.
+    pub fn start_daemon_beside(&mut self, i: usize, binary: &Path) -> Process {
+        let old = self.nodes[i].daemon.take();
+        let saved = std::mem::replace(&mut self.weft_node, binary.to_owned());
+        self.start_daemon(i);
+        self.weft_node = saved;
+        let new = self.nodes[i].daemon.take().expect("just started");
+        self.nodes[i].daemon = old;
+        new
     }
 
     /// Kills node `i`'s daemon outright (SIGKILL), as a crash would.
@@ -413,17 +449,88 @@ impl Cluster {
         Cluster::curl(&self.nodes[i].ns, url).unwrap_or_else(|e| panic!("GET {url}: {e}"))
     }
 
+    /// The bridge plugin of node `i` (the primary CNI of [`Cluster::runtime_cni`]).
+    fn bridge_plugin(node: &Node) -> Value {
+        json!({
+            "type": "bridge", "bridge": "wbr0", "isGateway": true, "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": node.pod_cidr}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": node.ipam_dir,
+            }
+        })
+    }
+
+    /// Writes node `i`'s primary CNI config (`10-weftnet.conflist`: the bridge plugin,
+    /// `extra` merged into it) atomically, as a primary CNI's installer does.
+    pub fn write_primary_conflist(&self, i: usize, extra: Value) {
+        let node = &self.nodes[i];
+        std::fs::create_dir_all(&node.cni_conf_dir).unwrap();
+        std::fs::create_dir_all(&node.cni_bin_dir).unwrap();
+        let mut bridge = Cluster::bridge_plugin(node);
+        if let (Some(bridge), Value::Object(extra)) = (bridge.as_object_mut(), extra) {
+            bridge.extend(extra);
+        }
+        let list = json!({"cniVersion": "1.0.0", "name": "weftnet", "plugins": [bridge]});
+        let path = node.cni_conf_dir.join("10-weftnet.conflist");
+        let tmp = node.cni_conf_dir.join(".10-weftnet.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(&list).unwrap()).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+
+    /// The chain a runtime would run on node `i` now: the first loadable file of its conf
+    /// dir (byte order; `.conf`, `.conflist`, `.json`), as full plugin confs.
+    pub fn runtime_chain(&self, i: usize) -> (String, Vec<Value>) {
+        let dir = &self.nodes[i].cni_conf_dir;
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                [".conf", ".conflist", ".json"]
+                    .iter()
+                    .any(|ext| n.ends_with(ext))
+            })
+            .collect();
+        names.sort();
+        let first = names
+            .first()
+            .unwrap_or_else(|| panic!("no CNI config in {}", dir.display()));
+        let text = std::fs::read_to_string(dir.join(first)).unwrap();
+        let list: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{first} is not JSON ({e}): {text}"));
+        let plugins = list["plugins"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{first} has no plugins: {text}"))
+            .iter()
+            .map(|p| {
+                let mut conf = p.clone();
+                conf["cniVersion"] = list["cniVersion"].clone();
+                conf["name"] = list["name"].clone();
+                conf
+            })
+            .collect();
+        (first.clone(), plugins)
+    }
+
+    /// The chain ADD runs on node `i`: from its conf dir in runtime mode, else fixed.
+    fn chain(&self, i: usize) -> Vec<Value> {
+        if self.runtime_cni {
+            return self.runtime_chain(i).1;
+        }
+        self.conflist(&self.nodes[i])
+            .into_iter()
+            .map(|mut conf| {
+                conf["cniVersion"] = json!("1.0.0");
+                conf["name"] = json!("weftnet");
+                conf
+            })
+            .collect()
+    }
+
     fn conflist(&self, node: &Node) -> Vec<Value> {
         vec![
-            json!({
-                "type": "bridge", "bridge": "wbr0", "isGateway": true, "ipMasq": false,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": node.pod_cidr}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": node.ipam_dir,
-                }
-            }),
+            Cluster::bridge_plugin(node),
             json!({
                 "type": "weft-cni",
                 "socketPath": node.run_dir.join("cni.sock"),
@@ -432,7 +539,15 @@ impl Cluster {
         ]
     }
 
-    fn plugin_path(&self, plugin_type: &str) -> PathBuf {
+    fn plugin_path(&self, node: usize, plugin_type: &str) -> PathBuf {
+        if self.runtime_cni {
+            // As a runtime: the node's bin dir (where weft-node installs weft-cni) first.
+            let installed = self.nodes[node].cni_bin_dir.join(plugin_type);
+            if installed.exists() {
+                return installed;
+            }
+            return Path::new(CNI_DIR).join(plugin_type);
+        }
         if plugin_type == "weft-cni" {
             self.weft_cni.clone()
         } else {
@@ -451,7 +566,7 @@ impl Cluster {
         cni_args: &str,
     ) -> Result<String, (i32, String)> {
         let plugin_type = conf["type"].as_str().expect("type");
-        let mut cmd = self.nodes[i].ns.command(self.plugin_path(plugin_type));
+        let mut cmd = self.nodes[i].ns.command(self.plugin_path(i, plugin_type));
         cmd.env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", container_id)
             .env("CNI_NETNS", netns)
@@ -543,10 +658,9 @@ impl Cluster {
         let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
         self.run_plugin(node, "ADD", &lo, &container_id, &netns_path, &args)?;
         let mut prev: Option<Value> = None;
-        for plugin in self.conflist(&self.nodes[node]) {
+        let chain = self.chain(node);
+        for plugin in &chain {
             let mut conf = plugin.clone();
-            conf["cniVersion"] = json!("1.0.0");
-            conf["name"] = json!("weftnet");
             if let Some(prev) = &prev {
                 conf["prevResult"] = prev.clone();
             }
@@ -569,6 +683,7 @@ impl Cluster {
             container_id,
             ip,
             result,
+            chain,
             extra: Vec::new(),
         });
         // Every daemon knows the pod's IP before a test talks to it.
@@ -605,10 +720,8 @@ impl Cluster {
         let pod = &self.pods[index];
         let node = pod.spec.node;
         let netns_path = format!("/var/run/netns/{}", pod.ns.name);
-        for plugin in self.conflist(&self.nodes[node]).into_iter().rev() {
+        for plugin in pod.chain.iter().rev() {
             let mut conf = plugin.clone();
-            conf["cniVersion"] = json!("1.0.0");
-            conf["name"] = json!("weftnet");
             conf["prevResult"] = pod.result.clone();
             self.run_plugin(
                 node,
@@ -829,8 +942,13 @@ impl Cluster {
                 }
                 assert!(
                     std::time::Instant::now() < deadline,
-                    "{} never became ready",
-                    node.name
+                    "{} never became ready: {:?}\n{}",
+                    node.name,
+                    Cluster::curl(&node.ns, "http://127.0.0.1:15021/healthz/ready"),
+                    node.daemon
+                        .as_ref()
+                        .map(|d| d.log_text())
+                        .unwrap_or_default()
                 );
                 std::thread::sleep(Duration::from_millis(50));
             }
