@@ -1,6 +1,6 @@
 //! The real API server harness (tests/common/apiserver.rs) against a real kube-apiserver and
 //! etcd: the admin writes objects as kubelet and users would, weft-node's kubeconfig carries
-//! exactly the rights deploy/kubernetes/node-rbac.yaml grants, and etcd keeps the data across
+//! exactly the rights deploy/kubernetes/rbac.yaml grants, and etcd keeps the data across
 //! an apiserver restart.
 //!
 //! Needs root and the binaries of scripts/build-apiserver.sh (skipped otherwise, unless
