@@ -28,6 +28,7 @@ use weft::hbone::server::BoxFuture;
 use weft::model::{enrollment, MeshSnapshot, Workload};
 use weft_cni::protocol::{check_container_id, PodAttachment, Response};
 
+use crate::discovery;
 use crate::netns::Netns;
 use crate::pod_proxy::{NodeContext, PodProxy};
 use crate::rules;
@@ -147,6 +148,101 @@ impl PodManager {
         let mut inner = self.inner.lock().await;
         inner.handed_over = true;
         self.owner.send_replace(false);
+    }
+
+    /// Pods of this node the model lists as enrolled but no CNI call ever reported (they ran
+    /// before weft was installed, or started while its CNI config was not in place): their
+    /// network namespaces are looked up in `proc_dir` ([`crate::discovery`]) and, when the
+    /// namespace holds the pod's IP, enrolled like a CNI ADD would. Cheap when every such
+    /// pod is known (nothing is scanned).
+    pub async fn discover(&self, proc_dir: &Path) {
+        let snapshot = self.ctx.store.load();
+        let candidates: Vec<Arc<Workload>> = {
+            let inner = self.inner.lock().await;
+            if inner.handed_over || !*self.owner.borrow() {
+                return;
+            }
+            let known: BTreeSet<&str> = inner.known.values().map(|p| p.uid.as_str()).collect();
+            snapshot
+                .workloads()
+                .filter(|w| w.node.as_deref() == Some(self.ctx.node_name.as_str()))
+                .filter(|w| w.enrolled && !w.host_network && !w.ips.is_empty())
+                .filter(|w| !known.contains(w.uid.as_str()))
+                .cloned()
+                .collect()
+        };
+        if candidates.is_empty() {
+            return;
+        }
+        let own = match discovery::current_netns_inode() {
+            Ok(inode) => inode,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the daemon's own network namespace; not looking for running pods");
+                return;
+            }
+        };
+        let dir = proc_dir.to_owned();
+        let sandboxes = match tokio::task::spawn_blocking(move || discovery::scan(&dir, own)).await
+        {
+            Ok(Ok(found)) => found,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot look for pods that already run");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the scan for running pods failed");
+                return;
+            }
+        };
+        let mut inner = self.inner.lock().await;
+        if inner.handed_over {
+            return;
+        }
+        let mut changed = false;
+        for workload in candidates {
+            let label = format!("{}/{}", workload.namespace, workload.name);
+            let Some(sandbox) = sandboxes.iter().find(|s| s.pod_uid == workload.uid) else {
+                continue;
+            };
+            // The API's word for the pod's IP must be what the namespace holds.
+            if !workload.ips.iter().any(|ip| sandbox.has_local_ip(*ip)) {
+                tracing::warn!(pod = %label, netns = %sandbox.netns_path.display(), ips = ?workload.ips,
+                    "a running pod's network namespace does not hold its IP; not enrolling it");
+                continue;
+            }
+            let pod = PodAttachment {
+                container_id: format!("{DISCOVERED_PREFIX}{}", workload.uid),
+                netns: sandbox.netns_path.display().to_string(),
+                namespace: workload.namespace.clone(),
+                name: workload.name.clone(),
+                uid: workload.uid.clone(),
+                ips: workload.ips.clone(),
+            };
+            let handle = match open_pod_netns(&self.ctx.home, &pod.netns) {
+                Ok(handle) => handle,
+                Err(why) => {
+                    tracing::warn!(pod = %label, "cannot open a running pod's namespace: {why}");
+                    continue;
+                }
+            };
+            // The pid may have been reused between the scan and the open.
+            if handle.identity().map(|(_, ino)| ino).ok() != Some(sandbox.netns_inode) {
+                continue;
+            }
+            let id = pod.container_id.clone();
+            inner.known.insert(id.clone(), pod);
+            inner.handles.insert(id.clone(), handle);
+            match self.reconcile_pod(&mut inner, &snapshot, &id).await {
+                Ok(enrolled) => {
+                    tracing::info!(pod = %label, enrolled, "found a pod that was already running")
+                }
+                Err(error) => tracing::error!(pod = %label, %error, "cannot enroll a running pod"),
+            }
+            changed = true;
+        }
+        if changed {
+            self.persist(&mut inner, &snapshot).await;
+        }
     }
 
     /// Whether this process handed the node over to a newer one.
@@ -320,6 +416,21 @@ impl PodManager {
             }
         }
         let snapshot = self.ctx.store.load();
+        // Found by discovery, so no CNI DEL will name them: forgotten when the model drops them.
+        let vanished: Vec<String> = inner
+            .known
+            .iter()
+            .filter(|(id, pod)| {
+                id.starts_with(DISCOVERED_PREFIX) && snapshot.workload_by_uid(&pod.uid).is_none()
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in vanished {
+            inner.known.remove(&id);
+            inner.handles.remove(&id);
+            inner.enrolled.remove(&id);
+            tracing::info!(container = %id, "a pod found running is gone from the model; forgotten");
+        }
         let ids: Vec<String> = inner.known.keys().cloned().collect();
         for id in ids {
             if let Err(error) = self.reconcile_pod(&mut inner, &snapshot, &id).await {
@@ -485,6 +596,9 @@ impl PodManager {
     }
 }
 
+/// Container ids of pods found by [`PodManager::discover`] (never a runtime's: those are hex).
+const DISCOVERED_PREFIX: &str = "discovered-";
+
 /// The answer to a CNI request that reached this process after it handed the node over:
 /// the runtime retries, and the retry reaches the new owner.
 fn handed_over_response() -> Response {
@@ -510,6 +624,11 @@ fn load_recorded(home: &Netns, run_dir: &Path) -> Result<Recorded, state::StateE
     let mut handles = HashMap::new();
     let mut gone = 0;
     for (id, pod) in saved.pods {
+        // Found by a scan (`/proc/<pid>/ns/net`, a pid that may be reused): found again by
+        // the next scan rather than trusted from the file.
+        if id.starts_with(DISCOVERED_PREFIX) {
+            continue;
+        }
         match open_pod_netns(home, &pod.netns) {
             Ok(handle) => {
                 handles.insert(id.clone(), handle);

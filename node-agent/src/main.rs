@@ -18,6 +18,7 @@ pub static malloc_conf: &[u8] =
 mod cni_install;
 mod cni_server;
 mod daemon;
+mod discovery;
 mod enrollment;
 mod handover;
 mod host;

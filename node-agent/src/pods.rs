@@ -28,6 +28,9 @@ use crate::netns::Netns;
 use crate::pod_proxy::NodeContext;
 use crate::{cni_server, Args};
 
+/// Shortest time between two scans for pods that already run.
+const DISCOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
     let basics = daemon::start_basics(&args).await?;
     let Basics { certs, store, .. } = &basics;
@@ -94,12 +97,29 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
         ))
     });
 
+    // Pods that ran before weft was installed (or started while its CNI config was not in
+    // place), then again whenever the model lists such a pod (at most every few seconds).
+    pods.discover(&args.proc_dir).await;
     let mut changes = store.subscribe();
     let reconciler = {
-        let pods = pods.clone();
+        let (pods, proc_dir) = (pods.clone(), args.proc_dir.clone());
         tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                pods.reconcile_all().await;
+            let mut last_scan = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        pods.reconcile_all().await;
+                    }
+                    // A change that came too soon after a scan is looked at again here.
+                    _ = tokio::time::sleep(DISCOVERY_INTERVAL) => {}
+                }
+                if last_scan.elapsed() >= DISCOVERY_INTERVAL {
+                    pods.discover(&proc_dir).await;
+                    last_scan = tokio::time::Instant::now();
+                }
             }
         })
     };

@@ -632,7 +632,7 @@ impl Cluster {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
             service_account: service_account.to_owned(),
-            uid: format!("uid-{namespace}-{name}"),
+            uid: uuid_for(&format!("{}/{namespace}/{name}", self.subnet)),
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -967,6 +967,26 @@ impl Drop for Cluster {
         }
         self.pods.clear();
     }
+}
+
+/// A stable canonical UUID (8-4-4-4-12 lowercase hex) for a name, as pod UIDs are: the
+/// kubelet names pod cgroups after them, and discovery reads them from there.
+pub fn uuid_for(name: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let half = |salt: u8| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (salt, name).hash(&mut hasher);
+        hasher.finish()
+    };
+    let hex = format!("{:016x}{:016x}", half(1), half(2));
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 /// CNI_ARGS for a pod, as the kubelet passes them.
