@@ -167,16 +167,6 @@ fn pods_running_before_the_install_are_enrolled_without_a_restart() {
         format!("server sees {}", c.pods[client].ip)
     );
     let (raw, lines) = capture.stop();
-    assert!(
-        !contains_bytes(&raw, MARKER.as_bytes()),
-        "payload crossed the underlay in clear"
-    );
-    assert!(!lines.is_empty(), "nothing captured on the underlay");
-    for line in &lines {
-        assert!(
-            is_port(line, 15008),
-            "non-HBONE packet on the underlay: {line}"
-        );
-    }
+    assert_only_hbone(&raw, &lines, MARKER.as_bytes());
     drop(pauses);
 }

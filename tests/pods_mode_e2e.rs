@@ -115,17 +115,7 @@ fn pods_mode_end_to_end() {
         format!("got {} bytes, marker True", body.len())
     );
     let (raw, lines) = capture.stop();
-    assert!(
-        !contains_bytes(&raw, MARKER.as_bytes()),
-        "payload crossed the underlay in clear"
-    );
-    assert!(!lines.is_empty(), "nothing captured on the underlay");
-    for line in &lines {
-        assert!(
-            is_port(line, 15008),
-            "non-HBONE packet on the underlay: {line}"
-        );
-    }
+    assert_only_hbone(&raw, &lines, MARKER.as_bytes());
 
     // Non-enrolled -> enrolled: plain TCP captured by 15006, delivered from the real client IP.
     let plain_in = Cluster::curl(&c.pods[legacy].ns, &format!("http://{web2_ip}:8080/"))

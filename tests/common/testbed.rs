@@ -258,6 +258,22 @@ impl Capture {
     }
 }
 
+/// What a capture of the underlay must show of mesh traffic: packets (`lines`), every one
+/// to or from the HBONE port, and never the plaintext `marker` in the raw bytes.
+pub fn assert_only_hbone(raw: &[u8], lines: &[String], marker: &[u8]) {
+    assert!(
+        !contains_bytes(raw, marker),
+        "payload crossed the underlay in clear"
+    );
+    assert!(!lines.is_empty(), "nothing captured on the underlay");
+    for line in lines {
+        assert!(
+            is_port(line, 15008),
+            "non-HBONE packet on the underlay: {line}"
+        );
+    }
+}
+
 /// True if `needle` occurs anywhere in `haystack`.
 pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
