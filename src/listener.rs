@@ -9,6 +9,24 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+/// A listener on `addr` with SO_REUSEADDR and SO_REUSEPORT: during an upgrade the new
+/// daemon binds the same ports while the old one still serves (it closes its listeners
+/// when it starts draining).
+pub fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket
+        .bind(addr)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;
+    socket
+        .listen(1024)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("listening on {addr}: {e}")))
+}
+
 /// Pause after a failed accept, so a persistent error does not spin a core.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 

@@ -145,23 +145,9 @@ fn pods_running_before_the_install_are_enrolled_without_a_restart() {
 
     // Their traffic now goes through the mesh: only HBONE on the underlay.
     let capture = Capture::start(&c.nodes[0].ns, "ul0", c.work.path());
-    let post = c.pods[client]
-        .ns
-        .command("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "3",
-            "--data",
-            &MARKER.repeat(100),
-            &url,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&post.stdout).contains("marker True"),
-        "{post:?}"
-    );
+    let body = MARKER.repeat(100);
+    let post = Cluster::curl_post(&c.pods[client].ns, &url, &body).expect("POST client -> server");
+    assert_eq!(post, format!("got {} bytes, marker True", body.len()));
     assert_eq!(
         Cluster::curl(&c.pods[client].ns, &url).expect("client -> server in the mesh"),
         format!("server sees {}", c.pods[client].ip)

@@ -302,9 +302,14 @@ fn the_install_manifests_are_accepted_and_rbac_is_exactly_what_weft_node_needs()
         "a baseline namespace admitted weft-node's pod: {text}"
     );
 
-    // Validation is real. A DaemonSet that could never roll:
-    let mut broken = daemonset.clone();
-    broken["metadata"] = json!({"name": "broken", "namespace": "weft-system"});
+    // Validation is real. A copy of weft's DaemonSet under another name, broken each time:
+    let copy_named = |name: &str| {
+        let mut copy = daemonset.clone();
+        copy["metadata"] = json!({"name": name, "namespace": "weft-system"});
+        copy
+    };
+    // One that could never roll:
+    let mut broken = copy_named("broken");
     broken["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"] = 0.into();
     let (accepted, text) = admin.with_object(tmp, &broken, &["create", "--dry-run=server"]);
     assert!(
@@ -312,8 +317,7 @@ fn the_install_manifests_are_accepted_and_rbac_is_exactly_what_weft_node_needs()
         "a DaemonSet with maxSurge and maxUnavailable 0 was accepted: {text}"
     );
     // A misspelt field, with strict validation:
-    let mut broken = daemonset.clone();
-    broken["metadata"] = json!({"name": "broken", "namespace": "weft-system"});
+    let mut broken = copy_named("broken");
     broken["spec"]["template"]["spec"]["containers"][0]["securityContxt"] = json!({});
     let (accepted, text) = admin.with_object(
         tmp,
@@ -325,8 +329,7 @@ fn the_install_manifests_are_accepted_and_rbac_is_exactly_what_weft_node_needs()
         "a DaemonSet with an unknown field was accepted: {text}"
     );
     // And why allowPrivilegeEscalation is true: the server refuses `false` with CAP_SYS_ADMIN.
-    let mut broken = daemonset.clone();
-    broken["metadata"] = json!({"name": "broken", "namespace": "weft-system"});
+    let mut broken = copy_named("broken");
     let security = &mut broken["spec"]["template"]["spec"]["containers"][0]["securityContext"];
     security["allowPrivilegeEscalation"] = false.into();
     security["capabilities"]["add"] = json!(["NET_ADMIN", "CAP_SYS_ADMIN"]);
@@ -337,8 +340,7 @@ fn the_install_manifests_are_accepted_and_rbac_is_exactly_what_weft_node_needs()
     );
 
     // 3. RBAC as the weft-node ServiceAccount. Another DaemonSet beside weft's own first.
-    let mut other = daemonset.clone();
-    other["metadata"] = json!({"name": "other", "namespace": "weft-system"});
+    let other = copy_named("other");
     let (created, text) = admin.with_object(tmp, &other, &["create"]);
     assert!(created, "creating weft-system/other: {text}");
     let token = tokio::runtime::Runtime::new()

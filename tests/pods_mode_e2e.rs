@@ -97,23 +97,13 @@ fn pods_mode_end_to_end() {
         .expect("client -> web-2");
     assert_eq!(cross, format!("web-2 sees {client_ip}"));
     let body = MARKER.repeat(1000);
-    let post = c.pods[client]
-        .ns
-        .command("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "3",
-            "--data",
-            &body,
-            &format!("http://{web2_ip}:8080/"),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&post.stdout).trim(),
-        format!("got {} bytes, marker True", body.len())
-    );
+    let post = Cluster::curl_post(
+        &c.pods[client].ns,
+        &format!("http://{web2_ip}:8080/"),
+        &body,
+    )
+    .expect("POST client -> web-2");
+    assert_eq!(post, format!("got {} bytes, marker True", body.len()));
     let (raw, lines) = capture.stop();
     assert_only_hbone(&raw, &lines, MARKER.as_bytes());
 

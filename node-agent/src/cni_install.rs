@@ -372,54 +372,65 @@ fn remove_file(path: &Path) -> Result<(), CniInstallError> {
 /// How often the repair loop looks at the conf dir and the binary.
 pub const REPAIR_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Keeps weft installed: one pass every [`REPAIR_INTERVAL`] until `stop` turns true.
-/// `report` hears the state after every pass: `None` when installed, else why not (for
-/// readiness). An error is logged once until it changes; the last good files stay.
+/// Runs `f` on the installer. A pass that panicked leaves it usable: what it holds besides
+/// its config is a cache of what it last wrote.
+pub fn with_installer<T>(
+    installer: &Mutex<CniInstaller>,
+    f: impl FnOnce(&mut CniInstaller) -> T,
+) -> T {
+    match installer.lock() {
+        Ok(mut installer) => f(&mut installer),
+        Err(poisoned) => f(&mut poisoned.into_inner()),
+    }
+}
+
+/// One install pass on the blocking pool: `None` once weft's CNI config and plugin are in
+/// place, else why not (what readiness says).
+pub async fn install_pass(installer: &Arc<Mutex<CniInstaller>>) -> Option<String> {
+    let installer = installer.clone();
+    let pass = tokio::task::spawn_blocking(move || {
+        with_installer(&installer, |installer| match installer.install() {
+            Ok(InstallOutcome::Installed { .. }) => None,
+            Ok(InstallOutcome::NoPrimary) => Some(format!(
+                "no primary CNI config in {} yet; weft chains onto it once it appears",
+                installer.conf_dir().display()
+            )),
+            Err(error) => Some(error.to_string()),
+        })
+    })
+    .await;
+    pass.unwrap_or_else(|join| Some(format!("the CNI install pass failed: {join}")))
+}
+
+/// Keeps weft installed: one pass every [`REPAIR_INTERVAL`] until `stop` turns true, after
+/// a first pass whose outcome was `first`. `report` hears every change of outcome (`None`:
+/// installed, else why not); each change is logged once, and the last good files stay.
 pub async fn keep_installed(
     installer: Arc<Mutex<CniInstaller>>,
+    first: Option<String>,
     mut stop: watch::Receiver<bool>,
     report: impl Fn(Option<String>) + Send + 'static,
 ) {
-    // Nothing is reported installed before the first pass says so.
-    let mut last_problem: Option<String> = Some(String::new());
+    let mut last_problem = first;
     loop {
-        let pass = {
-            let installer = installer.clone();
-            tokio::task::spawn_blocking(move || match installer.lock() {
-                Ok(mut installer) => installer.install(),
-                Err(poisoned) => poisoned.into_inner().install(),
-            })
-            .await
-        };
-        let problem = match pass {
-            Ok(Ok(InstallOutcome::Installed { changed, conf })) => {
-                if changed && last_problem.is_none() {
-                    tracing::info!(conf = %conf.display(), "repaired weft's CNI config");
-                }
-                None
-            }
-            Ok(Ok(InstallOutcome::NoPrimary)) => Some(format!(
-                "no primary CNI config in {} yet; weft chains onto it once it appears",
-                installer
-                    .lock()
-                    .map(|i| i.conf_dir().display().to_string())
-                    .unwrap_or_default()
-            )),
-            Ok(Err(error)) => Some(error.to_string()),
-            Err(join) => Some(format!("the CNI install pass failed: {join}")),
-        };
-        if problem != last_problem {
-            match &problem {
-                Some(why) => tracing::warn!("CNI install: {why}"),
-                None => tracing::info!("CNI install: weft's CNI config and plugin are in place"),
-            }
-            report(problem.clone());
-            last_problem = problem;
-        }
         tokio::select! {
             _ = tokio::time::sleep(REPAIR_INTERVAL) => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
+        let problem = install_pass(&installer).await;
+        if problem != last_problem {
+            log_outcome(&problem);
+            report(problem.clone());
+            last_problem = problem;
+        }
+    }
+}
+
+/// The log line for an install pass's outcome.
+pub fn log_outcome(problem: &Option<String>) {
+    match problem {
+        Some(why) => tracing::warn!("CNI install: {why}"),
+        None => tracing::info!("CNI install: weft's CNI config and plugin are in place"),
     }
 }
 

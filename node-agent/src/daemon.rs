@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
 
 use tokio::sync::watch;
 use weft::admin::{AdminAddrs, AdminContext, LogControl, NodeStatus};
@@ -139,23 +138,6 @@ pub async fn start_admin(
     weft::admin::start(ctx, addrs, shutdown)
         .await
         .context("binding the admin, metrics or readiness port")
-}
-
-pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
-    let socket = match addr {
-        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-    }
-    .context("creating a socket")?;
-    socket.set_reuseaddr(true).context("SO_REUSEADDR")?;
-    // A new daemon starts next to the old one during an upgrade.
-    socket.set_reuseport(true).context("SO_REUSEPORT")?;
-    socket
-        .bind(addr)
-        .with_context(|| format!("binding {addr} (is another weft-node running?)"))?;
-    socket
-        .listen(1024)
-        .with_context(|| format!("listening on {addr}"))
 }
 
 pub async fn wait_for_signal() -> anyhow::Result<()> {

@@ -181,9 +181,27 @@ impl PodManager {
                 return;
             }
         };
+        // The scan and the address checks read /proc: off the async workers.
         let dir = proc_dir.to_owned();
-        let sandboxes = match tokio::task::spawn_blocking(move || discovery::scan(&dir, own)).await
-        {
+        let wanted: Vec<(String, Vec<IpAddr>)> = candidates
+            .iter()
+            .map(|w| (w.uid.clone(), w.ips.clone()))
+            .collect();
+        let found = tokio::task::spawn_blocking(move || {
+            discovery::scan(&dir, own).map(|sandboxes| {
+                sandboxes
+                    .into_iter()
+                    .filter_map(|sandbox| {
+                        let (_, ips) = wanted.iter().find(|(uid, _)| *uid == sandbox.pod_uid)?;
+                        // The API's word for the pod's IP must be what the namespace holds.
+                        let holds_ip = ips.iter().any(|ip| sandbox.has_local_ip(*ip));
+                        Some((sandbox, holds_ip))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await;
+        let found = match found {
             Ok(Ok(found)) => found,
             Ok(Err(error)) => {
                 tracing::warn!(%error, "cannot look for pods that already run");
@@ -201,11 +219,11 @@ impl PodManager {
         let mut changed = false;
         for workload in candidates {
             let label = format!("{}/{}", workload.namespace, workload.name);
-            let Some(sandbox) = sandboxes.iter().find(|s| s.pod_uid == workload.uid) else {
+            let Some((sandbox, holds_ip)) = found.iter().find(|(s, _)| s.pod_uid == workload.uid)
+            else {
                 continue;
             };
-            // The API's word for the pod's IP must be what the namespace holds.
-            if !workload.ips.iter().any(|ip| sandbox.has_local_ip(*ip)) {
+            if !holds_ip {
                 tracing::warn!(pod = %label, netns = %sandbox.netns_path.display(), ips = ?workload.ips,
                     "a running pod's network namespace does not hold its IP; not enrolling it");
                 continue;

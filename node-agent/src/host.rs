@@ -2,6 +2,7 @@
 //! on its own interfaces (HBONE inbound on 15008) and, with `--socks5`, takes outbound
 //! connections from local clients and sends them through the mesh.
 
+use anyhow::Context;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -43,9 +44,10 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
 
     // Every proxy port is bound before the readiness endpoint exists, so "ready" never
     // answers while one of them could still fail to bind.
-    let hbone_listener = daemon::bind(args.hbone_listen).await?;
+    let hbone_listener =
+        weft::listener::bind_shared(args.hbone_listen).context("the HBONE port")?;
     let socks_listener = match args.socks5 {
-        Some(addr) => Some(daemon::bind(addr).await?),
+        Some(addr) => Some(weft::listener::bind_shared(addr).context("the SOCKS5 port")?),
         None => None,
     };
     let listening = Arc::new(AtomicBool::new(false));

@@ -80,22 +80,20 @@ pub async fn run(args: Args, log: Arc<dyn LogControl>) -> anyhow::Result<()> {
     // Stops the CNI repair loop: at a takeover, and at shutdown before any uninstall.
     let (repair_stop, repair_stop_rx) = watch::channel(false);
     let repair_stop = Arc::new(repair_stop);
-    let repair = installer.as_ref().map(|installer| {
+    let mut repair = None;
+    if let Some(installer) = &installer {
         // The first pass before "ready": new pods from here on go through weft.
-        let first = tokio::task::block_in_place(|| match installer.lock() {
-            Ok(mut installer) => installer.install(),
-            Err(poisoned) => poisoned.into_inner().install(),
-        });
-        if let Err(error) = &first {
-            tracing::warn!(%error, "CNI install");
-        }
+        let first = cni_install::install_pass(installer).await;
+        cni_install::log_outcome(&first);
+        pods.set_cni_config_problem(first.clone());
         let pods = pods.clone();
-        tokio::spawn(cni_install::keep_installed(
+        repair = Some(tokio::spawn(cni_install::keep_installed(
             installer.clone(),
+            first,
             repair_stop_rx,
             move |problem| pods.set_cni_config_problem(problem),
-        ))
-    });
+        )));
+    }
 
     // Pods that ran before weft was installed (or started while its CNI config was not in
     // place), then again whenever the model lists such a pod (at most every few seconds).
@@ -207,9 +205,8 @@ async fn uninstall_if_removed(args: &Args, basics: &Basics, installer: &Arc<Mute
         InstallState::Uninstalled(why) => {
             tracing::info!("weft is being uninstalled: {why}; removing its CNI config and plugin");
             let installer = installer.clone();
-            let removed = tokio::task::spawn_blocking(move || match installer.lock() {
-                Ok(mut installer) => installer.uninstall(),
-                Err(poisoned) => poisoned.into_inner().uninstall(),
+            let removed = tokio::task::spawn_blocking(move || {
+                cni_install::with_installer(&installer, CniInstaller::uninstall)
             })
             .await;
             match removed {

@@ -279,30 +279,15 @@ pub struct AdminAddrs {
     pub readiness: SocketAddr,
 }
 
-/// A listener with SO_REUSEPORT: during an upgrade the new daemon binds the same ports while
-/// the old one still serves (it closes its listeners when it starts draining).
-fn bind_shared(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket
-        .bind(addr)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;
-    socket.listen(1024)
-}
-
 /// Binds and starts the admin, metrics and readiness servers.
 pub async fn start(
     ctx: Arc<AdminContext>,
     addrs: AdminAddrs,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let admin = bind_shared(addrs.admin)?;
-    let metrics = bind_shared(addrs.metrics)?;
-    let readiness = bind_shared(addrs.readiness)?;
+    let admin = crate::listener::bind_shared(addrs.admin)?;
+    let metrics = crate::listener::bind_shared(addrs.metrics)?;
+    let readiness = crate::listener::bind_shared(addrs.readiness)?;
     let c = ctx.clone();
     tokio::spawn(serve(admin, shutdown.clone(), "admin", move |r| {
         Box::pin(c.clone().admin(r))

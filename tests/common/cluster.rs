@@ -873,9 +873,19 @@ impl Cluster {
 
     /// curl from inside a pod's namespace (or any namespace).
     pub fn curl(ns: &Netns, url: &str) -> Result<String, String> {
+        Cluster::curl_args(ns, &[url])
+    }
+
+    /// curl POSTing `body` from inside a namespace.
+    pub fn curl_post(ns: &Netns, url: &str, body: &str) -> Result<String, String> {
+        Cluster::curl_args(ns, &["--data", body, url])
+    }
+
+    fn curl_args(ns: &Netns, args: &[&str]) -> Result<String, String> {
         let out = ns
             .command("curl")
-            .args(["-sS", "--max-time", "3", url])
+            .args(["-sS", "--max-time", "3"])
+            .args(args)
             .output()
             .expect("curl");
         if out.status.success() {
