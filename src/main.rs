@@ -1,5 +1,6 @@
 //! `weft`: the operator CLI. `weft ca init` writes a fresh mesh CA in the Istio plug-in CA
-//! layout; `weft ca issue` signs one workload leaf (for operators and debugging).
+//! layout; `weft ca issue` signs one workload leaf (for operators and debugging); `weft
+//! signer` runs the cluster's CSR signer (the Deployment in `deploy/kubernetes/signer.yaml`).
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,47 @@ enum Command {
     /// Mesh certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Sign weft.dev/workload CertificateSigningRequests for weft-node (in a cluster: the
+    /// only holder of the CA key) and publish the trust bundle.
+    Signer(SignerArgs),
+}
+
+#[derive(clap::Args)]
+struct SignerArgs {
+    /// The mesh CA directory (the CA Secret, mounted).
+    #[arg(long, env = "WEFT_CA_DIR", default_value = "/etc/weft/ca")]
+    ca_dir: PathBuf,
+    /// Kubeconfig; without it, the in-cluster ServiceAccount config.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Trust domain of the mesh: CSRs for any other are denied.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// weft-node's ServiceAccount, NAMESPACE/NAME: the only requester signed for.
+    #[arg(
+        long,
+        env = "WEFT_NODE_SERVICE_ACCOUNT",
+        default_value = "weft-system/weft-node"
+    )]
+    node_service_account: String,
+    /// The namespace of the trust-bundle ConfigMap (weft's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "weft-system")]
+    namespace: String,
+    /// The trust-bundle ConfigMap nodes watch.
+    #[arg(long, default_value = weft::identity::root_configmap::ROOT_CONFIGMAP)]
+    root_configmap: String,
+    /// Lifetime of a leaf whose CSR asks for none.
+    #[arg(long, env = "WEFT_CERT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    default_cert_ttl: Duration,
+    /// Longest lifetime signed, whatever a CSR asks.
+    #[arg(long, env = "WEFT_MAX_CERT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    max_cert_ttl: Duration,
+    /// `/metrics` and `/healthz/ready`.
+    #[arg(long, default_value = "0.0.0.0:15014")]
+    http_addr: std::net::SocketAddr,
+    /// Log lines as JSON.
+    #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"])]
+    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -61,6 +103,7 @@ enum CaCommand {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Signer(args) => run_signer(args)?,
         Command::Ca(CaCommand::Init {
             dir,
             trust_domain,
@@ -96,6 +139,79 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn run_signer(args: SignerArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    SpiffeId::new(&args.trust_domain, "x", "x")
+        .with_context(|| format!("--trust-domain {:?} is not valid", args.trust_domain))?;
+    let (sa_namespace, sa_name) = args
+        .node_service_account
+        .split_once('/')
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+        .with_context(|| {
+            format!(
+                "--node-service-account {:?} must be NAMESPACE/NAME",
+                args.node_service_account
+            )
+        })?;
+    if args.max_cert_ttl < Duration::from_secs(1) || args.default_cert_ttl < Duration::from_secs(1)
+    {
+        anyhow::bail!("--max-cert-ttl and --default-cert-ttl must be at least 1s");
+    }
+    let config = weft::signer::SignerConfig {
+        policy: weft::signer::ReviewPolicy {
+            trust_domain: args.trust_domain,
+            node_service_account: (sa_namespace.to_owned(), sa_name.to_owned()),
+            default_ttl: args.default_cert_ttl,
+            max_ttl: args.max_cert_ttl,
+        },
+        ca_dir: args.ca_dir,
+        namespace: args.namespace,
+        root_configmap: args.root_configmap,
+        http_addr: args.http_addr,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let api = weft::config::kube_source::client(args.kubeconfig.as_deref())
+            .await
+            .context("connecting to the Kubernetes API")?;
+        tracing::info!(server = %api.server, "weft signer starting");
+        let signing = weft::signer::run(api.client, config);
+        tokio::select! {
+            outcome = signing => outcome.context("weft signer"),
+            _ = shutdown_signal() => {
+                tracing::info!("weft signer stopping");
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {

@@ -248,7 +248,7 @@ async fn mesh_client_config(
     source: &SpiffeId,
 ) -> Arc<rustls::ClientConfig> {
     let slot = certs.get_or_issue(source).await.unwrap();
-    tls::client_config(certs.roots(), slot, id("demo", "server")).unwrap()
+    tls::client_config(&certs.roots(), slot, id("demo", "server")).unwrap()
 }
 
 #[tokio::test]
@@ -360,7 +360,7 @@ async fn clients_without_a_valid_mesh_identity_are_refused() {
 
     // 1. No client certificate at all.
     let slot = certs.get_or_issue(&id("demo", "client")).await.unwrap();
-    let base = tls::client_config(certs.roots(), slot, id("demo", "server")).unwrap();
+    let base = tls::client_config(&certs.roots(), slot, id("demo", "server")).unwrap();
     let mut no_cert = (*base).clone();
     no_cert.client_auth_cert_resolver = Arc::new(NoClientCert);
     let outcome = match raw_h2(server.addr, Arc::new(no_cert)).await {
@@ -377,7 +377,7 @@ async fn clients_without_a_valid_mesh_identity_are_refused() {
     let other = other_ca.certs();
     let foreign = other.get_or_issue(&id("demo", "client")).await.unwrap();
     // Trust our roots for the server, but present the foreign leaf.
-    let foreign_config = tls::client_config(certs.roots(), foreign, id("demo", "server")).unwrap();
+    let foreign_config = tls::client_config(&certs.roots(), foreign, id("demo", "server")).unwrap();
     let outcome = match raw_h2(server.addr, foreign_config).await {
         Ok(mut sender) => status_of(&mut sender, good()).await.map(|s| s.to_string()),
         Err(e) => Err(e),

@@ -287,10 +287,10 @@ async fn a_renewed_certificate_is_served_in_the_next_handshake() {
     let server_id = SpiffeId::new("cluster.local", "demo", "server").unwrap();
     let client_id = SpiffeId::new("cluster.local", "demo", "client").unwrap();
     let server_slot = certs.get_or_issue(&server_id).await.unwrap();
-    let server_config = weft::tls::server_config(certs.roots(), server_slot.clone()).unwrap();
+    let server_config = weft::tls::server_config(&certs.roots(), server_slot.clone()).unwrap();
     let client_slot = certs.get_or_issue(&client_id).await.unwrap();
     let client_config =
-        weft::tls::client_config(certs.roots(), client_slot, server_id.clone()).unwrap();
+        weft::tls::client_config(&certs.roots(), client_slot, server_id.clone()).unwrap();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -1,4 +1,5 @@
-//! Start-up and shutdown pieces both modes share: the CA, the config source, listening
+//! Start-up and shutdown pieces both modes share: the CA (a local directory, or weft signer
+//! through CSRs with the trust bundle from its ConfigMap), the config source, listening
 //! sockets and waiting for SIGTERM/SIGINT.
 
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use weft::admin::{AdminAddrs, AdminContext, LogControl, NodeStatus};
 use weft::config::{
     kube_source, ConfigSource, FileSource, FileSourceLimits, KubeSource, KubeSourceOptions,
 };
-use weft::identity::{CertManager, RenewalPolicy, SpiffeId};
+use weft::identity::root_configmap::RootWatch;
+use weft::identity::{CertManager, CsrIssuer, RenewalPolicy, SpiffeId, TrustAnchors};
 use weft::model::{MeshSnapshot, MeshStore};
 use weft::telemetry::MetricsHandle;
 
@@ -38,8 +40,16 @@ pub async fn start_basics(args: &Args) -> anyhow::Result<Basics> {
         ..RenewalPolicy::default()
     };
     // Reading the CA directory blocks: keep it off the async workers.
-    let certs = tokio::task::block_in_place(|| CertManager::new(args.ca_dir.clone(), policy))
-        .context("loading the mesh CA")?;
+    let local_ca = match &args.ca_dir {
+        Some(dir) => Some(
+            tokio::task::block_in_place(|| CertManager::new(dir.clone(), policy.clone()))
+                .context("loading the mesh CA")?,
+        ),
+        None if args.source() == Source::File => {
+            anyhow::bail!("--ca-dir is required with --source file (only the kube source can ask weft signer for certificates)")
+        }
+        None => None,
+    };
     let store = Arc::new(MeshStore::new(MeshSnapshot::empty()));
     let (source, api) = match args.source() {
         Source::File => (file_source(args, store.clone())?, None),
@@ -47,6 +57,11 @@ pub async fn start_basics(args: &Args) -> anyhow::Result<Basics> {
             let (source, api) = kube_source(args, store.clone()).await?;
             (source, Some(api))
         }
+    };
+    let certs = match (local_ca, &api) {
+        (Some(certs), _) => certs,
+        (None, Some(api)) => signer_certs(args, api, policy).await,
+        (None, None) => anyhow::bail!("--ca-dir is required without the kube source"),
     };
     let metrics = weft::telemetry::install().context("setting up metrics")?;
     tokio::spawn(weft::telemetry::registry::update_health_forever(
@@ -60,6 +75,34 @@ pub async fn start_basics(args: &Args) -> anyhow::Result<Basics> {
         metrics,
         api,
     })
+}
+
+/// Certificates from `weft signer`: the trust bundle first (nothing verifies without it;
+/// start-up waits for it), then CSRs for each identity as it is needed.
+async fn signer_certs(
+    args: &Args,
+    api: &kube_source::ApiClient,
+    policy: RenewalPolicy,
+) -> Arc<CertManager> {
+    let anchors = TrustAnchors::default();
+    let mut bundle = RootWatch::start(
+        api.client.clone(),
+        &args.install_namespace,
+        &args.trust_bundle,
+        anchors.clone(),
+    );
+    bundle.wait_loaded(Duration::from_secs(10)).await;
+    tracing::info!(
+        node = %args.node_name,
+        "certificates come from weft signer (CSRs with signerName weft.dev/workload); this node holds no CA key"
+    );
+    let issuer = CsrIssuer::new(
+        api.client.clone(),
+        args.node_name.clone(),
+        anchors.clone(),
+        args.csr_timeout,
+    );
+    CertManager::with_issuer(Arc::new(issuer), anchors, policy)
 }
 
 /// The Kubernetes source, once every kind has listed (a first snapshot of half a cluster

@@ -77,9 +77,18 @@ pub struct Args {
     /// Kubeconfig for the kube source; without it, the in-cluster ServiceAccount config.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
-    /// Mesh CA directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem).
-    #[arg(long)]
-    ca_dir: PathBuf,
+    /// Mesh CA directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem), for host
+    /// mode, the file source and tests. Without it (kube source only), the node holds no CA
+    /// key: it sends CSRs to `weft signer` and trusts the roots of the trust-bundle ConfigMap.
+    #[arg(long, env = "WEFT_CA_DIR")]
+    ca_dir: Option<PathBuf>,
+    /// Without --ca-dir: the trust-bundle ConfigMap (in --install-namespace) that weft
+    /// signer publishes.
+    #[arg(long, env = "WEFT_TRUST_BUNDLE", default_value = weft::identity::root_configmap::ROOT_CONFIGMAP)]
+    trust_bundle: String,
+    /// Without --ca-dir: how long to wait for the signer to answer one CSR.
+    #[arg(long, env = "WEFT_CSR_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    csr_timeout: Duration,
     /// This node's name (matches spec.nodeName of its pods).
     #[arg(long, env = "NODE_NAME")]
     node_name: String,

@@ -363,7 +363,7 @@ impl HboneClient {
                 source,
             })?;
         let tls_config = tls::client_config(
-            self.certs.roots(),
+            &self.certs.roots(),
             identity,
             request.destination_identity.clone(),
         )?;

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -235,9 +236,13 @@ pub struct HboneServer<H: StreamHandler> {
     handler: Arc<H>,
     certs: Arc<CertManager>,
     config: HboneServerConfig,
-    tls_configs: Mutex<HashMap<SpiffeId, Arc<rustls::ServerConfig>>>,
+    /// One TLS config per identity served, with the roots it was built for: a config whose
+    /// roots are no longer the manager's (a new trust bundle) is rebuilt.
+    tls_configs: Mutex<HashMap<SpiffeId, CachedTlsConfig>>,
     stats: Arc<ServerStats>,
 }
+
+type CachedTlsConfig = (Arc<Vec<CertificateDer<'static>>>, Arc<rustls::ServerConfig>);
 
 impl<H: StreamHandler> HboneServer<H> {
     /// A server whose streams go to `handler`, presenting leaves from `certs`; nothing
@@ -284,13 +289,16 @@ impl<H: StreamHandler> HboneServer<H> {
             .handler
             .identity_for(local)
             .ok_or(ServerTlsError::NoIdentity(local.ip()))?;
-        if let Some(config) = self
+        let roots = self.certs.roots();
+        if let Some((built_for, config)) = self
             .tls_configs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&id)
         {
-            return Ok(config.clone());
+            if Arc::ptr_eq(built_for, &roots) {
+                return Ok(config.clone());
+            }
         }
         // The one place the server asks for a certificate.
         let slot =
@@ -301,15 +309,14 @@ impl<H: StreamHandler> HboneServer<H> {
                     id: id.clone(),
                     source,
                 })?;
-        let config =
-            tls::server_config(self.certs.roots(), slot).map_err(|source| ServerTlsError::Tls {
-                id: id.clone(),
-                source,
-            })?;
+        let config = tls::server_config(&roots, slot).map_err(|source| ServerTlsError::Tls {
+            id: id.clone(),
+            source,
+        })?;
         self.tls_configs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, config.clone());
+            .insert(id, (roots, config.clone()));
         Ok(config)
     }
     /// Serves one accepted TCP connection until the client or shutdown ends it.

@@ -149,13 +149,35 @@ pub struct IssuedLeaf {
     pub not_after: SystemTime,
 }
 
+/// A leaf signed over someone else's public key (see [`MeshCa::sign`]): no private key here.
+#[derive(Debug, Clone)]
+pub struct SignedChain {
+    /// Leaf first, then the intermediates a verifier needs (no roots).
+    pub chain: Vec<CertificateDer<'static>>,
+    /// When it was signed.
+    pub issued_at: SystemTime,
+    /// Start of validity (`issued_at` backdated by five minutes against clock skew).
+    pub not_before: SystemTime,
+    /// End of validity (never after the signing CA's own expiry).
+    pub not_after: SystemTime,
+}
+
+impl SignedChain {
+    /// The leaf and its intermediates as PEM, as a CSR's `status.certificate` carries them.
+    pub fn chain_pem(&self) -> String {
+        chain_to_pem(&self.chain)
+    }
+}
+
+/// Certificates as concatenated PEM blocks.
+pub fn chain_to_pem(chain: &[CertificateDer<'static>]) -> String {
+    chain.iter().map(|c| der_to_pem("CERTIFICATE", c)).collect()
+}
+
 impl IssuedLeaf {
     /// The leaf and its intermediates as PEM.
     pub fn chain_pem(&self) -> String {
-        self.chain
-            .iter()
-            .map(|c| der_to_pem("CERTIFICATE", c))
-            .collect()
+        chain_to_pem(&self.chain)
     }
 
     /// The PKCS#8 private key as PEM.
@@ -339,6 +361,30 @@ impl MeshCa {
 
     /// Signs a new ECDSA P-256 leaf for `id`, valid for `ttl` (clamped to the CA's own expiry).
     pub fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<IssuedLeaf, CaError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| CaError::Signing {
+            id: id.to_string(),
+            reason: e.to_string(),
+        })?;
+        let signed = self.sign(id, &key, ttl)?;
+        Ok(IssuedLeaf {
+            id: id.clone(),
+            chain: signed.chain,
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            issued_at: signed.issued_at,
+            not_before: signed.not_before,
+            not_after: signed.not_after,
+        })
+    }
+
+    /// Signs a leaf for `id` over a public key made elsewhere (a node's CSR): the SPIFFE ID
+    /// as the only SAN, serverAuth + clientAuth, valid for `ttl` (clamped to the CA's own
+    /// expiry). Nothing of the requester's choosing but the key goes into the certificate.
+    pub fn sign(
+        &self,
+        id: &SpiffeId,
+        public_key: &impl rcgen::PublicKeyData,
+        ttl: Duration,
+    ) -> Result<SignedChain, CaError> {
         if ttl < Duration::from_secs(1) {
             return Err(CaError::BadTtl(ttl));
         }
@@ -346,8 +392,6 @@ impl MeshCa {
             id: id.to_string(),
             reason,
         };
-        let key =
-            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| signing(e.to_string()))?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         name.push(DnType::OrganizationName, id.trust_domain());
@@ -371,15 +415,13 @@ impl MeshCa {
         params.not_before = OffsetDateTime::from(not_before);
         params.not_after = OffsetDateTime::from(not_after);
         let cert = params
-            .signed_by(&key, &self.signing_cert, &self.signing_key)
+            .signed_by(public_key, &self.signing_cert, &self.signing_key)
             .map_err(|e| signing(e.to_string()))?;
 
         let mut chain = vec![cert.der().clone()];
         chain.extend(self.chain.iter().cloned());
-        Ok(IssuedLeaf {
-            id: id.clone(),
+        Ok(SignedChain {
             chain,
-            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
             issued_at: now,
             not_before,
             not_after,

@@ -1,6 +1,7 @@
 //! The identity layer's error: what can go wrong getting a workload its certificate.
 
 use super::ca::CaError;
+use super::csr_issuer::CsrError;
 
 /// Why an identity has no (fresh) certificate.
 #[derive(Debug, thiserror::Error)]
@@ -8,6 +9,9 @@ pub enum IdentityError {
     /// The local CA directory could not be read or could not sign.
     #[error(transparent)]
     Ca(#[from] CaError),
+    /// The signer (through a Kubernetes CSR) gave no certificate.
+    #[error(transparent)]
+    Csr(Box<CsrError>),
     /// The issuance task ended without an answer (it panicked or was cancelled).
     #[error("issuing a certificate for {id}: the issuing task failed: {reason}")]
     IssuerTask {
@@ -24,4 +28,11 @@ pub enum IdentityError {
         /// The identity the returned leaf carries.
         returned: String,
     },
+}
+
+impl From<CsrError> for IdentityError {
+    fn from(error: CsrError) -> Self {
+        // Boxed: a CSR's answer carries several strings, and every proxy error holds this.
+        IdentityError::Csr(Box::new(error))
+    }
 }

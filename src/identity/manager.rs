@@ -23,6 +23,7 @@ use super::ca::{CaError, IssuedLeaf, MeshCa};
 use super::error::IdentityError;
 use super::issuer::{IssueRequest, Issuer, LocalCaIssuer};
 use super::spiffe::SpiffeId;
+use super::trust::TrustAnchors;
 
 /// Lifetimes and retry timing for leaves.
 #[derive(Debug, Clone)]
@@ -123,7 +124,8 @@ type Entries = HashMap<SpiffeId, Entry>;
 pub struct CertManager {
     issuer: Arc<dyn Issuer>,
     policy: RenewalPolicy,
-    roots: Vec<CertificateDer<'static>>,
+    /// The trust anchors, swapped whole when the trust bundle changes.
+    anchors: TrustAnchors,
     entries: Mutex<Entries>,
 }
 
@@ -134,28 +136,35 @@ impl CertManager {
         let ca = MeshCa::load(&ca_dir)?;
         Ok(CertManager::with_issuer(
             Arc::new(LocalCaIssuer::new(ca_dir)),
-            ca.roots().to_vec(),
+            TrustAnchors::new(ca.roots().to_vec()),
             policy,
         ))
     }
 
-    /// Issues through `issuer`; peers must chain to `roots`.
+    /// Issues through `issuer`; peers must chain to `anchors` (which may change later).
     pub fn with_issuer(
         issuer: Arc<dyn Issuer>,
-        roots: Vec<CertificateDer<'static>>,
+        anchors: TrustAnchors,
         policy: RenewalPolicy,
     ) -> Arc<CertManager> {
         Arc::new(CertManager {
             issuer,
             policy,
-            roots,
+            anchors,
             entries: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The trust anchors peers must chain to.
-    pub fn roots(&self) -> &[CertificateDer<'static>] {
-        &self.roots
+    /// The trust anchors peers must chain to, as of now. TLS configs built from them
+    /// compare this `Arc` with [`CertManager::roots`] later to see whether they are stale.
+    pub fn roots(&self) -> Arc<Vec<CertificateDer<'static>>> {
+        self.anchors.current()
+    }
+
+    /// The shared anchors (a trust-bundle watcher replaces them; handshakes from then on
+    /// verify against the new set, and leaves already issued keep serving).
+    pub fn anchors(&self) -> &TrustAnchors {
+        &self.anchors
     }
 
     /// The identity's slot, issuing its first leaf (and starting its renewal task) if
@@ -408,7 +417,11 @@ mod tests {
             ttl,
             ..RenewalPolicy::default()
         };
-        let certs = CertManager::with_issuer(issuer.clone(), ca.roots().to_vec(), policy);
+        let certs = CertManager::with_issuer(
+            issuer.clone(),
+            TrustAnchors::new(ca.roots().to_vec()),
+            policy,
+        );
         (dir, issuer, certs)
     }
 

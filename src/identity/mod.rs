@@ -4,13 +4,19 @@
 //! identity its served workloads use.
 
 pub mod ca;
+pub mod csr;
+pub mod csr_issuer;
 pub mod error;
 pub mod issuer;
 pub mod manager;
+pub mod root_configmap;
 pub mod spiffe;
+pub mod trust;
 
-pub use ca::{CaError, IssuedLeaf, MeshCa};
+pub use ca::{CaError, IssuedLeaf, MeshCa, SignedChain};
+pub use csr_issuer::CsrIssuer;
 pub use error::IdentityError;
 pub use issuer::{IssueFuture, IssueRequest, Issuer, LocalCaIssuer};
 pub use manager::{CertManager, LeafCert, RenewalPolicy};
 pub use spiffe::{SpiffeId, SpiffeIdError, DEFAULT_TRUST_DOMAIN};
+pub use trust::{roots_from_pem, TrustAnchors, TrustBundleError};

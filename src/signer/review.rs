@@ -1,0 +1,250 @@
+//! The signer's decision on one CSR: who asks (weft-node's ServiceAccount, and which node its
+//! credentials name), what it asks for (the usages weft needs; one identity in the mesh's
+//! trust domain over a P-256 key), and whether a pod of that identity is scheduled on the
+//! asking node. A [`Denial`] carries a condition reason (CamelCase, also the metric label)
+//! and a message an operator reads in `kubectl describe csr`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, Client};
+
+use crate::identity::csr::{read_request, WorkloadRequest, USAGES};
+
+/// The extra a pod-bound ServiceAccount token carries: the node the pod runs on.
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+/// The extra naming the token's pod.
+pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+/// The extra with the token's pod's UID.
+pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+
+/// Usages a node must ask for.
+const REQUIRED_USAGES: [&str; 2] = ["server auth", "client auth"];
+/// Pods of other nodes named in a denial, at most.
+const NODES_NAMED: usize = 5;
+
+/// Why a CSR is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The condition reason (CamelCase); also the `reason` label of the denial metric.
+    pub reason: &'static str,
+    /// What a human reads.
+    pub message: String,
+}
+
+impl Denial {
+    fn new(reason: &'static str, message: impl Into<String>) -> Denial {
+        Denial {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// What the signer does with a CSR.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Approve and sign for this identity and lifetime.
+    Sign {
+        /// The request as read.
+        request: WorkloadRequest,
+        /// The node the requester runs on.
+        node: String,
+        /// The leaf's lifetime.
+        ttl: Duration,
+    },
+    /// Deny (or, once approved by someone else, fail) with this reason.
+    Deny(Denial),
+}
+
+/// What the reviewer needs to know.
+#[derive(Debug, Clone)]
+pub struct ReviewPolicy {
+    /// The mesh's trust domain.
+    pub trust_domain: String,
+    /// weft-node's ServiceAccount: namespace and name.
+    pub node_service_account: (String, String),
+    /// Lifetime when the CSR asks for none.
+    pub default_ttl: Duration,
+    /// Longest lifetime signed, whatever the CSR asks.
+    pub max_ttl: Duration,
+}
+
+impl ReviewPolicy {
+    fn node_username(&self) -> String {
+        let (ns, name) = &self.node_service_account;
+        format!("system:serviceaccount:{ns}:{name}")
+    }
+}
+
+/// Reviews `csr`. `Err` is an API failure while looking things up: nothing is decided and
+/// the CSR is reviewed again later.
+pub async fn review(
+    client: &Client,
+    policy: &ReviewPolicy,
+    csr: &CertificateSigningRequest,
+) -> Result<Verdict, kube::Error> {
+    let node = match requester_node(client, policy, csr).await? {
+        Ok(node) => node,
+        Err(denial) => return Ok(Verdict::Deny(denial)),
+    };
+    if let Err(denial) = check_usages(csr.spec.usages.as_deref().unwrap_or_default()) {
+        return Ok(Verdict::Deny(denial));
+    }
+    let request = match read_request(&csr.spec.request.0, &policy.trust_domain) {
+        Ok(request) => request,
+        Err(rejection) => {
+            return Ok(Verdict::Deny(Denial::new(
+                "BadRequest",
+                rejection.to_string(),
+            )))
+        }
+    };
+    if let Some(denial) = pod_on_node(client, &request, &node).await? {
+        return Ok(Verdict::Deny(denial));
+    }
+    let asked = csr
+        .spec
+        .expiration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(policy.default_ttl, Duration::from_secs);
+    Ok(Verdict::Sign {
+        request,
+        node,
+        ttl: asked.min(policy.max_ttl),
+    })
+}
+
+/// The node the requester's credentials name, or why there is none to trust.
+async fn requester_node(
+    client: &Client,
+    policy: &ReviewPolicy,
+    csr: &CertificateSigningRequest,
+) -> Result<Result<String, Denial>, kube::Error> {
+    let wanted = policy.node_username();
+    let username = csr.spec.username.as_deref().unwrap_or_default();
+    if username != wanted {
+        return Ok(Err(Denial::new(
+            "RequesterNotWeftNode",
+            format!("requested by {username:?}; only {wanted} (weft-node) may request weft.dev/workload certificates"),
+        )));
+    }
+    let extra = csr.spec.extra.clone().unwrap_or_default();
+    let single = |key: &str| match extra.get(key).map(Vec::as_slice) {
+        Some([value]) if !value.is_empty() => Some(value.clone()),
+        _ => None,
+    };
+    if let Some(node) = single(NODE_NAME_EXTRA) {
+        return Ok(Ok(node));
+    }
+    let (Some(pod_name), Some(pod_uid)) = (single(POD_NAME_EXTRA), single(POD_UID_EXTRA)) else {
+        return Ok(Err(Denial::new(
+            "NoNodeInCredentials",
+            format!("the requester's token names no node (no {NODE_NAME_EXTRA} or {POD_NAME_EXTRA} extra): weft-node must authenticate with its pod's bound ServiceAccount token, not a long-lived token"),
+        )));
+    };
+    let (ns, _) = &policy.node_service_account;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod = pods.get_opt(&pod_name).await?;
+    let node = pod
+        .filter(|pod| pod.metadata.uid.as_deref() == Some(pod_uid.as_str()))
+        .and_then(|pod| pod.spec.and_then(|spec| spec.node_name));
+    Ok(node.ok_or_else(|| {
+        Denial::new(
+            "RequesterPodGone",
+            format!("the requester's pod {ns}/{pod_name} (uid {pod_uid}) no longer exists or is not on a node"),
+        )
+    }))
+}
+
+fn check_usages(usages: &[String]) -> Result<(), Denial> {
+    let bad: Vec<&str> = usages
+        .iter()
+        .map(String::as_str)
+        .filter(|u| !USAGES.contains(u))
+        .collect();
+    if !bad.is_empty() {
+        return Err(Denial::new(
+            "BadUsages",
+            format!(
+                "spec.usages asks for {bad:?}; weft workload certificates allow only {USAGES:?}"
+            ),
+        ));
+    }
+    let missing: Vec<&str> = REQUIRED_USAGES
+        .iter()
+        .copied()
+        .filter(|u| !usages.iter().any(|have| have == u))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Denial::new(
+            "BadUsages",
+            format!(
+                "spec.usages lacks {missing:?}; mesh mTLS needs both server auth and client auth"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `None` when a pod of the request's service account that has not finished is scheduled
+/// on `node`; else the denial, naming where that service account's pods do run.
+async fn pod_on_node(
+    client: &Client,
+    request: &WorkloadRequest,
+    node: &str,
+) -> Result<Option<Denial>, kube::Error> {
+    let (ns, sa) = (request.id.namespace(), request.id.service_account());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let listed = pods
+        .list(&ListParams::default().fields(&format!("spec.serviceAccountName={sa}")))
+        .await?;
+    let mut elsewhere = BTreeSet::new();
+    for pod in &listed.items {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+            Some(on) if on == node => return Ok(None),
+            Some(on) => {
+                elsewhere.insert(on.to_owned());
+            }
+            None => {}
+        }
+    }
+    let where_else = if elsewhere.is_empty() {
+        "it has no running pod on any node".to_owned()
+    } else {
+        let named: Vec<String> = elsewhere.into_iter().take(NODES_NAMED).collect();
+        format!("its pods run on {}", named.join(", "))
+    };
+    Ok(Some(Denial::new(
+        "NoPodOnNode",
+        format!("no running pod of service account {ns}/{sa} is scheduled on node {node}, the requester's node; {where_else}"),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usages(list: &[&str]) -> Vec<String> {
+        list.iter().map(|u| (*u).to_owned()).collect()
+    }
+
+    #[test]
+    fn usages_must_be_the_mesh_ones() {
+        check_usages(&usages(&USAGES)).unwrap();
+        check_usages(&usages(&["server auth", "client auth"])).unwrap();
+        let err = check_usages(&usages(&["client auth"])).unwrap_err();
+        assert_eq!(err.reason, "BadUsages");
+        assert!(err.message.contains("server auth"), "{}", err.message);
+        let err =
+            check_usages(&usages(&["server auth", "client auth", "code signing"])).unwrap_err();
+        assert!(err.message.contains("code signing"), "{}", err.message);
+    }
+}
