@@ -59,6 +59,10 @@ struct SignerArgs {
     /// Longest lifetime signed, whatever a CSR asks.
     #[arg(long, env = "WEFT_MAX_CERT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     max_cert_ttl: Duration,
+    /// How often the trust bundle is checked against the CA directory (and put back if it
+    /// was edited, or updated after a CA rotation).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    republish_interval: Duration,
     /// `/metrics` and `/healthz/ready`.
     #[arg(long, default_value = "0.0.0.0:15014")]
     http_addr: std::net::SocketAddr,
@@ -177,6 +181,7 @@ fn run_signer(args: SignerArgs) -> anyhow::Result<()> {
         namespace: args.namespace,
         root_configmap: args.root_configmap,
         http_addr: args.http_addr,
+        republish_every: args.republish_interval.max(Duration::from_secs(1)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -15,6 +15,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use base64::Engine;
 use serde_json::{json, Value};
 
 use common::apiserver::ApiServer;
@@ -194,6 +195,10 @@ fn the_install_manifests_are_accepted_and_rbac_is_exactly_what_weft_node_needs()
         "clusterrolebinding.rbac.authorization.k8s.io/weft-node",
         "configmap/weft-node-config",
         "daemonset.apps/weft-node",
+        "serviceaccount/weft-signer",
+        "clusterrole.rbac.authorization.k8s.io/weft-signer",
+        "role.rbac.authorization.k8s.io/weft-signer",
+        "deployment.apps/weft-signer",
     ] {
         assert!(
             dry.lines()
@@ -253,6 +258,36 @@ fn the_install_manifests_are_accepted_and_rbac_is_exactly_what_weft_node_needs()
     assert_eq!(
         weft_node["command"].as_array().unwrap().last().unwrap(),
         "--cni-install"
+    );
+    // Nodes hold no CA key: no --ca-dir, no Secret volume; only weft-signer mounts weft-ca.
+    assert!(
+        !weft_node["command"].to_string().contains("--ca-dir"),
+        "{}",
+        weft_node["command"]
+    );
+    let volumes = &template["spec"]["volumes"];
+    assert!(
+        volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v.get("secret").is_none()),
+        "the DaemonSet mounts a Secret: {volumes}"
+    );
+    let signer: Value = serde_json::from_str(&admin.ok(&[
+        "-n",
+        "weft-system",
+        "get",
+        "deployment",
+        "weft-signer",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let signer_volumes = &signer["spec"]["template"]["spec"]["volumes"];
+    assert_eq!(
+        signer_volumes[0]["secret"]["secretName"], "weft-ca",
+        "{signer_volumes}"
     );
 
     // The pod template through Pod admission in weft-system: the priority class resolves,
@@ -424,16 +459,22 @@ fn the_install_manifests_are_accepted_and_rbac_is_exactly_what_weft_node_needs()
     node.forbidden(&["label", "namespace", "default", "x=y"]);
     node.forbidden(&["-n", "weft-system", "get", "configmap", "weft-node-config"]);
     node.forbidden(&["-n", "weft-system", "create", "configmap", "x"]);
+    // Certificates: it may ask (create and read CSRs) but never approve its own request.
+    let key = weft::identity::csr::WorkloadKey::generate(
+        &weft::identity::SpiffeId::new("cluster.local", "default", "x").unwrap(),
+    )
+    .unwrap();
     let csr = json!({
         "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
         "metadata": {"name": "weft-node-rbac-check"},
-        "spec": {"request": "Y2hlY2s=", "signerName": "weft.dev/mesh",
-                 "usages": ["digital signature"]},
+        "spec": {"request": base64::engine::general_purpose::STANDARD.encode(key.request_pem()),
+                 "signerName": "weft.dev/workload",
+                 "usages": ["digital signature", "server auth", "client auth"]},
     });
     let (created, text) = node.with_object(tmp, &csr, &["create"]);
-    assert!(
-        !created && rbac_denied(&text),
-        "weft-node created a CSR: {text}"
-    );
-    node.forbidden(&["get", "certificatesigningrequests"]);
+    assert!(created, "weft-node could not create a CSR: {text}");
+    node.ok(&["get", "certificatesigningrequests"]);
+    node.forbidden(&["certificate", "approve", "weft-node-rbac-check"]);
+    node.forbidden(&["certificate", "deny", "weft-node-rbac-check"]);
+    node.forbidden(&["-n", "weft-system", "get", "configmap", "weft-node-config"]);
 }

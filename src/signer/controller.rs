@@ -16,8 +16,9 @@ use k8s_openapi::api::certificates::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::ByteString;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -70,6 +71,8 @@ pub struct Controller {
     client: Client,
     policy: ReviewPolicy,
     ca_dir: PathBuf,
+    /// Events on each CSR answered, so `kubectl describe csr` shows why.
+    recorder: Recorder,
 }
 
 impl Controller {
@@ -77,6 +80,7 @@ impl Controller {
     /// rotated Secret is picked up) under `policy`.
     pub fn new(client: Client, policy: ReviewPolicy, ca_dir: PathBuf) -> Controller {
         Controller {
+            recorder: Recorder::new(client.clone(), Reporter::from("weft-signer")),
             client,
             policy,
             ca_dir,
@@ -142,8 +146,22 @@ impl Controller {
             }
         };
         let outcome = match (verdict, stage) {
-            (Verdict::Deny(denial), Stage::Unanswered) => self.deny(&name, &denial).await,
-            (Verdict::Deny(denial), _) => self.fail(&name, &denial).await,
+            (Verdict::Deny(denial), Stage::Unanswered) => {
+                let denied = self.deny(&name, &denial).await;
+                if denied.is_ok() {
+                    self.record(csr, EventType::Warning, denial.reason, &denial.message)
+                        .await;
+                }
+                denied
+            }
+            (Verdict::Deny(denial), _) => {
+                let failed = self.fail(&name, &denial).await;
+                if failed.is_ok() {
+                    self.record(csr, EventType::Warning, denial.reason, &denial.message)
+                        .await;
+                }
+                failed
+            }
             (Verdict::Sign { request, node, ttl }, stage) => {
                 if stage == Stage::Unanswered {
                     let message = format!("weft-node on {node} runs a pod of {}", request.id);
@@ -151,12 +169,39 @@ impl Controller {
                         return retry(&name, "approving", error);
                     }
                 }
-                self.sign(&name, &request, &node, ttl).await
+                let signed = self.sign(&name, &request, &node, ttl).await;
+                if signed.is_ok() {
+                    let message = format!("signed {} for weft-node on {node}", request.id);
+                    self.record(csr, EventType::Normal, "Signed", &message)
+                        .await;
+                }
+                signed
             }
         };
         match outcome {
             Ok(()) => true,
             Err(error) => retry(&name, "answering", error),
+        }
+    }
+
+    /// An Event on the CSR (what `kubectl describe csr` lists); a failure to record it is
+    /// logged, not retried: the CSR's conditions already say the same.
+    async fn record(
+        &self,
+        csr: &CertificateSigningRequest,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+    ) {
+        let event = Event {
+            type_: kind,
+            reason: reason.to_owned(),
+            note: Some(message.chars().take(1000).collect()),
+            action: "Review".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &csr.object_ref(&())).await {
+            tracing::warn!(csr = %csr.name_any(), %error, "cannot record an event on the CSR");
         }
     }
 

@@ -34,9 +34,6 @@ use crate::identity::{CaError, MeshCa};
 
 pub use review::ReviewPolicy;
 
-/// How often the published trust bundle is compared with the CA directory's roots.
-const REPUBLISH_EVERY: Duration = Duration::from_secs(10);
-
 /// The signer's settings.
 #[derive(Debug, Clone)]
 pub struct SignerConfig {
@@ -50,6 +47,8 @@ pub struct SignerConfig {
     pub root_configmap: String,
     /// `/metrics` and `/healthz/ready`.
     pub http_addr: SocketAddr,
+    /// How often the published trust bundle is compared with the CA directory's roots.
+    pub republish_every: Duration,
 }
 
 /// What stops the signer or one CSR.
@@ -138,9 +137,9 @@ pub async fn run(client: Client, config: SignerConfig) -> Result<(), SignerError
 }
 
 /// Publishes the CA directory's roots as the trust bundle now and every
-/// [`REPUBLISH_EVERY`], so an edited bundle or a rotated CA reaches the nodes.
+/// `republish_every`, so an edited bundle or a rotated CA reaches the nodes.
 async fn keep_root_published(client: Client, config: SignerConfig, published: watch::Sender<bool>) {
-    let mut tick = tokio::time::interval(REPUBLISH_EVERY);
+    let mut tick = tokio::time::interval(config.republish_every);
     loop {
         tick.tick().await;
         let dir = config.ca_dir.clone();

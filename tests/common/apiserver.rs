@@ -318,6 +318,76 @@ impl ApiServer {
         write_private(path, &text);
     }
 
+    /// Applies the install's namespace, weft-node RBAC and weft-signer objects (its
+    /// Deployment never runs here: no kubelet; tests run `weft signer` as a process).
+    pub async fn apply_install(&self, files: &[&str]) {
+        for file in files {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/kubernetes")
+                .join(file);
+            let yaml = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+            self.apply_yaml(&yaml)
+                .await
+                .unwrap_or_else(|e| panic!("applying {}: {e}", path.display()));
+        }
+    }
+
+    /// What a kubelet gives weft-node on `node`: a Node object, a weft-node pod in
+    /// weft-system scheduled there, and a token bound to that pod (so the API server adds
+    /// the pod's and node's names to its user info, as for a projected token). Returns the
+    /// token.
+    pub async fn node_pod_token(&self, node: &str) -> String {
+        let client = self.admin_client().await;
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+        let object = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
+        }))
+        .expect("node");
+        match nodes.create(&PostParams::default(), &object).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {}
+            Err(e) => panic!("creating node {node}: {e}"),
+        }
+        let pod_name = format!("weft-node-{node}");
+        let pod = create_pod(&client, "weft-system", &pod_name, "weft-node", node, &[]).await;
+        let sas: Api<ServiceAccount> = Api::namespaced(client, "weft-system");
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                expiration_seconds: Some(3600),
+                bound_object_ref: Some(
+                    k8s_openapi::api::authentication::v1::BoundObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Pod".into()),
+                        name: Some(pod_name.clone()),
+                        uid: pod.metadata.uid.clone(),
+                    },
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        sas.create_token_request("weft-node", &PostParams::default(), &request)
+            .await
+            .unwrap_or_else(|e| panic!("token request for weft-node on {node}: {e}"))
+            .status
+            .expect("token status")
+            .token
+    }
+
+    /// Writes a kubeconfig with [`ApiServer::url`] (for processes in the namespace or on the
+    /// underlay) and a bearer `token`.
+    pub fn token_kubeconfig(&self, path: &Path, token: &str) {
+        let text = kubeconfig_text(&self.url(), &self.ca_pem, json!({ "token": token }));
+        write_private(path, &text);
+    }
+
+    /// A client authenticating with `token` (from the host).
+    pub async fn token_client(&self, token: &str) -> kube::Client {
+        let text = kubeconfig_text(&self.local_url(), &self.ca_pem, json!({ "token": token }));
+        client_from_kubeconfig_text(&text).await
+    }
+
     /// A token for service account `ns/name` (TokenRequest API, default audiences).
     pub async fn service_account_token(&self, ns: &str, name: &str, seconds: i64) -> String {
         let sas: Api<ServiceAccount> = Api::namespaced(self.admin_client().await, ns);

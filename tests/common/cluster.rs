@@ -82,6 +82,9 @@ pub struct Node {
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dir: PathBuf,
     ipam_dir: PathBuf,
+    /// The node's own kubeconfig (a token bound to its weft-node pod), in signer mode
+    /// ([`Cluster::with_signer`]); else every daemon shares the API's node kubeconfig.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// One pod sandbox.
@@ -132,6 +135,9 @@ pub struct Cluster {
     revision: Cell<u64>,
     /// Writes not yet confirmed by every running daemon: (node, rejected count before).
     unsettled: RefCell<Vec<(usize, u64)>>,
+    /// Signer mode ([`Cluster::with_signer`]): `weft signer` in the underlay, and daemons
+    /// without `--ca-dir` (they ask it for certificates through CSRs).
+    pub signer: Option<kube::Signer>,
     /// Kubernetes mode ([`Cluster::with_api`]): the API server the daemons watch instead of
     /// the config file. Declared last: it is dropped after the daemons.
     pub api: Option<kube::KubeApi>,
@@ -195,6 +201,7 @@ impl Cluster {
                 cni_bin_dir: run_dir.join("cni-bin"),
                 run_dir,
                 daemon: None,
+                kubeconfig: None,
             });
         }
         for (i, node) in built.iter().enumerate() {
@@ -229,6 +236,7 @@ impl Cluster {
             _underlay: underlay,
             revision: Cell::new(0),
             unsettled: RefCell::new(Vec::new()),
+            signer: None,
             api: None,
         };
         cluster.write_config();
@@ -372,12 +380,17 @@ impl Cluster {
                     "--source".into(),
                     "kube".into(),
                     "--kubeconfig".into(),
-                    api.node_kubeconfig.clone().into_os_string(),
+                    node.kubeconfig
+                        .clone()
+                        .unwrap_or_else(|| api.node_kubeconfig.clone())
+                        .into_os_string(),
                 ],
                 None => vec!["--config".into(), self.config_path.clone().into_os_string()],
             })
-            .arg("--ca-dir")
-            .arg(&self.ca_dir)
+            .args(match &self.signer {
+                Some(_) => Vec::new(),
+                None => vec!["--ca-dir".into(), self.ca_dir.clone().into_os_string()],
+            })
             .arg("--run-dir")
             .arg(&node.run_dir)
             .env(

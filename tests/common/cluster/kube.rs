@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::{Cluster, PodSpec, AMBIENT};
 use crate::common::apiserver::{self, ApiServer};
+use crate::common::testbed::{binary, unique, Process};
 
 /// The API server of a cluster in Kubernetes mode, and how tests talk to it.
 pub struct KubeApi {
@@ -23,6 +24,16 @@ pub struct KubeApi {
     pub client: kube::Client,
     /// The kubeconfig every daemon gets (the weft-node ServiceAccount's token).
     pub node_kubeconfig: PathBuf,
+}
+
+/// `weft signer` of a cluster in signer mode.
+pub struct Signer {
+    /// Its kubeconfig (the weft-signer ServiceAccount's token).
+    pub kubeconfig: PathBuf,
+    /// Extra flags.
+    pub args: Vec<String>,
+    /// The process, while it runs.
+    pub process: Option<Process>,
 }
 
 /// weft's CRDs, as an admin applies them.
@@ -71,6 +82,99 @@ impl Cluster {
             node_kubeconfig,
         });
         c
+    }
+
+    /// A Kubernetes-mode cluster whose nodes hold no CA key, as installed: each node's
+    /// daemon authenticates with a token bound to its own weft-node pod (the API server
+    /// names the node in its user info), and `weft signer` (with `signer_args`) runs in the
+    /// underlay with the cluster's CA directory as its mounted Secret. No daemons yet.
+    pub fn with_signer(nodes: usize, signer_args: &[&str]) -> Cluster {
+        let mut c = Cluster::with_api(nodes);
+        c.block(c.kube().server.apply_install(&["signer.yaml"]));
+        for i in 0..nodes {
+            let name = c.nodes[i].name.clone();
+            let token = c.block(c.kube().server.node_pod_token(&name));
+            let path = c.nodes[i].run_dir.join("kubeconfig.yaml");
+            c.kube().server.token_kubeconfig(&path, &token);
+            c.nodes[i].kubeconfig = Some(path);
+        }
+        let token = c.block(c.kube().server.service_account_token(
+            "weft-system",
+            "weft-signer",
+            3600,
+        ));
+        let kubeconfig = c.work.path().join("signer-kubeconfig.yaml");
+        c.kube().server.token_kubeconfig(&kubeconfig, &token);
+        c.signer = Some(Signer {
+            kubeconfig,
+            args: signer_args.iter().map(|a| (*a).to_owned()).collect(),
+            process: None,
+        });
+        c.start_signer();
+        c
+    }
+
+    /// Starts `weft signer` (again) and waits until it is ready.
+    pub fn start_signer(&mut self) {
+        let signer = self.signer.as_ref().expect("a cluster in signer mode");
+        let mut cmd = self._underlay.command(binary("weft"));
+        cmd.arg("signer")
+            .arg("--kubeconfig")
+            .arg(&signer.kubeconfig)
+            .arg("--ca-dir")
+            .arg(&self.ca_dir)
+            .args(["--http-addr", "127.0.0.1:15014"])
+            .args(&signer.args)
+            .env("RUST_LOG", "info,weft=debug");
+        let log = self.work.path().join(format!("signer-{}.log", unique("s")));
+        let mut process = Process::spawn(cmd, &log, "weft signer");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = self
+                ._underlay
+                .command("curl")
+                .args([
+                    "-sf",
+                    "--max-time",
+                    "3",
+                    "http://127.0.0.1:15014/healthz/ready",
+                ])
+                .output()
+                .is_ok_and(|out| out.status.success());
+            if ready {
+                break;
+            }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!("weft signer exited ({status}):\n{}", process.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weft signer not ready within 60s:\n{}",
+                process.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.signer.as_mut().expect("signer").process = Some(process);
+    }
+
+    /// Stops `weft signer` (SIGTERM) and returns its log.
+    pub fn stop_signer(&mut self) -> String {
+        let mut process = self
+            .signer
+            .as_mut()
+            .and_then(|s| s.process.take())
+            .expect("a running signer");
+        process.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30));
+        process.log_text()
+    }
+
+    /// The running signer's log.
+    pub fn signer_log(&self) -> String {
+        self.signer
+            .as_ref()
+            .and_then(|s| s.process.as_ref())
+            .map(Process::log_text)
+            .unwrap_or_default()
     }
 
     /// A Kubernetes-mode cluster with `shop` (enrolled) and, if `with_legacy`, `legacy`
