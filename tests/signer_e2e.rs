@@ -18,12 +18,12 @@ use rcgen::{CertificateParams, KeyPair, SanType, PKCS_ECDSA_P256_SHA256, PKCS_RS
 use serde_json::json;
 
 use common::apiserver::{self, status_code, ApiServer};
-use common::cluster::{pods_e2e_ready, Cluster, AMBIENT};
+use common::cluster::{conn_load_result, pods_e2e_ready, Cluster, AMBIENT};
 use common::testbed::{binary, e2e_ready, Process};
 use weft::identity::ca::verify_chain;
 use weft::identity::csr::WorkloadKey;
-use weft::identity::csr_issuer::CsrError;
 use weft::identity::root_configmap::RootWatch;
+use weft::identity::CsrError;
 use weft::identity::{
     CsrIssuer, IdentityError, IssueRequest, Issuer, MeshCa, SpiffeId, TrustAnchors,
 };
@@ -79,18 +79,9 @@ fn start_signer(dir: &Path, ca_dir: &Path, kubeconfig: &Path, port: u16) -> Proc
         .env("RUST_LOG", "info,weft=debug");
     let log = dir.join(format!("signer-{}.log", common::testbed::unique("s")));
     let mut signer = Process::spawn(cmd, &log, "weft signer");
-    let deadline = Instant::now() + MINUTE;
-    while http_get(port, "/healthz/ready").is_none() {
-        if let Ok(Some(status)) = signer.child.try_wait() {
-            panic!("weft signer exited ({status}):\n{}", signer.log_text());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "weft signer not ready within 60s:\n{}",
-            signer.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    signer.wait_until("ready", MINUTE, || {
+        http_get(port, "/healthz/ready").is_some()
+    });
     signer
 }
 
@@ -607,44 +598,21 @@ fn pods_get_certificates_from_the_signer_and_every_leaf_rotates_under_traffic() 
     echo_once(&c, client, &server_ip, 7000)
         .expect("the first connection, with signer-issued leaves");
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/conn_load.py");
-    let mut cmd = c.pods[client].ns.command("python3");
-    cmd.arg(&script).args([
-        server_ip.as_str(),
-        "7000",
-        &RATE.to_string(),
-        &SECONDS.to_string(),
-    ]);
-    let mut load = Process::spawn(cmd, &c.work.path().join("conn_load.log"), "connection load");
-    load.wait_for_log("started", Duration::from_secs(10));
-    let deadline = Instant::now() + Duration::from_secs(u64::from(SECONDS) + 30);
-    let line = loop {
-        let text = load.log_text();
-        if let Some(line) = text.lines().find(|l| l.starts_with("result ")) {
-            break line.to_owned();
-        }
-        assert!(Instant::now() < deadline, "load never finished: {text}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    eprintln!("rotation under load: {line}");
-    let count = |key: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in {line}"))
-    };
+    let load = c.start_conn_load(client, &server_ip, 7000, RATE, SECONDS);
+    let result = conn_load_result(&load, Duration::from_secs(u64::from(SECONDS) + 30));
+    eprintln!("rotation under load: {}", result.line);
     assert_eq!(
-        (
-            count("refused"),
-            count("reset"),
-            count("timeout"),
-            count("other")
-        ),
+        result.failures(),
         (0, 0, 0, 0),
-        "connections failed while leaves rotated: {line}\n{}",
+        "connections failed while leaves rotated: {}\n{}",
+        result.log,
         c.signer_log()
     );
-    assert!(count("ok") >= u64::from(RATE * SECONDS) * 9 / 10, "{line}");
+    assert!(
+        result.count("ok") >= u64::from(RATE * SECONDS) * 9 / 10,
+        "{}",
+        result.line
+    );
     // Every leaf on both nodes was renewed, more than once, through the signer.
     for (i, identity) in [(0, "client"), (1, "server")] {
         let dump = c.dump(i).expect("config dump");

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{pods_e2e_ready, Cluster};
+use common::cluster::{conn_load_result, pods_e2e_ready, Cluster};
 use common::testbed::*;
 
 const RATE: u32 = 200;
@@ -42,17 +42,7 @@ fn an_upgrade_under_a_steady_stream_of_new_connections_refuses_none() {
     let v2 = c.work.path().join("weft-node-v2");
     std::fs::copy(binary("weft-node"), &v2).unwrap();
 
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/conn_load.py");
-    let mut cmd = c.pods[client].ns.command("python3");
-    cmd.arg(&script).args([
-        c.pods[server].ip.as_str(),
-        "7000",
-        &RATE.to_string(),
-        &SECONDS.to_string(),
-    ]);
-    let log = c.work.path().join("conn_load.log");
-    let mut load = Process::spawn(cmd, &log, "connection load");
-    load.wait_for_log("started", Duration::from_secs(10));
+    let load = c.start_conn_load(client, &c.pods[server].ip.clone(), 7000, RATE, SECONDS);
     let begun = Instant::now();
 
     // Server side first, then the client's node, while the load runs.
@@ -72,38 +62,19 @@ fn an_upgrade_under_a_steady_stream_of_new_connections_refuses_none() {
         "the upgrades took longer than the load ran; make SECONDS longer"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(u64::from(SECONDS) + 30);
-    let result = loop {
-        let text = load.log_text();
-        if let Some(line) = text.lines().find(|l| l.starts_with("result ")) {
-            break (line.to_owned(), text);
-        }
-        assert!(Instant::now() < deadline, "load never finished: {text}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let (line, text) = result;
-    let count = |key: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in {line}"))
-    };
-    eprintln!("upgrade under load: {line}");
+    let result = conn_load_result(&load, Duration::from_secs(u64::from(SECONDS) + 30));
+    eprintln!("upgrade under load: {}", result.line);
     assert_eq!(
-        (
-            count("refused"),
-            count("reset"),
-            count("timeout"),
-            count("other")
-        ),
+        result.failures(),
         (0, 0, 0, 0),
-        "connections failed across the upgrade: {text}"
+        "connections failed across the upgrade: {}",
+        result.log
     );
     assert!(
-        count("ok") >= u64::from(RATE * SECONDS) * 9 / 10,
-        "the load fell behind its rate: {line}"
+        result.count("ok") >= u64::from(RATE * SECONDS) * 9 / 10,
+        "the load fell behind its rate: {}",
+        result.line
     );
-    // And the new daemons serve on their own.
     c.settle();
     let echo = c.pods[client]
         .ns

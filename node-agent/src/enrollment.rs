@@ -595,6 +595,10 @@ impl PodManager {
         self.ctx
             .certs
             .retain(|id| inner.enrolled.values().any(|proxy| &proxy.identity == id));
+        // Each enrolled identity's leaf is fetched now, not at its pod's first connection.
+        for proxy in inner.enrolled.values() {
+            self.ctx.certs.prefetch(&proxy.identity);
+        }
         let mut enrolled_ips: Vec<IpAddr> = inner
             .enrolled
             .keys()

@@ -480,12 +480,7 @@ fn inspect_signing_cert(
     };
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| bad(format!("not a valid X.509 certificate: {e}")))?;
-    let is_ca = cert
-        .basic_constraints()
-        .ok()
-        .flatten()
-        .is_some_and(|bc| bc.value.ca);
-    if !is_ca {
+    if !is_ca_certificate(&cert) {
         return Err(bad(
             "is not a CA certificate (basicConstraints CA:TRUE is missing)".into(),
         ));
@@ -512,6 +507,14 @@ fn inspect_signing_cert(
         self_signed: cert.subject() == cert.issuer(),
         not_after,
     })
+}
+
+/// Whether `cert` says it is a CA (basicConstraints CA:TRUE).
+pub(crate) fn is_ca_certificate(cert: &x509_parser::certificate::X509Certificate<'_>) -> bool {
+    cert.basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|bc| bc.value.ca)
 }
 
 fn read_file(dir: &Path, file: &'static str) -> Result<Option<String>, CaError> {

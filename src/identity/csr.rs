@@ -463,22 +463,21 @@ mod tests {
         ));
     }
 
+    /// What the signer does with a node's request: signs `as_id` over its key.
+    fn sign_request(ca: &MeshCa, key: &WorkloadKey, as_id: &SpiffeId) -> String {
+        let read = read_request(key.request_pem().as_bytes(), TD).unwrap();
+        ca.sign(as_id, &read.public_key().unwrap(), Duration::from_secs(600))
+            .unwrap()
+            .chain_pem()
+    }
+
     #[test]
     fn the_node_accepts_only_a_chain_for_its_key_and_identity() {
         let dir = tempfile::tempdir().unwrap();
         let ca = MeshCa::init(dir.path(), TD, false).unwrap();
         let key = WorkloadKey::generate(&id("cart")).unwrap();
-        let read = read_request(key.request_pem().as_bytes(), TD).unwrap();
-        let signed = ca
-            .sign(
-                &read.id,
-                &read.public_key().unwrap(),
-                Duration::from_secs(600),
-            )
-            .unwrap();
-        let leaf = key
-            .accept_chain(signed.chain_pem().as_bytes(), ca.roots())
-            .unwrap();
+        let signed = sign_request(&ca, &key, &id("cart"));
+        let leaf = key.accept_chain(signed.as_bytes(), ca.roots()).unwrap();
         assert_eq!(leaf.id, id("cart"));
         assert!(leaf.not_after > SystemTime::now());
 
@@ -491,32 +490,18 @@ mod tests {
         ));
         // Our key, another identity.
         let key = WorkloadKey::generate(&id("cart")).unwrap();
-        let read = read_request(key.request_pem().as_bytes(), TD).unwrap();
-        let wrong = ca
-            .sign(
-                &id("admin"),
-                &read.public_key().unwrap(),
-                Duration::from_secs(600),
-            )
-            .unwrap();
+        let wrong = sign_request(&ca, &key, &id("admin"));
         assert!(matches!(
-            key.accept_chain(wrong.chain_pem().as_bytes(), ca.roots()),
+            key.accept_chain(wrong.as_bytes(), ca.roots()),
             Err(ChainRejection::WrongIdentity { .. })
         ));
         // Another CA's roots.
         let other_dir = tempfile::tempdir().unwrap();
         let other_ca = MeshCa::init(other_dir.path(), TD, false).unwrap();
         let key = WorkloadKey::generate(&id("cart")).unwrap();
-        let read = read_request(key.request_pem().as_bytes(), TD).unwrap();
-        let signed = ca
-            .sign(
-                &read.id,
-                &read.public_key().unwrap(),
-                Duration::from_secs(600),
-            )
-            .unwrap();
+        let signed = sign_request(&ca, &key, &id("cart"));
         assert!(matches!(
-            key.accept_chain(signed.chain_pem().as_bytes(), other_ca.roots()),
+            key.accept_chain(signed.as_bytes(), other_ca.roots()),
             Err(ChainRejection::Untrusted(_))
         ));
     }

@@ -18,8 +18,8 @@ use k8s_openapi::ByteString;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
-use super::csr::{ChainRejection, WorkloadKey, SIGNER_NAME, USAGES};
-use super::error::IdentityError;
+use super::csr::{WorkloadKey, SIGNER_NAME, USAGES};
+use super::error::{CsrError, IdentityError};
 use super::issuer::{IssueFuture, IssueRequest, Issuer};
 use super::trust::TrustAnchors;
 
@@ -36,94 +36,6 @@ const MIN_EXPIRATION_SECONDS: u64 = 600;
 pub const NODE_LABEL: &str = "weft.dev/node";
 /// Annotation on every CSR a node makes: the identity asked for, for humans.
 pub const IDENTITY_ANNOTATION: &str = "weft.dev/identity";
-
-/// Why a CSR did not give this node a certificate.
-#[derive(Debug, thiserror::Error)]
-pub enum CsrError {
-    /// The key or the request could not be made.
-    #[error("making a key and CSR for {id}: {reason}")]
-    Generate {
-        /// The identity.
-        id: String,
-        /// rcgen's error.
-        reason: String,
-    },
-    /// The API server refused or failed the CSR's creation or the watch on it.
-    #[error("CSR for {id}: the API server: {source}")]
-    Api {
-        /// The identity.
-        id: String,
-        /// kube's error.
-        #[source]
-        source: kube::Error,
-    },
-    /// Watching the CSR for its answer failed.
-    #[error("CSR {name} for {id}: watching for the answer: {reason}")]
-    Watch {
-        /// The CSR object.
-        name: String,
-        /// The identity.
-        id: String,
-        /// The watch's error.
-        reason: String,
-    },
-    /// The signer denied the request.
-    #[error("CSR {name} for {id} was denied by the signer: {reason}: {message}")]
-    Denied {
-        /// The CSR object.
-        name: String,
-        /// The identity.
-        id: String,
-        /// The condition's reason.
-        reason: String,
-        /// The condition's message.
-        message: String,
-    },
-    /// The signer marked the request failed.
-    #[error("CSR {name} for {id} failed at the signer: {reason}: {message}")]
-    Failed {
-        /// The CSR object.
-        name: String,
-        /// The identity.
-        id: String,
-        /// The condition's reason.
-        reason: String,
-        /// The condition's message.
-        message: String,
-    },
-    /// Nothing answered in time.
-    #[error("CSR {name} for {id}: no certificate after {waited:?}; is weft-signer running? (kubectl -n weft-system get deploy weft-signer; kubectl describe csr {name})")]
-    Timeout {
-        /// The CSR object.
-        name: String,
-        /// The identity.
-        id: String,
-        /// How long this node waited.
-        waited: Duration,
-    },
-    /// The certificate the signer wrote is not acceptable.
-    #[error("CSR {name} for {id}: {source}")]
-    BadChain {
-        /// The CSR object.
-        name: String,
-        /// The identity.
-        id: String,
-        /// What is wrong with it.
-        #[source]
-        source: ChainRejection,
-    },
-}
-
-impl CsrError {
-    fn result_label(&self) -> &'static str {
-        match self {
-            CsrError::Denied { .. } => "denied",
-            CsrError::Failed { .. } | CsrError::BadChain { .. } => "failed",
-            CsrError::Timeout { .. } => "timeout",
-            CsrError::Generate { .. } | CsrError::Api { .. } | CsrError::Watch { .. } => "error",
-        }
-    }
-}
 
 /// Asks `weft signer` for leaves through the Kubernetes API.
 #[derive(Clone)]

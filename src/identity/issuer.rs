@@ -1,10 +1,11 @@
 //! Where leaf certificates come from. [`CertManager`](super::CertManager) asks an
 //! [`Issuer`] for every first leaf and every renewal; the trait is async so a remote signer
-//! (a CSR client of a CA service) can implement it without blocking the daemon.
+//! can implement it without blocking the daemon.
 //!
-//! Today's issuer is [`LocalCaIssuer`]: the plug-in CA directory, re-read at every
-//! issuance (so an in-place CA rotation is picked up) and signed on tokio's blocking pool,
-//! so no CA file read and no signature ever runs on an async worker thread.
+//! Two issuers: [`LocalCaIssuer`] here (the plug-in CA directory, re-read at every issuance
+//! so an in-place CA rotation is picked up, and signed on tokio's blocking pool, so no CA
+//! file read and no signature ever runs on an async worker thread), and
+//! [`CsrIssuer`](super::CsrIssuer) (a Kubernetes CSR that `weft signer` answers).
 
 use std::future::Future;
 use std::path::PathBuf;

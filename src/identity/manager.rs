@@ -127,6 +127,8 @@ pub struct CertManager {
     /// The trust anchors, swapped whole when the trust bundle changes.
     anchors: TrustAnchors,
     entries: Mutex<Entries>,
+    /// Identities whose first leaf [`CertManager::prefetch`] is fetching now.
+    prefetching: Mutex<std::collections::HashSet<SpiffeId>>,
 }
 
 impl CertManager {
@@ -152,6 +154,7 @@ impl CertManager {
             policy,
             anchors,
             entries: Mutex::new(HashMap::new()),
+            prefetching: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -195,6 +198,39 @@ impl CertManager {
             tokio::spawn(renew_forever(Arc::downgrade(self), Arc::downgrade(&slot)));
         }
         Ok(slot)
+    }
+
+    /// Starts issuing `id`'s first leaf in the background, unless it has one or a prefetch
+    /// is already under way, so a workload's first connection does not wait for the issuer
+    /// (a CSR round trip in a cluster). A failure is logged; the first connection then asks
+    /// again. Must be called within a tokio runtime.
+    pub fn prefetch(self: &Arc<Self>, id: &SpiffeId) {
+        if self
+            .lock_entries()
+            .get(id)
+            .is_some_and(|entry| entry.slot.initialized())
+        {
+            return;
+        }
+        if !self
+            .prefetching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone())
+        {
+            return;
+        }
+        let (manager, id) = (self.clone(), id.clone());
+        tokio::spawn(async move {
+            if let Err(error) = manager.get_or_issue(&id).await {
+                tracing::warn!(identity = %id, %error, "fetching a certificate ahead of the first connection failed");
+            }
+            manager
+                .prefetching
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        });
     }
 
     /// Keeps only the identities `in_use` says a served workload has (plus those whose
@@ -435,6 +471,22 @@ mod tests {
         let a_id = id("a");
         let (a, b) = tokio::join!(certs.get_or_issue(&a_id), certs.get_or_issue(&a_id));
         assert!(Arc::ptr_eq(&a.unwrap(), &b.unwrap()));
+        assert_eq!(issuer.count(&id("a")), 1);
+    }
+
+    #[tokio::test]
+    async fn prefetch_issues_once_in_the_background() {
+        let (_dir, issuer, certs) = manager(Duration::from_secs(3600));
+        certs.prefetch(&id("a"));
+        certs.prefetch(&id("a"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while listed(&certs).is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "never prefetched");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(listed(&certs), vec![id("a").to_string()]);
+        certs.prefetch(&id("a"));
+        certs.get_or_issue(&id("a")).await.unwrap();
         assert_eq!(issuer.count(&id("a")), 1);
     }
 

@@ -1,7 +1,9 @@
 //! Workload identity: SPIFFE IDs, the mesh CA that signs them, the [`Issuer`] the
-//! certificate manager asks for leaves (today the local CA directory, off the async
-//! executor), and the per-daemon certificate manager that keeps one fresh leaf per
-//! identity its served workloads use.
+//! certificate manager asks for leaves (the local CA directory off the async executor, or
+//! in a cluster [`CsrIssuer`]: a Kubernetes CSR that `weft signer` answers, so the node
+//! never holds the CA key), the CSR both ends read ([`csr`]), the trust anchors and their
+//! ConfigMap ([`trust`], [`root_configmap`]), and the per-daemon certificate manager that
+//! keeps one fresh leaf per identity its served workloads use.
 
 pub mod ca;
 pub mod csr;
@@ -15,7 +17,7 @@ pub mod trust;
 
 pub use ca::{CaError, IssuedLeaf, MeshCa, SignedChain};
 pub use csr_issuer::CsrIssuer;
-pub use error::IdentityError;
+pub use error::{CsrError, IdentityError};
 pub use issuer::{IssueFuture, IssueRequest, Issuer, LocalCaIssuer};
 pub use manager::{CertManager, LeafCert, RenewalPolicy};
 pub use spiffe::{SpiffeId, SpiffeIdError, DEFAULT_TRUST_DOMAIN};

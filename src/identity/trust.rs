@@ -12,6 +12,8 @@ use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
+use super::ca::is_ca_certificate;
+
 /// Why a trust bundle cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TrustBundleError {
@@ -44,12 +46,7 @@ pub fn roots_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TrustB
         let not_ca = |reason: String| TrustBundleError::NotCa { index, reason };
         let (_, cert) =
             x509_parser::parse_x509_certificate(root).map_err(|e| not_ca(e.to_string()))?;
-        let is_ca = cert
-            .basic_constraints()
-            .ok()
-            .flatten()
-            .is_some_and(|bc| bc.value.ca);
-        if !is_ca {
+        if !is_ca_certificate(&cert) {
             return Err(not_ca("basicConstraints CA:TRUE is missing".into()));
         }
         rustls::RootCertStore::empty()

@@ -169,6 +169,15 @@ fn describe() {
         "Objects left out of the model because they are invalid, by kind"
     );
     describe_counter!(
+        crate::identity::csr_issuer::CSR_REQUESTS,
+        "Certificate signing requests this node sent to weft signer, by result (issued, denied, failed, timeout, error)"
+    );
+    describe_histogram!(
+        crate::identity::csr_issuer::CSR_WAIT,
+        Unit::Seconds,
+        "From creating a CSR to holding its certificate"
+    );
+    describe_counter!(
         CONNECTIONS_REFUSED,
         "Connections the daemon refused to protect itself, by reason (loop, per-source limit, fd reserve)"
     );

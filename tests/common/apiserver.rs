@@ -301,16 +301,7 @@ impl ApiServer {
     /// weft-system/weft-node and writes at `path` a kubeconfig with [`ApiServer::url`], the CA
     /// and that token: what weft-node gets (`--kubeconfig`).
     pub async fn node_kubeconfig(&self, path: &Path) {
-        for file in ["namespace.yaml", "rbac.yaml"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("deploy/kubernetes")
-                .join(file);
-            let yaml = std::fs::read_to_string(&path)
-                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-            self.apply_yaml(&yaml)
-                .await
-                .unwrap_or_else(|e| panic!("applying {}: {e}", path.display()));
-        }
+        self.apply_install(&["namespace.yaml", "rbac.yaml"]).await;
         let token = self
             .service_account_token("weft-system", "weft-node", 3600)
             .await;
@@ -318,8 +309,8 @@ impl ApiServer {
         write_private(path, &text);
     }
 
-    /// Applies the install's namespace, weft-node RBAC and weft-signer objects (its
-    /// Deployment never runs here: no kubelet; tests run `weft signer` as a process).
+    /// Applies these files of deploy/kubernetes as the admin (a Deployment or DaemonSet
+    /// among them never runs here: no kubelet; tests run weft's processes themselves).
     pub async fn apply_install(&self, files: &[&str]) {
         for file in files {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -351,28 +342,14 @@ impl ApiServer {
         }
         let pod_name = format!("weft-node-{node}");
         let pod = create_pod(&client, "weft-system", &pod_name, "weft-node", node, &[]).await;
-        let sas: Api<ServiceAccount> = Api::namespaced(client, "weft-system");
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                expiration_seconds: Some(3600),
-                bound_object_ref: Some(
-                    k8s_openapi::api::authentication::v1::BoundObjectReference {
-                        api_version: Some("v1".into()),
-                        kind: Some("Pod".into()),
-                        name: Some(pod_name.clone()),
-                        uid: pod.metadata.uid.clone(),
-                    },
-                ),
-                ..Default::default()
-            },
-            ..Default::default()
+        let bound = k8s_openapi::api::authentication::v1::BoundObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod_name),
+            uid: pod.metadata.uid,
         };
-        sas.create_token_request("weft-node", &PostParams::default(), &request)
+        self.token_request("weft-system", "weft-node", 3600, Some(bound))
             .await
-            .unwrap_or_else(|e| panic!("token request for weft-node on {node}: {e}"))
-            .status
-            .expect("token status")
-            .token
     }
 
     /// Writes a kubeconfig with [`ApiServer::url`] (for processes in the namespace or on the
@@ -390,10 +367,22 @@ impl ApiServer {
 
     /// A token for service account `ns/name` (TokenRequest API, default audiences).
     pub async fn service_account_token(&self, ns: &str, name: &str, seconds: i64) -> String {
+        self.token_request(ns, name, seconds, None).await
+    }
+
+    /// A TokenRequest for `ns/name`, bound to `bound` if given.
+    async fn token_request(
+        &self,
+        ns: &str,
+        name: &str,
+        seconds: i64,
+        bound: Option<k8s_openapi::api::authentication::v1::BoundObjectReference>,
+    ) -> String {
         let sas: Api<ServiceAccount> = Api::namespaced(self.admin_client().await, ns);
         let request = TokenRequest {
             spec: TokenRequestSpec {
                 expiration_seconds: Some(seconds),
+                bound_object_ref: bound,
                 ..Default::default()
             },
             ..Default::default()

@@ -14,7 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -1033,4 +1033,78 @@ fn pod_doc(spec: &PodSpec, ip: Option<&str>) -> String {
         spec.service_account,
         spec.node + 1
     )
+}
+
+/// The outcome line of `tests/apps/conn_load.py` (`result ok=N refused=N ...`).
+pub struct ConnLoadResult {
+    pub line: String,
+    /// The whole log, for failure messages.
+    pub log: String,
+}
+
+impl ConnLoadResult {
+    /// How many connections ended as `key` (ok, refused, reset, timeout, other).
+    pub fn count(&self, key: &str) -> u64 {
+        self.line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {}", self.line))
+    }
+
+    /// (refused, reset, timeout, other): all zero when no connection failed.
+    pub fn failures(&self) -> (u64, u64, u64, u64) {
+        (
+            self.count("refused"),
+            self.count("reset"),
+            self.count("timeout"),
+            self.count("other"),
+        )
+    }
+}
+
+impl Cluster {
+    /// Starts `tests/apps/conn_load.py` in pod `from`: `rate` new connections per second to
+    /// `ip:port` for `seconds`, each sending a line and reading the echo; returns once it
+    /// has started.
+    pub fn start_conn_load(
+        &self,
+        from: usize,
+        ip: &str,
+        port: u16,
+        rate: u32,
+        seconds: u32,
+    ) -> Process {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/conn_load.py");
+        let mut cmd = self.pods[from].ns.command("python3");
+        cmd.arg(&script).args([
+            ip,
+            &port.to_string(),
+            &rate.to_string(),
+            &seconds.to_string(),
+        ]);
+        let log = self
+            .work
+            .path()
+            .join(format!("{}.log", unique("conn_load")));
+        let mut load = Process::spawn(cmd, &log, "connection load");
+        load.wait_for_log("started", Duration::from_secs(10));
+        load
+    }
+}
+
+/// Waits (up to `within`) for a connection load's result line.
+pub fn conn_load_result(load: &Process, within: Duration) -> ConnLoadResult {
+    let deadline = Instant::now() + within;
+    loop {
+        let log = load.log_text();
+        if let Some(line) = log.lines().find(|l| l.starts_with("result ")) {
+            return ConnLoadResult {
+                line: line.to_owned(),
+                log,
+            };
+        }
+        assert!(Instant::now() < deadline, "load never finished: {log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -155,21 +155,32 @@ impl Process {
 
     /// Waits until the log contains `needle`.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        let log = self.log.clone();
+        self.wait_until(&format!("logging {needle:?}"), timeout, || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(needle)
+        });
+    }
+
+    /// Waits until `ready()` holds (polled every 50 ms); fails with the log if the process
+    /// exits first or `timeout` passes.
+    pub fn wait_until(&mut self, what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.log_text().contains(needle) {
+            if ready() {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
-                    "{} exited ({status}) before logging {needle:?}:\n{}",
+                    "{} exited ({status}) before {what}:\n{}",
                     self.what,
                     self.log_text()
                 );
             }
             assert!(
                 Instant::now() < deadline,
-                "{} did not log {needle:?} within {timeout:?}:\n{}",
+                "{} not {what} within {timeout:?}:\n{}",
                 self.what,
                 self.log_text()
             );

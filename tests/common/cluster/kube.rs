@@ -128,10 +128,9 @@ impl Cluster {
             .env("RUST_LOG", "info,weft=debug");
         let log = self.work.path().join(format!("signer-{}.log", unique("s")));
         let mut process = Process::spawn(cmd, &log, "weft signer");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = self
-                ._underlay
+        let underlay = &self._underlay;
+        process.wait_until("ready", Duration::from_secs(60), || {
+            underlay
                 .command("curl")
                 .args([
                     "-sf",
@@ -140,20 +139,8 @@ impl Cluster {
                     "http://127.0.0.1:15014/healthz/ready",
                 ])
                 .output()
-                .is_ok_and(|out| out.status.success());
-            if ready {
-                break;
-            }
-            if let Ok(Some(status)) = process.child.try_wait() {
-                panic!("weft signer exited ({status}):\n{}", process.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "weft signer not ready within 60s:\n{}",
-                process.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+                .is_ok_and(|out| out.status.success())
+        });
         self.signer.as_mut().expect("signer").process = Some(process);
     }
 
