@@ -24,3 +24,4 @@ pub mod sockets;
 pub mod socks5;
 pub mod telemetry;
 pub mod tls;
+pub mod waypoint;

@@ -11,6 +11,7 @@
 pub mod enrollment;
 pub mod error;
 pub mod gateway_kinds;
+pub mod http_route_rules;
 pub mod translate;
 pub mod weft_kinds;
 
@@ -167,8 +168,11 @@ pub struct HttpRoute {
     pub parents: Vec<RouteParent>,
     /// Host names it matches; empty matches all.
     pub hostnames: Vec<String>,
-    /// `spec.rules`, as written.
-    pub rules: Vec<serde_json::Value>,
+    /// `metadata.creationTimestamp`, seconds since the epoch: the older of two equally
+    /// specific routes wins. `None` (a file source) sorts first.
+    pub created_unix: Option<i64>,
+    /// `spec.rules`, typed and checked.
+    pub rules: Vec<http_route_rules::HttpRouteRule>,
 }
 
 /// One parent of an [`HttpRoute`].

@@ -1,11 +1,14 @@
 //! `gateway.networking.k8s.io/v1 HTTPRoute` → an [`HttpRoute`] of the model, kept for the
-//! waypoint: its parents (checked: kind, names, port) and its rules as written. A route may
+//! waypoint: its parents (checked: kind, names, port) and its rules, typed and checked by
+//! [`crate::model::http_route_rules`] (a rule weft cannot honour rejects the route, naming
+//! the field). A route may
 //! name a Service that does not exist (yet): it attaches when the Service appears, as in
 //! Gateway API.
 
 use super::context::{BuildState, Ctx, KindObject};
 use crate::model::error::ConfigError;
 use crate::model::gateway_kinds;
+use crate::model::http_route_rules::parse_rules;
 use crate::model::{HttpRoute, RouteParent};
 use crate::names;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -55,12 +58,18 @@ impl KindObject for gateway_kinds::HttpRoute {
                 port,
             });
         }
+        let rules = parse_rules(&self.spec.rules).map_err(|e| ctx.err(e.field, e.message))?;
         state.http_routes.push(HttpRoute {
             namespace: ctx.namespace.clone(),
             name: ctx.name.clone(),
             parents,
             hostnames: self.spec.hostnames.clone(),
-            rules: self.spec.rules.clone(),
+            created_unix: self
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second()),
+            rules,
         });
         Ok(())
     }

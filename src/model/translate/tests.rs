@@ -803,7 +803,7 @@ fn http_routes_are_kept_for_their_services() {
     assert_eq!(route.name, "reviews-canary");
     assert_eq!(route.parents[0].port, Some(9080));
     assert_eq!(route.parents[0].namespace, "shop");
-    assert_eq!(route.rules[0]["backendRefs"][1]["weight"], 10);
+    assert_eq!(route.rules[0].backend_refs[1].weight(), 10);
     assert_eq!(
         snapshot.http_routes_for_service("shop", "ratings").count(),
         0

@@ -1,0 +1,11 @@
+//! The L7 waypoint: per-service HTTP routing with Gateway API `HTTPRoute`s attached to
+//! Services (GAMMA). What is here so far:
+//!
+//! - [`route_table`]: which rule of which route answers a request to a Service port, with
+//!   the Gateway API's matching (path, headers, query params, method), parentRef port
+//!   scoping, producer and consumer routes, and its precedence across all of them.
+//!
+//! The rules themselves are typed and checked in [`crate::model::http_route_rules`] when the
+//! model is built, so everything here works on routes already known to be honourable.
+
+pub mod route_table;
