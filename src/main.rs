@@ -59,6 +59,9 @@ struct SignerArgs {
     /// Longest lifetime signed, whatever a CSR asks.
     #[arg(long, env = "WEFT_MAX_CERT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     max_cert_ttl: Duration,
+    /// A CSR older than this when reviewed is denied (`Expired`): its node asked again.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    max_csr_age: Duration,
     /// How often the trust bundle is checked against the CA directory (and put back if it
     /// was edited, or updated after a CA rotation).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -176,6 +179,7 @@ fn run_signer(args: SignerArgs) -> anyhow::Result<()> {
             node_service_account: (sa_namespace.to_owned(), sa_name.to_owned()),
             default_ttl: args.default_cert_ttl,
             max_ttl: args.max_cert_ttl,
+            max_csr_age: args.max_csr_age,
         },
         ca_dir: args.ca_dir,
         namespace: args.namespace,

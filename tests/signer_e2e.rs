@@ -217,6 +217,7 @@ async fn the_signer_signs_only_for_pods_on_the_asking_node() {
         "weft-system",
         "weft-ca-root",
         anchors.clone(),
+        None,
     );
     bounded(
         "the trust bundle",
@@ -274,6 +275,47 @@ async fn the_signer_signs_only_for_pods_on_the_asking_node() {
             && described.contains("is scheduled on node node-a"),
         "kubectl describe csr {name}:\n{described}"
     );
+
+    // A pod being deleted counts until its grace period ends, not after.
+    apiserver::ensure_service_account(&admin, "shop", "leaving").await;
+    apiserver::create_pod(&admin, "shop", "leaving-1", "leaving", "node-a", &[]).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(admin.clone(), "shop");
+    pods.delete(
+        "leaving-1",
+        &kube::api::DeleteParams {
+            grace_period_seconds: Some(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + MINUTE;
+    loop {
+        let end = pods
+            .get("leaving-1")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp;
+        let end = end
+            .expect("no kubelet here: the pod stays Terminating")
+            .0
+            .as_second();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        if now > end + 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let denied = issuer
+        .issue(ask("leaving"))
+        .await
+        .expect_err("a pod past its grace period");
+    assert!(denied.to_string().contains("NoPodOnNode"), "{denied}");
 
     // 3. Requests weft never signs, each denied with its field.
     let p256 = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();

@@ -90,6 +90,7 @@ async fn signer_certs(
         &args.install_namespace,
         &args.trust_bundle,
         anchors.clone(),
+        Some(args.run_dir.join("trust-bundle.pem")),
     );
     bundle.wait_loaded(Duration::from_secs(10)).await;
     tracing::info!(

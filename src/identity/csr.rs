@@ -28,13 +28,8 @@ use super::spiffe::SpiffeId;
 pub const SIGNER_NAME: &str = "weft.dev/workload";
 
 /// The key usages a node asks for (`spec.usages`, Kubernetes spelling): what an mTLS leaf
-/// that is both client and server needs.
-pub const USAGES: [&str; 4] = [
-    "digital signature",
-    "key encipherment",
-    "server auth",
-    "client auth",
-];
+/// with an ECDSA key that is both client and server needs.
+pub const USAGES: [&str; 3] = ["digital signature", "server auth", "client auth"];
 
 /// Why a CSR is refused; the text is the denial message a human reads.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -148,6 +143,21 @@ pub fn read_request(pem: &[u8], trust_domain: &str) -> Result<WorkloadRequest, C
         });
     }
 
+    let extension_requests = csr
+        .certification_request_info
+        .iter_attributes()
+        .filter(|a| {
+            matches!(
+                a.parsed_attribute(),
+                x509_parser::cri_attributes::ParsedCriAttribute::ExtensionRequest(_)
+            )
+        })
+        .count();
+    if extension_requests > 1 {
+        return Err(CsrRejection::Malformed(format!(
+            "{extension_requests} extensionRequest attributes; at most one is allowed"
+        )));
+    }
     let mut sans: Vec<&GeneralName> = Vec::new();
     for extension in csr.requested_extensions().into_iter().flatten() {
         match extension {

@@ -8,7 +8,8 @@
 //! timeout is an error too, and the certificate manager retries with backoff while an older
 //! leaf keeps serving. Outcomes are counted in `weft_csr_requests_total{result}`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::certificates::v1::{
@@ -21,6 +22,7 @@ use kube::{Api, Client};
 use super::csr::{WorkloadKey, SIGNER_NAME, USAGES};
 use super::error::{CsrError, IdentityError};
 use super::issuer::{IssueFuture, IssueRequest, Issuer};
+use super::spiffe::SpiffeId;
 use super::trust::TrustAnchors;
 
 /// CSR outcomes on this node, by `result`: `issued`, `denied`, `failed` (the signer marked
@@ -37,6 +39,17 @@ pub const NODE_LABEL: &str = "weft.dev/node";
 /// Annotation on every CSR a node makes: the identity asked for, for humans.
 pub const IDENTITY_ANNOTATION: &str = "weft.dev/identity";
 
+/// How long a CSR nobody answered in time is waited for again (instead of sending a new
+/// one) on the next attempt; below the signer's `--max-csr-age`.
+const REUSE_OUTSTANDING_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// A CSR sent and not answered yet, with the key it is for.
+struct Outstanding {
+    name: String,
+    key: WorkloadKey,
+    created: Instant,
+}
+
 /// Asks `weft signer` for leaves through the Kubernetes API.
 #[derive(Clone)]
 pub struct CsrIssuer {
@@ -44,6 +57,8 @@ pub struct CsrIssuer {
     node_name: String,
     anchors: TrustAnchors,
     timeout: Duration,
+    /// At most one unanswered CSR per identity.
+    outstanding: Arc<Mutex<HashMap<SpiffeId, Outstanding>>>,
 }
 
 impl CsrIssuer {
@@ -60,51 +75,27 @@ impl CsrIssuer {
             node_name,
             anchors,
             timeout,
+            outstanding: Arc::default(),
         }
     }
 
     async fn request(&self, request: IssueRequest) -> Result<super::IssuedLeaf, CsrError> {
         let id = request.id.to_string();
-        let key = WorkloadKey::generate(&request.id).map_err(|e| CsrError::Generate {
-            id: id.clone(),
-            reason: e.to_string(),
-        })?;
-        let expiration = request.ttl.as_secs().max(MIN_EXPIRATION_SECONDS);
-        let csr = CertificateSigningRequest {
-            metadata: ObjectMeta {
-                generate_name: Some(generate_name(&self.node_name, request.id.service_account())),
-                labels: Some(BTreeMap::from([(
-                    NODE_LABEL.to_owned(),
-                    label_value(&self.node_name),
-                )])),
-                annotations: Some(BTreeMap::from([(
-                    IDENTITY_ANNOTATION.to_owned(),
-                    id.clone(),
-                )])),
-                ..ObjectMeta::default()
-            },
-            spec: CertificateSigningRequestSpec {
-                request: ByteString(key.request_pem().as_bytes().to_vec()),
-                signer_name: SIGNER_NAME.to_owned(),
-                usages: Some(USAGES.iter().map(|u| (*u).to_owned()).collect()),
-                expiration_seconds: Some(i32::try_from(expiration).unwrap_or(i32::MAX)),
-                ..CertificateSigningRequestSpec::default()
-            },
-            status: None,
-        };
         let api: Api<CertificateSigningRequest> = Api::all(self.client.clone());
-        let api_error = |source| CsrError::Api {
-            id: id.clone(),
-            source,
+        // A CSR this node already sent for the identity and stopped waiting for (the signer
+        // was down, say) is waited for again rather than joined by another.
+        let reused = self
+            .lock_outstanding()
+            .remove(&request.id)
+            .filter(|o| o.created.elapsed() < REUSE_OUTSTANDING_FOR);
+        let (name, key, started) = match reused {
+            Some(outstanding) => {
+                tracing::info!(identity = %id, csr = %outstanding.name, "still waiting for the signer to answer");
+                (outstanding.name, outstanding.key, outstanding.created)
+            }
+            None => self.create(&api, &request).await?,
         };
-        let started = Instant::now();
-        let created = api
-            .create(&PostParams::default(), &csr)
-            .await
-            .map_err(api_error)?;
-        let name = created.metadata.name.clone().unwrap_or_default();
-        tracing::info!(identity = %id, csr = %name, "asked the signer for a certificate");
-        let answered = tokio::time::timeout(
+        let answered = match tokio::time::timeout(
             self.timeout,
             kube::runtime::wait::await_condition(
                 api,
@@ -115,16 +106,28 @@ impl CsrIssuer {
             ),
         )
         .await
-        .map_err(|_| CsrError::Timeout {
-            name: name.clone(),
-            id: id.clone(),
-            waited: self.timeout,
-        })?
-        .map_err(|e| CsrError::Watch {
-            name: name.clone(),
-            id: id.clone(),
-            reason: e.to_string(),
-        })?;
+        {
+            Ok(answered) => answered.map_err(|e| CsrError::Watch {
+                name: name.clone(),
+                id: id.clone(),
+                reason: e.to_string(),
+            })?,
+            Err(_) => {
+                self.lock_outstanding().insert(
+                    request.id.clone(),
+                    Outstanding {
+                        name: name.clone(),
+                        key,
+                        created: started,
+                    },
+                );
+                return Err(CsrError::Timeout {
+                    name,
+                    id,
+                    waited: self.timeout,
+                });
+            }
+        };
         match answered.as_ref().and_then(answer) {
             Some(Answer::Certificate(pem)) => {
                 let leaf = key
@@ -158,6 +161,60 @@ impl CsrIssuer {
                 waited: started.elapsed(),
             }),
         }
+    }
+}
+
+impl CsrIssuer {
+    /// Makes a key and sends a new CSR for `request.id`.
+    async fn create(
+        &self,
+        api: &Api<CertificateSigningRequest>,
+        request: &IssueRequest,
+    ) -> Result<(String, WorkloadKey, Instant), CsrError> {
+        let id = request.id.to_string();
+        let key = WorkloadKey::generate(&request.id).map_err(|e| CsrError::Generate {
+            id: id.clone(),
+            reason: e.to_string(),
+        })?;
+        let expiration = request.ttl.as_secs().max(MIN_EXPIRATION_SECONDS);
+        let csr = CertificateSigningRequest {
+            metadata: ObjectMeta {
+                generate_name: Some(generate_name(&self.node_name, request.id.service_account())),
+                labels: Some(BTreeMap::from([(
+                    NODE_LABEL.to_owned(),
+                    label_value(&self.node_name),
+                )])),
+                annotations: Some(BTreeMap::from([(
+                    IDENTITY_ANNOTATION.to_owned(),
+                    id.clone(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            spec: CertificateSigningRequestSpec {
+                request: ByteString(key.request_pem().as_bytes().to_vec()),
+                signer_name: SIGNER_NAME.to_owned(),
+                usages: Some(USAGES.iter().map(|u| (*u).to_owned()).collect()),
+                expiration_seconds: Some(i32::try_from(expiration).unwrap_or(i32::MAX)),
+                ..CertificateSigningRequestSpec::default()
+            },
+            status: None,
+        };
+        let started = Instant::now();
+        let created = api
+            .create(&PostParams::default(), &csr)
+            .await
+            .map_err(|source| CsrError::Api {
+                id: id.clone(),
+                source,
+            })?;
+        let name = created.metadata.name.clone().unwrap_or_default();
+        tracing::info!(identity = %id, csr = %name, "asked the signer for a certificate");
+        Ok((name, key, started))
+    }
+
+    fn lock_outstanding(&self) -> std::sync::MutexGuard<'_, HashMap<SpiffeId, Outstanding>> {
+        // Plain data: a panic elsewhere leaves it consistent.
+        self.outstanding.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

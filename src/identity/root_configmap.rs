@@ -76,9 +76,34 @@ pub struct RootWatch {
 }
 
 impl RootWatch {
-    /// Starts watching `namespace/name`; every valid bundle replaces `anchors`.
-    pub fn start(client: Client, namespace: &str, name: &str, anchors: TrustAnchors) -> RootWatch {
+    /// Starts watching `namespace/name`; every valid bundle replaces `anchors` (and is
+    /// written to `cache`, if given). A valid bundle already in `cache` (from before a
+    /// restart) is in force at once, so a node whose API server is slow to answer still
+    /// verifies against the last roots it knew.
+    pub fn start(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        anchors: TrustAnchors,
+        cache: Option<std::path::PathBuf>,
+    ) -> RootWatch {
         let (loaded_tx, loaded) = watch::channel(false);
+        if let Some(path) = &cache {
+            match std::fs::read(path).map(|pem| roots_from_pem(&pem)) {
+                Ok(Ok(roots)) => {
+                    anchors.replace(roots);
+                    loaded_tx.send_replace(true);
+                    tracing::info!(cache = %path.display(), "trust bundle loaded from the last one seen");
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(cache = %path.display(), %error, "the cached trust bundle is unusable; waiting for the ConfigMap")
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    tracing::warn!(cache = %path.display(), %error, "cannot read the cached trust bundle")
+                }
+            }
+        }
         let source = format!("ConfigMap {namespace}/{name}");
         let api: Api<ConfigMap> = Api::namespaced(client, namespace);
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
@@ -90,6 +115,9 @@ impl RootWatch {
                     Ok(watcher::Event::Apply(map) | watcher::Event::InitApply(map)) => {
                         if apply(&what, &map, &anchors) {
                             loaded_tx.send_replace(true);
+                            if let Some(path) = &cache {
+                                write_cache(path, &anchors).await;
+                            }
                         }
                     }
                     Ok(watcher::Event::Delete(_)) => tracing::warn!(source = %what,
@@ -116,6 +144,20 @@ impl RootWatch {
                     "waiting for the mesh trust bundle (published by weft-signer); nothing can be verified until it exists"),
             }
         }
+    }
+}
+
+/// Writes the roots in force to `path` (a temp file renamed over it: never half a file).
+async fn write_cache(path: &std::path::Path, anchors: &TrustAnchors) {
+    let pem = super::ca::chain_to_pem(&anchors.current());
+    let temp = path.with_extension("pem.tmp");
+    let written = async {
+        tokio::fs::write(&temp, pem.as_bytes()).await?;
+        tokio::fs::rename(&temp, path).await
+    }
+    .await;
+    if let Err(error) = written {
+        tracing::warn!(cache = %path.display(), %error, "cannot cache the trust bundle");
     }
 }
 

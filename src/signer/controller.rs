@@ -33,7 +33,7 @@ pub const SIGNER_CSRS: &str = "weft_signer_csrs_total";
 const RETRY_EVERY: Duration = Duration::from_secs(5);
 
 /// Where a CSR stands, as the API server says.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
     /// Nobody has answered.
     Unanswered,
@@ -131,8 +131,24 @@ impl Controller {
     }
 
     /// Takes one CSR as far as it goes; `false` when it must be retried.
-    async fn handle(&self, csr: &CertificateSigningRequest) -> bool {
-        let name = csr.name_any();
+    async fn handle(&self, seen: &CertificateSigningRequest) -> bool {
+        let name = seen.name_any();
+        if stage(seen) == Stage::Done {
+            return true;
+        }
+        // The watch may deliver a version older than this signer's own last write (approved,
+        // not yet showing the certificate it wrote next): decide on the current one.
+        let api: Api<CertificateSigningRequest> = Api::all(self.client.clone());
+        let csr = match api.get_opt(&name).await {
+            Ok(Some(csr)) => csr,
+            Ok(None) => return true,
+            Err(error) => {
+                tracing::warn!(csr = %name, %error, "cannot read the CSR now; will retry");
+                count("failed", "ApiError");
+                return false;
+            }
+        };
+        let csr = &csr;
         let stage = stage(csr);
         if stage == Stage::Done {
             return true;
@@ -147,7 +163,7 @@ impl Controller {
         };
         let outcome = match (verdict, stage) {
             (Verdict::Deny(denial), Stage::Unanswered) => {
-                let denied = self.deny(&name, &denial).await;
+                let denied = self.deny(&name, stage, &denial).await;
                 if denied.is_ok() {
                     self.record(csr, EventType::Warning, denial.reason, &denial.message)
                         .await;
@@ -155,7 +171,7 @@ impl Controller {
                 denied
             }
             (Verdict::Deny(denial), _) => {
-                let failed = self.fail(&name, &denial).await;
+                let failed = self.fail(&name, stage, &denial).await;
                 if failed.is_ok() {
                     self.record(csr, EventType::Warning, denial.reason, &denial.message)
                         .await;
@@ -165,8 +181,10 @@ impl Controller {
             (Verdict::Sign { request, node, ttl }, stage) => {
                 if stage == Stage::Unanswered {
                     let message = format!("weft-node on {node} runs a pod of {}", request.id);
-                    if let Err(error) = self.approve(&name, &message).await {
-                        return retry(&name, "approving", error);
+                    match self.approve(&name, stage, &message).await {
+                        Ok(()) => {}
+                        Err(SignerError::AlreadyAnswered(_)) => return true,
+                        Err(error) => return retry(&name, "approving", error),
                     }
                 }
                 let signed = self.sign(&name, &request, &node, ttl).await;
@@ -179,7 +197,7 @@ impl Controller {
             }
         };
         match outcome {
-            Ok(()) => true,
+            Ok(()) | Err(SignerError::AlreadyAnswered(_)) => true,
             Err(error) => retry(&name, "answering", error),
         }
     }
@@ -205,21 +223,21 @@ impl Controller {
         }
     }
 
-    async fn approve(&self, name: &str, message: &str) -> Result<(), SignerError> {
-        self.add_condition(name, "Approved", "WeftNodeAuthorized", message, true)
+    async fn approve(&self, name: &str, stage: Stage, message: &str) -> Result<(), SignerError> {
+        self.add_condition(name, stage, "Approved", "WeftNodeAuthorized", message, true)
             .await
     }
 
-    async fn deny(&self, name: &str, denial: &Denial) -> Result<(), SignerError> {
-        self.add_condition(name, "Denied", denial.reason, &denial.message, true)
+    async fn deny(&self, name: &str, stage: Stage, denial: &Denial) -> Result<(), SignerError> {
+        self.add_condition(name, stage, "Denied", denial.reason, &denial.message, true)
             .await?;
         tracing::warn!(csr = name, reason = denial.reason, message = %denial.message, "denied a CSR");
         count("denied", denial.reason);
         Ok(())
     }
 
-    async fn fail(&self, name: &str, denial: &Denial) -> Result<(), SignerError> {
-        self.add_condition(name, "Failed", denial.reason, &denial.message, false)
+    async fn fail(&self, name: &str, stage: Stage, denial: &Denial) -> Result<(), SignerError> {
+        self.add_condition(name, stage, "Failed", denial.reason, &denial.message, false)
             .await?;
         tracing::warn!(csr = name, reason = denial.reason, message = %denial.message,
             "an approved CSR does not pass review; marked Failed, not signed");
@@ -265,10 +283,12 @@ impl Controller {
         Ok(())
     }
 
-    /// Appends a condition, through the approval subresource (`approval`) or status.
+    /// Appends a condition, through the approval subresource (`approval`) or status, if
+    /// the CSR is still at `expected` (else [`SignerError::AlreadyAnswered`]).
     async fn add_condition(
         &self,
         name: &str,
+        expected: Stage,
         kind: &str,
         reason: &str,
         message: &str,
@@ -280,6 +300,9 @@ impl Controller {
             name: name.to_owned(),
             source,
         })?;
+        if stage(&current) != expected {
+            return Err(SignerError::AlreadyAnswered(name.to_owned()));
+        }
         let mut conditions = current
             .status
             .and_then(|s| s.conditions)

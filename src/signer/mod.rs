@@ -68,6 +68,9 @@ pub enum SignerError {
         #[source]
         source: kube::Error,
     },
+    /// Someone else answered the CSR between this signer's read and its write.
+    #[error("CSR {0} was answered meanwhile")]
+    AlreadyAnswered(String),
     /// The signing task ended without an answer.
     #[error("the signing task failed: {0}")]
     Task(String),

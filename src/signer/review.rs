@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client};
 
-use crate::identity::csr::{read_request, WorkloadRequest, USAGES};
+use crate::identity::csr::{read_request, WorkloadRequest};
 
 /// The extra a pod-bound ServiceAccount token carries: the node the pod runs on.
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
@@ -21,6 +21,14 @@ pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 /// The extra with the token's pod's UID.
 pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
 
+/// Usages a CSR may ask for: the mesh's, and key encipherment, which many CSR clients add
+/// (the leaf never carries it: its key is ECDSA).
+const USAGES: [&str; 4] = [
+    "digital signature",
+    "key encipherment",
+    "server auth",
+    "client auth",
+];
 /// Usages a node must ask for.
 const REQUIRED_USAGES: [&str; 2] = ["server auth", "client auth"];
 /// Pods of other nodes named in a denial, at most.
@@ -71,6 +79,9 @@ pub struct ReviewPolicy {
     pub default_ttl: Duration,
     /// Longest lifetime signed, whatever the CSR asks.
     pub max_ttl: Duration,
+    /// A CSR older than this when first reviewed is denied (`Expired`): its node gave up
+    /// waiting long ago (after a signer outage, say) and asks again with a new one.
+    pub max_csr_age: Duration,
 }
 
 impl ReviewPolicy {
@@ -87,6 +98,9 @@ pub async fn review(
     policy: &ReviewPolicy,
     csr: &CertificateSigningRequest,
 ) -> Result<Verdict, kube::Error> {
+    if let Some(denial) = expired(csr, policy.max_csr_age) {
+        return Ok(Verdict::Deny(denial));
+    }
     let node = match requester_node(client, policy, csr).await? {
         Ok(node) => node,
         Err(denial) => return Ok(Verdict::Deny(denial)),
@@ -137,27 +151,78 @@ async fn requester_node(
         Some([value]) if !value.is_empty() => Some(value.clone()),
         _ => None,
     };
-    if let Some(node) = single(NODE_NAME_EXTRA) {
-        return Ok(Ok(node));
-    }
     let (Some(pod_name), Some(pod_uid)) = (single(POD_NAME_EXTRA), single(POD_UID_EXTRA)) else {
         return Ok(Err(Denial::new(
             "NoNodeInCredentials",
-            format!("the requester's token names no node (no {NODE_NAME_EXTRA} or {POD_NAME_EXTRA} extra): weft-node must authenticate with its pod's bound ServiceAccount token, not a long-lived token"),
+            format!("the requester's token is not bound to a pod (no {POD_NAME_EXTRA} and {POD_UID_EXTRA} extras): weft-node must authenticate with its pod's projected ServiceAccount token"),
         )));
     };
-    let (ns, _) = &policy.node_service_account;
+    // The token names the pod; the pod, read now, names the node (and must still be
+    // weft-node's, alive, and on the node the token says, if it says one).
+    let (ns, sa) = &policy.node_service_account;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let pod = pods.get_opt(&pod_name).await?;
-    let node = pod
-        .filter(|pod| pod.metadata.uid.as_deref() == Some(pod_uid.as_str()))
-        .and_then(|pod| pod.spec.and_then(|spec| spec.node_name));
-    Ok(node.ok_or_else(|| {
-        Denial::new(
+    let gone = |why: &str| {
+        Ok(Err(Denial::new(
             "RequesterPodGone",
-            format!("the requester's pod {ns}/{pod_name} (uid {pod_uid}) no longer exists or is not on a node"),
+            format!("the requester's pod {ns}/{pod_name} (uid {pod_uid}) {why}"),
+        )))
+    };
+    let Some(pod) = pods.get_opt(&pod_name).await? else {
+        return gone("no longer exists");
+    };
+    if pod.metadata.uid.as_deref() != Some(pod_uid.as_str()) {
+        return gone("no longer exists (a pod of that name has another uid)");
+    }
+    let spec = pod.spec.as_ref();
+    if spec.and_then(|s| s.service_account_name.as_deref()) != Some(sa.as_str()) {
+        return gone(&format!("does not run as {ns}/{sa}"));
+    }
+    if past_grace(&pod) {
+        return gone("is being deleted and past its grace period");
+    }
+    let Some(node) = spec.and_then(|s| s.node_name.clone()) else {
+        return gone("is not scheduled on a node");
+    };
+    if let Some(named) = single(NODE_NAME_EXTRA) {
+        if named != node {
+            return gone(&format!("runs on {node}, not on {named} as its token says"));
+        }
+    }
+    Ok(Ok(node))
+}
+
+/// A pod being deleted whose grace period is over: whatever still runs it is not a kubelet
+/// that will stop it (a node holding a pod in Terminating to keep its identity).
+fn past_grace(pod: &Pod) -> bool {
+    let Some(deleted) = pod.metadata.deletion_timestamp.as_ref() else {
+        return false;
+    };
+    let grace = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .unwrap_or(0)
+        .max(0);
+    let deadline = deleted.0.as_second().saturating_add(grace);
+    now_unix() > deadline
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// A CSR created longer than `max_age` ago.
+fn expired(csr: &CertificateSigningRequest, max_age: Duration) -> Option<Denial> {
+    let created = csr.metadata.creation_timestamp.as_ref()?.0.as_second();
+    let age = now_unix().saturating_sub(created);
+    let max = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+    (age > max).then(|| {
+        Denial::new(
+            "Expired",
+            format!("created {age}s ago, more than the signer's --max-csr-age of {max}s; its node has asked again since"),
         )
-    }))
+    })
 }
 
 fn check_usages(usages: &[String]) -> Result<(), Denial> {
@@ -190,8 +255,9 @@ fn check_usages(usages: &[String]) -> Result<(), Denial> {
     Ok(())
 }
 
-/// `None` when a pod of the request's service account that has not finished is scheduled
-/// on `node`; else the denial, naming where that service account's pods do run.
+/// `None` when a pod of the request's service account that has not finished (not
+/// Succeeded or Failed, not past its deletion grace period) is scheduled on `node`; else
+/// the denial, naming where that service account's pods do run.
 async fn pod_on_node(
     client: &Client,
     request: &WorkloadRequest,
@@ -199,28 +265,46 @@ async fn pod_on_node(
 ) -> Result<Option<Denial>, kube::Error> {
     let (ns, sa) = (request.id.namespace(), request.id.service_account());
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let listed = pods
-        .list(&ListParams::default().fields(&format!("spec.serviceAccountName={sa}")))
-        .await?;
-    let mut elsewhere = BTreeSet::new();
-    for pod in &listed.items {
+    let runs_here = |pod: &Pod| {
+        let spec = pod.spec.as_ref();
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        if matches!(phase, Some("Succeeded" | "Failed")) {
-            continue;
-        }
-        match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
-            Some(on) if on == node => return Ok(None),
-            Some(on) => {
-                elsewhere.insert(on.to_owned());
-            }
-            None => {}
-        }
+        spec.and_then(|s| s.service_account_name.as_deref()) == Some(sa)
+            && !matches!(phase, Some("Succeeded" | "Failed"))
+            && !past_grace(pod)
+    };
+    let here = pods
+        .list(&ListParams::default().fields(&format!(
+            "spec.nodeName={node},spec.serviceAccountName={sa}"
+        )))
+        .await?;
+    if here.items.iter().any(|pod| {
+        runs_here(pod) && pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+    }) {
+        return Ok(None);
     }
+    // Denied: say where this service account's pods do run (a bounded look).
+    let anywhere = pods
+        .list(
+            &ListParams::default()
+                .fields(&format!("spec.serviceAccountName={sa}"))
+                .limit(50),
+        )
+        .await?;
+    let elsewhere: BTreeSet<String> = anywhere
+        .items
+        .iter()
+        .filter(|pod| runs_here(pod))
+        .filter_map(|pod| pod.spec.as_ref().and_then(|s| s.node_name.clone()))
+        .filter(|on| on != node)
+        .take(NODES_NAMED)
+        .collect();
     let where_else = if elsewhere.is_empty() {
         "it has no running pod on any node".to_owned()
     } else {
-        let named: Vec<String> = elsewhere.into_iter().take(NODES_NAMED).collect();
-        format!("its pods run on {}", named.join(", "))
+        format!(
+            "its pods run on {}",
+            elsewhere.into_iter().collect::<Vec<_>>().join(", ")
+        )
     };
     Ok(Some(Denial::new(
         "NoPodOnNode",
@@ -239,6 +323,7 @@ mod tests {
     #[test]
     fn usages_must_be_the_mesh_ones() {
         check_usages(&usages(&USAGES)).unwrap();
+        check_usages(&usages(&crate::identity::csr::USAGES)).unwrap();
         check_usages(&usages(&["server auth", "client auth"])).unwrap();
         let err = check_usages(&usages(&["client auth"])).unwrap_err();
         assert_eq!(err.reason, "BadUsages");
