@@ -3,9 +3,15 @@
 //!
 //! - [`route_table`]: which rule of which route answers a request to a Service port, with
 //!   the Gateway API's matching (path, headers, query params, method), parentRef port
-//!   scoping, producer and consumer routes, and its precedence across all of them.
+//!   scoping, producer and consumer routes, and its precedence across all of them;
+//! - [`filters`]: header modifiers, redirects, URL rewrites and mirror sampling, as pure
+//!   functions of a filter and a request;
+//! - [`backends`]: the weighted choice of a rule's backend, and the 500 / 503 the spec asks
+//!   for when there is none to send to.
 //!
 //! The rules themselves are typed and checked in [`crate::model::http_route_rules`] when the
 //! model is built, so everything here works on routes already known to be honourable.
 
+pub mod backends;
+pub mod filters;
 pub mod route_table;
