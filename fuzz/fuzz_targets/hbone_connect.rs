@@ -118,7 +118,7 @@ fn id(sa: &str) -> SpiffeId {
 /// One mTLS h2 connection to the server, as `demo/client`.
 async fn connect(h: &Harness) -> SendRequest<Bytes> {
     let identity = h.certs.get_or_issue(&id("client")).await.expect("client leaf");
-    let config = weft::tls::client_config(h.certs.roots(), identity, id("server")).expect("tls");
+    let config = weft::tls::client_config(&h.certs.roots(), identity, id("server")).expect("tls");
     let tcp = TcpStream::connect(h.addr).await.expect("connect");
     let name = ServerName::IpAddress(IpAddr::V4(POD_IP).into());
     let tls = TlsConnector::from(config)

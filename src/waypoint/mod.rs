@@ -7,11 +7,14 @@
 //! - [`filters`]: header modifiers, redirects, URL rewrites and mirror sampling, as pure
 //!   functions of a filter and a request;
 //! - [`backends`]: the weighted choice of a rule's backend, and the 500 / 503 the spec asks
-//!   for when there is none to send to.
+//!   for when there is none to send to;
+//! - [`pipeline`]: one request's plan from the three above: answer here (404, 500, 503, a
+//!   redirect) or forward, with the request head edited and the response filters to apply.
 //!
 //! The rules themselves are typed and checked in [`crate::model::http_route_rules`] when the
 //! model is built, so everything here works on routes already known to be honourable.
 
 pub mod backends;
 pub mod filters;
+pub mod pipeline;
 pub mod route_table;
