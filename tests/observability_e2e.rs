@@ -109,6 +109,13 @@ metadata: {name: deny-intruder, namespace: shop}
 spec:
   action: DENY
   rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/intruder"]}}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: to-nowhere, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: server}]
+  rules: [{backendRefs: [{name: missing, port: 80}]}]
 "#
     .to_owned();
     c.write_config();
@@ -465,6 +472,18 @@ spec:
         .as_array()
         .is_some_and(|c| c.iter().any(|c| c["not_after_unix"].as_u64().is_some())));
     assert!(dump["served"].to_string().contains("\"enrolled\""));
+    // A route weft cannot honour says why (its parent Service does not exist here, nor its
+    // backend).
+    let route = &dump["route_status"][0];
+    assert_eq!(route["route"], "shop/to-nowhere", "{route}");
+    assert_eq!(
+        route["parents"][0]["accepted"]["reason"], "NoMatchingParent",
+        "{route}"
+    );
+    assert_eq!(
+        route["parents"][0]["resolved_refs"]["reason"], "BackendNotFound",
+        "{route}"
+    );
     let raw_dump = dump.to_string();
     assert!(
         !raw_dump.contains("PRIVATE KEY") && !raw_dump.contains("BEGIN"),

@@ -155,6 +155,7 @@ impl AdminContext {
             "config": self.source.status(),
             "mesh": &*snapshot,
             "policies_in_force": in_force,
+            "route_status": crate::waypoint::route_status::route_statuses(&snapshot),
             "served": self.status.served().await,
             "certificates": self.certs.status(),
         })

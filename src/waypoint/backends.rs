@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
+use super::route_status::backend_permitted;
 use crate::model::http_route_rules::HttpBackendRef;
 use crate::model::{MeshSnapshot, Service};
 
@@ -30,11 +31,21 @@ pub struct NoBackend {
     pub reason: String,
 }
 
-/// Picks a backend of `backends` (from a route in `route_namespace`) with `roll` uniform in
-/// [0, 1): each backend's chance is its weight over the sum of weights.
+/// Where the route that names a backend lives, and the parent Service being called: which
+/// namespaces its backends may be in.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteScope<'a> {
+    /// The route's namespace.
+    pub route_namespace: &'a str,
+    /// The parent Service's namespace.
+    pub parent_namespace: &'a str,
+}
+
+/// Picks a backend of `backends` with `roll` uniform in [0, 1): each backend's chance is
+/// its weight over the sum of weights.
 pub fn choose<'a>(
     snapshot: &MeshSnapshot,
-    route_namespace: &str,
+    scope: RouteScope<'_>,
     backends: &'a [HttpBackendRef],
     roll: f64,
 ) -> Result<ResolvedBackend<'a>, NoBackend> {
@@ -66,20 +77,29 @@ pub fn choose<'a>(
             status: StatusCode::INTERNAL_SERVER_ERROR,
             reason: "no backendRef has weight".into(),
         })?;
-    resolve(snapshot, route_namespace, chosen)
+    resolve(snapshot, scope, chosen)
 }
 
 /// The Service and port a backendRef names, or the 500/503 the spec asks for.
 pub fn resolve<'a>(
     snapshot: &MeshSnapshot,
-    route_namespace: &str,
+    scope: RouteScope<'_>,
     backend: &'a HttpBackendRef,
 ) -> Result<ResolvedBackend<'a>, NoBackend> {
-    let namespace = backend.namespace.as_deref().unwrap_or(route_namespace);
+    let namespace = backend
+        .namespace
+        .as_deref()
+        .unwrap_or(scope.route_namespace);
     let invalid = |reason: String| NoBackend {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         reason,
     };
+    if !backend_permitted(scope.route_namespace, scope.parent_namespace, namespace) {
+        return Err(invalid(format!(
+            "backendRef Service {namespace}/{} is outside the route's and its parent's namespaces",
+            backend.name
+        )));
+    }
     let service = snapshot.service(namespace, &backend.name).ok_or_else(|| {
         invalid(format!(
             "backendRef Service {namespace}/{} does not exist",
@@ -148,6 +168,11 @@ metadata: {name: empty, namespace: shop}
 spec: {clusterIP: 10.96.0.3, selector: {app: none}, ports: [{port: 80}]}
 "#;
 
+    const SHOP: RouteScope<'static> = RouteScope {
+        route_namespace: "shop",
+        parent_namespace: "shop",
+    };
+
     fn backend(name: &str, port: i64, weight: i64) -> HttpBackendRef {
         HttpBackendRef {
             group: None,
@@ -171,7 +196,7 @@ spec: {clusterIP: 10.96.0.3, selector: {app: none}, ports: [{port: 80}]}
         let mut counts = std::collections::BTreeMap::new();
         for i in 0..1000 {
             let roll = i as f64 / 1000.0;
-            let chosen = choose(&snapshot, "shop", &backends, roll).unwrap();
+            let chosen = choose(&snapshot, SHOP, &backends, roll).unwrap();
             *counts.entry(chosen.service.name.clone()).or_insert(0) += 1;
         }
         assert_eq!(counts.get("v1"), Some(&900));
@@ -183,7 +208,7 @@ spec: {clusterIP: 10.96.0.3, selector: {app: none}, ports: [{port: 80}]}
     fn unusable_backends_answer_500_and_empty_ones_503() {
         let snapshot = parse_and_build(CLUSTER).unwrap();
         let status = |backends: &[HttpBackendRef]| {
-            choose(&snapshot, "shop", backends, 0.5)
+            choose(&snapshot, SHOP, backends, 0.5)
                 .map(|b| b.service.name.clone())
                 .map_err(|e| e.status)
         };

@@ -8,6 +8,8 @@
 //!   functions of a filter and a request;
 //! - [`backends`]: the weighted choice of a rule's backend, and the 500 / 503 the spec asks
 //!   for when there is none to send to;
+//! - [`route_status`]: `Accepted` / `ResolvedRefs` per route and parent, with the spec's
+//!   reasons, for `/config_dump`;
 //! - [`pipeline`]: one request's plan from the three above: answer here (404, 500, 503, a
 //!   redirect) or forward, with the request head edited and the response filters to apply.
 //!
@@ -17,4 +19,5 @@
 pub mod backends;
 pub mod filters;
 pub mod pipeline;
+pub mod route_status;
 pub mod route_table;

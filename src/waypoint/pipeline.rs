@@ -11,7 +11,7 @@ use http::request::Parts;
 use http::uri::{Authority, PathAndQuery};
 use http::{StatusCode, Uri};
 
-use super::backends::{choose, ResolvedBackend};
+use super::backends::{choose, ResolvedBackend, RouteScope};
 use super::filters::{self, Arrival};
 use super::route_table::{RequestView, ServicePortRoutes};
 use crate::model::http_route_rules::{HeaderModifier, HttpRouteFilter, RequestMirror};
@@ -49,6 +49,8 @@ pub enum Plan<'a> {
 pub struct Origin<'a> {
     /// The caller's namespace, if it is a known workload (consumer routes).
     pub caller_namespace: Option<&'a str>,
+    /// The namespace of the Service called (which namespaces backends may be in).
+    pub service_namespace: &'a str,
     /// The Service port the caller addressed.
     pub port: u16,
     /// The host to use when the request names none (the Service's address).
@@ -110,12 +112,11 @@ pub fn plan<'a>(
             roll,
         );
     }
-    let backend = match choose(
-        snapshot,
-        &selected.route.namespace,
-        &selected.rule.backend_refs,
-        roll(),
-    ) {
+    let scope = RouteScope {
+        route_namespace: &selected.route.namespace,
+        parent_namespace: origin.service_namespace,
+    };
+    let backend = match choose(snapshot, scope, &selected.rule.backend_refs, roll()) {
         Ok(backend) => backend,
         Err(none) => {
             return Plan::Respond {
@@ -317,6 +318,7 @@ spec:
 
     const ORIGIN: Origin<'static> = Origin {
         caller_namespace: Some("shop"),
+        service_namespace: "shop",
         port: 80,
         default_host: "10.96.0.10",
     };
