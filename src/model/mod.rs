@@ -13,6 +13,7 @@ pub mod error;
 pub mod gateway_kinds;
 pub mod http_route_rules;
 pub mod translate;
+pub mod waypoints;
 pub mod weft_kinds;
 
 #[cfg(test)]
