@@ -1,6 +1,7 @@
 //! `weft`: the operator CLI. `weft ca init` writes a fresh mesh CA in the Istio plug-in CA
 //! layout; `weft ca issue` signs one workload leaf (for operators and debugging); `weft
-//! signer` runs the cluster's CSR signer (the Deployment in `deploy/kubernetes/signer.yaml`).
+//! signer` runs the cluster's CSR signer (the Deployment in `deploy/kubernetes/signer.yaml`);
+//! `weft waypoint` runs an L7 waypoint and `weft waypoint manifests` prints one's manifests.
 
 #![forbid(unsafe_code)]
 
@@ -11,6 +12,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use weft::identity::{MeshCa, SpiffeId, DEFAULT_TRUST_DOMAIN};
+
+#[path = "cli/waypoint.rs"]
+mod waypoint_cli;
 
 #[derive(Parser)]
 #[command(name = "weft", version, about = "weft service mesh: operator tools")]
@@ -27,6 +31,88 @@ enum Command {
     /// Sign weft.dev/workload CertificateSigningRequests for weft-node (in a cluster: the
     /// only holder of the CA key) and publish the trust bundle.
     Signer(SignerArgs),
+    /// Run an L7 waypoint (HTTPRoute routing for the Services bound to it), or print its
+    /// manifests (`weft waypoint manifests`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Waypoint {
+        #[command(subcommand)]
+        command: Option<WaypointCommand>,
+        #[command(flatten)]
+        args: Box<WaypointArgs>,
+    },
+}
+
+#[derive(Subcommand)]
+enum WaypointCommand {
+    /// Print the ServiceAccount, Deployment, PodDisruptionBudget and Service of a waypoint,
+    /// ready for `kubectl apply -f -`.
+    Manifests {
+        /// The namespace whose Services it will serve.
+        #[arg(long)]
+        namespace: String,
+        /// Its name (what `weft.dev/use-waypoint` names).
+        #[arg(long)]
+        name: String,
+        /// The weft image.
+        #[arg(long, default_value = weft::waypoint::manifests::DEFAULT_IMAGE)]
+        image: String,
+        /// Replicas (a PodDisruptionBudget keeps one up through node drains).
+        #[arg(long, default_value_t = 2)]
+        replicas: u32,
+    },
+}
+
+#[derive(clap::Args)]
+pub(crate) struct WaypointArgs {
+    /// The namespace it serves (its own).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub(crate) namespace: Option<String>,
+    /// Its name, as Services name it in weft.dev/use-waypoint.
+    #[arg(long, env = "WEFT_WAYPOINT_NAME")]
+    pub(crate) name: Option<String>,
+    /// Its ServiceAccount (its identity); default: its name.
+    #[arg(long, env = "WEFT_WAYPOINT_SERVICE_ACCOUNT")]
+    pub(crate) service_account: Option<String>,
+    /// Trust domain of the mesh.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
+    pub(crate) trust_domain: String,
+    /// Mesh config file (the file source); without it, the Kubernetes API.
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Kubeconfig for the Kubernetes source; default the in-cluster ServiceAccount.
+    #[arg(long)]
+    pub(crate) kubeconfig: Option<PathBuf>,
+    /// Mesh CA directory its certificate is issued from.
+    #[arg(long, env = "WEFT_CA_DIR")]
+    pub(crate) ca_dir: Option<PathBuf>,
+    /// Lifetime of its certificates.
+    #[arg(long, env = "WEFT_CERT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub(crate) cert_ttl: Duration,
+    /// HBONE listener.
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    pub(crate) hbone_addr: std::net::SocketAddr,
+    /// Admin API (config_dump with route status, logging).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub(crate) admin_addr: std::net::SocketAddr,
+    /// Prometheus metrics and the dashboard.
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    pub(crate) metrics_addr: std::net::SocketAddr,
+    /// Readiness.
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    pub(crate) readiness_addr: std::net::SocketAddr,
+    /// How long to wait for a client's first bytes, on a port whose protocol is not
+    /// declared, before passing the stream through as TCP.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub(crate) protocol_detection_timeout: Duration,
+    /// How long open connections may finish after SIGTERM.
+    #[arg(long, env = "WEFT_GRACE_PERIOD", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) grace_period: Duration,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) worker_threads: usize,
+    /// Log lines as JSON.
+    #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"])]
+    pub(crate) log_format: String,
 }
 
 #[derive(clap::Args)]
@@ -111,6 +197,28 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Signer(args) => run_signer(args)?,
+        Command::Waypoint {
+            command:
+                Some(WaypointCommand::Manifests {
+                    namespace,
+                    name,
+                    image,
+                    replicas,
+                }),
+            ..
+        } => {
+            let text = weft::waypoint::manifests::render(&weft::waypoint::manifests::Options {
+                namespace,
+                name,
+                image,
+                replicas,
+            })?;
+            print!("{text}");
+        }
+        Command::Waypoint {
+            command: None,
+            args,
+        } => waypoint_cli::run(*args)?,
         Command::Ca(CaCommand::Init {
             dir,
             trust_domain,

@@ -22,7 +22,6 @@ mod discovery;
 mod enrollment;
 mod handover;
 mod host;
-mod logging;
 mod netns;
 mod pod_proxy;
 mod pods;
@@ -249,7 +248,7 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let log_control = logging::init(args.log_format == LogFormat::Json);
+    let log_control = weft::admin::logging::init(args.log_format == LogFormat::Json);
     let nofile = raise_fd_limit();
     let limits = weft::limits::Limits::for_fd_limit(
         nofile,

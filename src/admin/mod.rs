@@ -12,6 +12,7 @@
 //! All three bind with SO_REUSEPORT, so an upgraded daemon can start beside the old one.
 
 mod http;
+pub mod logging;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

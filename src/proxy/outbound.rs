@@ -1,6 +1,9 @@
 //! Outbound: decides where a connection to an original destination goes, and opens it.
 //!
-//! A Service VIP is load-balanced across the service's endpoints; an enrolled endpoint (or
+//! A Service bound to a waypoint (`weft.dev/use-waypoint`) goes to one of the waypoint's
+//! pods over HBONE with the Service `VIP:port` as the authority, and is refused when the
+//! waypoint has no ready pod (never sent around it). Any other Service VIP is
+//! load-balanced across the service's endpoints; an enrolled endpoint (or
 //! an enrolled workload addressed directly) is reached over HBONE at `ip:15008` with the
 //! authority `ip:targetPort`; a known but not enrolled one by plain TCP; an address the
 //! model does not know is passed through untouched.
@@ -26,6 +29,7 @@ use crate::dataplane::{HBONE_PORT, OWN_PORTS};
 use crate::hbone::client::HboneError;
 use crate::hbone::{ConnectRequest, H2Stream, HboneClient};
 use crate::identity::SpiffeId;
+use crate::model::waypoints::{NoWaypoint, WaypointTarget};
 use crate::model::{MeshSnapshot, Workload};
 use crate::telemetry::{
     ConnectionId, ConnectionReport, Reporter, ResponseFlag, Security, WorkloadLabels,
@@ -86,6 +90,18 @@ pub enum ProxyError {
         workload: String,
         /// Why the SPIFFE ID is invalid.
         reason: String,
+    },
+    /// The Service is bound to a waypoint that cannot take traffic: refused, never sent
+    /// around the waypoint.
+    #[error(transparent)]
+    NoWaypoint(#[from] NoWaypoint),
+    /// A waypoint endpoint is not a pod the model knows, so its identity cannot be checked.
+    #[error("waypoint {waypoint} endpoint {ip} is not a known pod; its identity cannot be verified, so the connection is refused")]
+    UnknownWaypointPod {
+        /// The waypoint Service, `namespace/name`.
+        waypoint: String,
+        /// The endpoint's IP.
+        ip: IpAddr,
     },
     /// The HBONE tunnel could not be opened; a 401 from the destination's proxy is a
     /// policy denial (response flag `DENY`).
@@ -167,7 +183,7 @@ struct OutboundSteps {
 impl Authorize for OutboundSteps {
     type Connect = OutboundConnect;
 
-    fn authorize(self, _attrs: &TrackedAttrs) -> Result<OutboundConnect, ProxyError> {
+    fn authorize(self, attrs: &TrackedAttrs) -> Result<OutboundConnect, ProxyError> {
         let route = self
             .route
             .and_then(|route| self.proxy.refuse_loops(route, &self.source))
@@ -180,6 +196,7 @@ impl Authorize for OutboundSteps {
         Ok(OutboundConnect {
             proxy: self.proxy,
             source: self.source,
+            client: attrs.source.ip(),
             route,
         })
     }
@@ -189,6 +206,9 @@ impl Authorize for OutboundSteps {
 struct OutboundConnect {
     proxy: Arc<OutboundProxy>,
     source: Arc<Workload>,
+    /// The captured client's address: the `forwarded: for=` of a tunnel (the workload's
+    /// IPs may not be in the model yet when its proxy started).
+    client: IpAddr,
     route: Route,
 }
 
@@ -199,7 +219,9 @@ impl Connect for OutboundConnect {
     async fn connect(self) -> Result<Upstream, ProxyError> {
         tracing::debug!(route = ?self.route, "outbound connection");
         let source_id = self.proxy.identity_of(&self.source);
-        self.proxy.open(&self.source, source_id, &self.route).await
+        self.proxy
+            .open(&self.source, self.client, source_id, &self.route)
+            .await
     }
 }
 
@@ -301,6 +323,9 @@ impl OutboundProxy {
                         port: dst.port(),
                     });
                 }
+                if let Some(waypoint) = snapshot.waypoint_for(service)? {
+                    return self.via_waypoint(&waypoint, dst, name);
+                }
                 let candidates: Vec<(SocketAddr, Option<&String>)> = service
                     .endpoints
                     .iter()
@@ -343,6 +368,33 @@ impl OutboundProxy {
             }
             _ => Ok(Route::Direct(target)),
         }
+    }
+
+    /// A bound Service's connection goes to one of its waypoint's pods (round robin), over
+    /// HBONE with the Service `VIP:port` kept as the authority; the waypoint must prove
+    /// its pod's identity.
+    fn via_waypoint(
+        &self,
+        waypoint: &WaypointTarget<'_>,
+        dst: SocketAddr,
+        service: String,
+    ) -> Result<Route, ProxyError> {
+        let pick = self.next_endpoint.fetch_add(1, Ordering::Relaxed) % waypoint.pods.len();
+        let pod = &waypoint.pods[pick];
+        let waypoint_name = format!("{}/{}", waypoint.service.namespace, waypoint.service.name);
+        let Some(workload) = pod.workload else {
+            return Err(ProxyError::UnknownWaypointPod {
+                waypoint: waypoint_name,
+                ip: pod.ip,
+            });
+        };
+        Ok(Route::Hbone(Box::new(ConnectRequestPlan {
+            destination_identity: self.identity_of(workload)?,
+            hbone_addr: SocketAddr::new(pod.ip, HBONE_PORT),
+            authority: dst,
+            destination_workload: format!("{}/{}", workload.namespace, workload.name),
+            service: Some(service),
+        })))
     }
 
     /// Routes `dst` for `source` (whose client is at `client`) against `snapshot` and
@@ -413,6 +465,7 @@ impl OutboundProxy {
     async fn open(
         &self,
         source: &Workload,
+        client: IpAddr,
         source_id: Result<SpiffeId, ProxyError>,
         route: &Route,
     ) -> Result<Upstream, ProxyError> {
@@ -423,7 +476,11 @@ impl OutboundProxy {
                     destination_identity: plan.destination_identity.clone(),
                     hbone_addr: plan.hbone_addr,
                     authority: plan.authority,
-                    forwarded_for: same_family_ip(source, plan.authority.ip()),
+                    forwarded_for: if client.is_ipv4() == plan.authority.ip().is_ipv4() {
+                        Some(client)
+                    } else {
+                        same_family_ip(source, plan.authority.ip())
+                    },
                 };
                 Ok(Upstream::Tunnel(self.hbone.connect(&request).await?))
             }

@@ -8,6 +8,8 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
+use super::request;
+
 /// Counter: proxied connections opened, with the full Istio label set; a refused
 /// connection counts here too, with its `response_flags`.
 pub const TCP_OPENED: &str = "istio_tcp_connections_opened_total";
@@ -98,6 +100,24 @@ pub fn install() -> Result<MetricsHandle, MetricsError> {
     }
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(CONNECTION_DURATION.into()), &DURATION_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(request::REQUEST_DURATION.into()),
+                &request::REQUEST_DURATION_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(request::REQUEST_BYTES.into()),
+                &request::SIZE_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(request::RESPONSE_BYTES.into()),
+                &request::SIZE_BUCKETS,
+            )
+        })
         .map_err(|e| MetricsError::Build(e.to_string()))?
         .idle_timeout(
             MetricKindMask::COUNTER | MetricKindMask::HISTOGRAM,
@@ -128,6 +148,17 @@ pub fn install() -> Result<MetricsHandle, MetricsError> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(TCP_OPENED, "TCP connections opened");
+    describe_counter!(
+        request::REQUESTS_TOTAL,
+        "HTTP requests a waypoint answered or forwarded"
+    );
+    describe_histogram!(
+        request::REQUEST_DURATION,
+        Unit::Milliseconds,
+        "From a request's arrival at the waypoint to the end of its response"
+    );
+    describe_histogram!(request::REQUEST_BYTES, Unit::Bytes, "Request body sizes");
+    describe_histogram!(request::RESPONSE_BYTES, Unit::Bytes, "Response body sizes");
     describe_counter!(TCP_CLOSED, "TCP connections closed");
     describe_counter!(TCP_SENT, Unit::Bytes, "Bytes sent in the response direction (server to client), counted while the connection is open");
     describe_counter!(TCP_RECEIVED, Unit::Bytes, "Bytes received in the request direction (client to server), counted while the connection is open");

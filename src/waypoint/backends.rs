@@ -86,48 +86,61 @@ pub fn resolve<'a>(
     scope: RouteScope<'_>,
     backend: &'a HttpBackendRef,
 ) -> Result<ResolvedBackend<'a>, NoBackend> {
-    let namespace = backend
-        .namespace
-        .as_deref()
-        .unwrap_or(scope.route_namespace);
+    let (service, port) = resolve_service(
+        snapshot,
+        scope,
+        backend.namespace.as_deref(),
+        &backend.name,
+        backend.port,
+    )?;
+    Ok(ResolvedBackend {
+        backend_ref: backend,
+        service,
+        port,
+    })
+}
+
+/// The Service `namespace/name` (namespace defaulting to the route's) and its `port`, for a
+/// backendRef or a mirror's: 500 when it is out of scope, missing or has no such port, 503
+/// when it has no ready endpoint.
+pub fn resolve_service(
+    snapshot: &MeshSnapshot,
+    scope: RouteScope<'_>,
+    namespace: Option<&str>,
+    name: &str,
+    port: Option<i64>,
+) -> Result<(Arc<Service>, u16), NoBackend> {
+    let namespace = namespace.unwrap_or(scope.route_namespace);
     let invalid = |reason: String| NoBackend {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         reason,
     };
     if !backend_permitted(scope.route_namespace, scope.parent_namespace, namespace) {
         return Err(invalid(format!(
-            "backendRef Service {namespace}/{} is outside the route's and its parent's namespaces",
-            backend.name
+            "backendRef Service {namespace}/{name} is outside the route's and its parent's namespaces"
         )));
     }
-    let service = snapshot.service(namespace, &backend.name).ok_or_else(|| {
+    let service = snapshot.service(namespace, name).ok_or_else(|| {
         invalid(format!(
-            "backendRef Service {namespace}/{} does not exist",
-            backend.name
+            "backendRef Service {namespace}/{name} does not exist"
         ))
     })?;
-    let port = backend
-        .port
+    let port = port
         .and_then(|p| u16::try_from(p).ok())
         .filter(|p| service.port(*p).is_some())
         .ok_or_else(|| {
             invalid(format!(
-                "backendRef Service {namespace}/{} has no port {}",
-                backend.name,
-                backend.port.unwrap_or_default()
+                "backendRef Service {namespace}/{name} has no port {}",
+                port.unwrap_or_default()
             ))
         })?;
     if service.endpoints.is_empty() {
         return Err(NoBackend {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            reason: format!("Service {namespace}/{} has no ready endpoint", backend.name),
+            reason: format!("Service {namespace}/{name} has no ready endpoint"),
         });
     }
-    Ok(ResolvedBackend {
-        backend_ref: backend,
-        service: service.clone(),
-        port,
-    })
+    Ok((service.clone(), port))
 }
 
 #[cfg(test)]

@@ -18,6 +18,12 @@
 
 pub mod backends;
 pub mod filters;
+pub mod manifests;
 pub mod pipeline;
+pub mod proxy;
 pub mod route_status;
 pub mod route_table;
+pub mod server;
+pub mod upstream;
+
+pub use server::{Waypoint, WaypointConfig};

@@ -9,13 +9,15 @@
 
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery};
+use std::sync::Arc;
+
 use http::{StatusCode, Uri};
 
-use super::backends::{choose, ResolvedBackend, RouteScope};
+use super::backends::{choose, resolve_service, ResolvedBackend, RouteScope};
 use super::filters::{self, Arrival};
 use super::route_table::{RequestView, ServicePortRoutes};
 use crate::model::http_route_rules::{HeaderModifier, HttpRouteFilter, RequestMirror};
-use crate::model::MeshSnapshot;
+use crate::model::{MeshSnapshot, Service};
 
 /// What to do with a request.
 #[derive(Debug)]
@@ -40,8 +42,17 @@ pub enum Plan<'a> {
         /// Applied to the response, in order (rule's, then backend's).
         response_headers: Vec<&'a HeaderModifier>,
         /// Copies to send on the side (their answers are dropped).
-        mirrors: Vec<&'a RequestMirror>,
+        mirrors: Vec<MirrorTarget>,
     },
+}
+
+/// Where a mirrored copy of the request goes.
+#[derive(Debug, Clone)]
+pub struct MirrorTarget {
+    /// The mirror's Service.
+    pub service: Arc<Service>,
+    /// Its port.
+    pub port: u16,
 }
 
 /// How the request arrived, for redirects.
@@ -137,6 +148,25 @@ pub fn plan<'a>(
             roll,
         );
     }
+    let mirrors = mirrors
+        .into_iter()
+        .filter_map(|mirror| {
+            let target = &mirror.backend_ref;
+            match resolve_service(
+                snapshot,
+                scope,
+                target.namespace.as_deref(),
+                &target.name,
+                target.port,
+            ) {
+                Ok((service, port)) => Some(MirrorTarget { service, port }),
+                Err(none) => {
+                    tracing::debug!(route = %route, reason = %none.reason, "mirror skipped");
+                    None
+                }
+            }
+        })
+        .collect();
     Plan::Forward {
         backend,
         route,

@@ -7,7 +7,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
-use weft::admin::{BadLogFilter, LogControl};
+use super::{BadLogFilter, LogControl};
 
 /// The live log filter.
 pub struct ReloadableFilter {

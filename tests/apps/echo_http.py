@@ -1,0 +1,42 @@
+"""An HTTP/1.1 echo server for the waypoint tests: answers every request with JSON saying
+who served it and what arrived (method, path with query, headers, body length), and logs
+one line per request ("<method> <path>") to stdout, flushed, so a test can see what a mirror
+received. Usage: python3 echo_http.py <bind-ip> <port> <name>
+"""
+import http.server, json, socket, sys
+
+NAME = sys.argv[3]
+
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def answer(self):
+        n = int(self.headers.get("content-length", "0") or 0)
+        body = self.rfile.read(n) if n else b""
+        out = json.dumps({
+            "served_by": NAME,
+            "method": self.command,
+            "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body_bytes": len(body),
+            "client": self.client_address[0],
+        }).encode()
+        print("%s %s" % (self.command, self.path), flush=True)
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(out)))
+        self.send_header("x-echo-server", NAME)
+        self.end_headers()
+        self.wfile.write(out)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = answer
+
+    def log_message(self, *a):
+        pass
+
+class Server(http.server.ThreadingHTTPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    address_family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+
+Server((sys.argv[1], int(sys.argv[2])), H).serve_forever()
