@@ -19,6 +19,7 @@ pub mod model;
 pub mod names;
 pub mod policy;
 pub mod proxy;
+pub mod shutdown;
 pub mod signer;
 pub mod sockets;
 pub mod socks5;

@@ -308,27 +308,12 @@ fn run_signer(args: SignerArgs) -> anyhow::Result<()> {
         let signing = weft::signer::run(api.client, config);
         tokio::select! {
             outcome = signing => outcome.context("weft signer"),
-            _ = shutdown_signal() => {
+            _ = weft::shutdown::signal() => {
                 tracing::info!("weft signer stopping");
                 Ok(())
             }
         }
     })
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {

@@ -82,7 +82,7 @@ fn curl(ns: &Netns, args: &[&str]) -> Result<Reply, String> {
     })
 }
 
-fn services(vip: &str, v1_vip: &str, v2_vip: &str, wp_vip: &str) -> String {
+fn services(vip: &str, v1_vip: &str, v2_vip: &str, wp_vip: &str, plain_vip: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Service
@@ -90,7 +90,15 @@ metadata: {{name: echo, namespace: shop, labels: {{weft.dev/use-waypoint: {WAYPO
 spec:
   clusterIP: {vip}
   selector: {{app: echo}}
-  ports: [{{name: http, port: 80, targetPort: 8080}}, {{name: web, port: 81, targetPort: 8080}}]
+  ports: [{{name: http, port: 80, targetPort: 8080}}, {{name: web, port: 81, targetPort: 8080}}, {{port: 82, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: plain-echo, namespace: shop, labels: {{weft.dev/use-waypoint: {WAYPOINT}}}}}
+spec:
+  clusterIP: {plain_vip}
+  selector: {{app: echo, version: v1}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
 ---
 apiVersion: v1
 kind: Service
@@ -290,6 +298,7 @@ fn gamma_routing_through_the_waypoint() {
         &format!("10.{s}.100.11"),
         &format!("10.{s}.100.12"),
         &format!("10.{s}.100.13"),
+        &format!("10.{s}.100.14"),
     );
     c.write_config();
     let _v1_log = start_echo(&mut c, v1, "echo-v1");
@@ -441,9 +450,22 @@ fn gamma_routing_through_the_waypoint() {
     assert_eq!(direct.served_by(), "echo-v1");
     assert_eq!(direct.received("x-routed"), None);
     // ... and the route is scoped to its parentRef port: port 81 of the same Service has no
-    // route, so the waypoint answers 404.
-    let other_port = curl(ns, &[&format!("http://{vip}:81/app")]).unwrap();
-    assert_eq!(other_port.status, 404, "{other_port:?}");
+    // route, so what is 404 on port 80 goes to the Service itself there, unrouted.
+    let other_port = curl(
+        ns,
+        &[
+            "-H",
+            "x-user-group: beta",
+            &format!("http://{vip}:81/nothing"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(other_port.status, 200, "{other_port:?}");
+    assert_eq!(other_port.received("x-routed"), None, "{other_port:?}");
+    assert!(
+        other_port.received("traceparent").is_some(),
+        "not through the waypoint"
+    );
 
     // Weights over 1,000 keep-alive requests: 10% to v2 (binomial sd 9.5; 5 sd bounds).
     let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/http_probe.py");
@@ -520,6 +542,44 @@ fn gamma_routing_through_the_waypoint() {
             && l.contains("status=200")),
         "no access log line for the beta request:\n{log}"
     );
+
+    // A bound Service no route is attached to: the waypoint sends it to the Service itself.
+    let plain_vip = format!("10.{s}.100.14");
+    let unrouted = curl(ns, &[&format!("http://{plain_vip}/anything")]).unwrap();
+    assert_eq!(
+        (unrouted.status, unrouted.served_by()),
+        (200, "echo-v1".to_owned())
+    );
+    assert!(
+        unrouted.received("traceparent").is_some(),
+        "not through the waypoint: {unrouted:?}"
+    );
+
+    // Bad input. Malformed HTTP gets 400 from the waypoint; oversized headers 431; the
+    // waypoint keeps serving.
+    let raw = |port: u16, bytes: &str| {
+        let script = format!(
+            "import socket; s = socket.create_connection(('{vip}', {port}), timeout=5); s.sendall({bytes}); print(s.recv(4096).decode(errors='replace'))"
+        );
+        ns.run(&["python3", "-c", &script])
+    };
+    let malformed = raw(80, r"b'GET / HTTP/1.1\r\nthis is not a header\r\n\r\n'");
+    assert!(malformed.starts_with("HTTP/1.1 400"), "{malformed}");
+    let big = format!("x-big: {}", "a".repeat(70 * 1024));
+    let oversized = curl(ns, &["-H", &big, &url("/app/big")]).unwrap();
+    assert_eq!(oversized.status, 431, "{oversized:?}");
+    assert_eq!(curl(ns, &[&url("/app/after")]).unwrap().status, 200);
+    // A port whose protocol is not declared, and bytes that are not HTTP: passed through as
+    // TCP to an endpoint (the echo app's own error page proves the bytes reached it).
+    let tcp = raw(82, r"b'hello\n'");
+    assert!(
+        tcp.contains("Bad request") && tcp.contains("hello"),
+        "{tcp}"
+    );
+    // ... while HTTP on that port is detected and routed (no route there: to the Service).
+    let detected = curl(ns, &[&format!("http://{vip}:82/x")]).unwrap();
+    assert_eq!(detected.status, 200, "{detected:?}");
+    assert!(detected.received("traceparent").is_some(), "{detected:?}");
 
     // Fail closed: with the waypoint gone, the bound Service is not reachable at all, and
     // nothing reaches the echo pods around it.

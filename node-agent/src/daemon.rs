@@ -185,14 +185,9 @@ pub async fn start_admin(
 }
 
 pub async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    weft::shutdown::signal()
+        .await
+        .context("installing the SIGTERM/SIGINT handlers")
 }
 
 /// After SIGTERM, once listeners stopped accepting: waits until `open()` (connections still

@@ -134,7 +134,9 @@ async fn serve(
     let serving = tokio::spawn(server.serve(listener, stop_rx));
     listening.store(true, Ordering::Release);
     tracing::info!(%identity, hbone = %args.hbone_addr, "waypoint {namespace}/{name} serving");
-    wait_for_signal().await?;
+    weft::shutdown::signal()
+        .await
+        .context("installing the SIGTERM/SIGINT handlers")?;
     tracing::info!("SIGTERM: draining");
     let _ = stop_tx.send(true);
     let _ = serving.await;
@@ -179,17 +181,6 @@ async fn open_source(
             Ok(Arc::new(source))
         }
     }
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }
 
 /// What the admin API shows of a waypoint: the Services bound to it.

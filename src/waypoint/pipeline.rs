@@ -4,8 +4,10 @@
 //! ([`backends`](super::backends)), the backend's own filters, and what is left for the
 //! response (response header modifiers) and on the side (mirrors).
 //!
-//! [`plan`] edits the request head in place and returns a [`Plan`]: answer here (404 when no
-//! route matches, 500/503 when there is no backend to send to, a redirect), or forward.
+//! [`plan`] edits the request head in place and returns a [`Plan`]: answer here (404 when
+//! routes apply but no rule matches, 500/503 when there is no backend to send to, a
+//! redirect), forward to a rule's backend, or, when no route applies to the caller at all,
+//! send it to the Service called as it is.
 
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery};
@@ -33,6 +35,9 @@ pub enum Plan<'a> {
         /// The route rule that answered, if one matched.
         route: Option<String>,
     },
+    /// No route applies to this caller on this port: send it to the Service called, to
+    /// one of its own endpoints, unchanged.
+    ToService,
     /// Send it to `backend`.
     Forward {
         /// Where.
@@ -77,6 +82,9 @@ pub fn plan<'a>(
     parts: &mut Parts,
     roll: &mut dyn FnMut() -> f64,
 ) -> Plan<'a> {
+    if !routes.applies_to(origin.caller_namespace) {
+        return Plan::ToService;
+    }
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().map(str::to_owned);
     let view = RequestView {
@@ -422,16 +430,24 @@ spec:
             }
             other => panic!("{other:?}"),
         }
-        // A port no route is attached to: 404.
+        // A port no route is attached to: straight to the Service, not 404.
         let service = snapshot.service("shop", "echo-v1").unwrap();
         let none = ServicePortRoutes::build(&snapshot, service, service.port(8080).unwrap());
         let mut parts = request("/", &[]);
         assert!(matches!(
             plan(&snapshot, &none, ORIGIN, &mut parts, &mut || 0.5),
-            Plan::Respond {
-                status: StatusCode::NOT_FOUND,
-                ..
-            }
+            Plan::ToService
+        ));
+        // With routes attached, a request no rule matches is 404.
+        let mut parts = request("/", &[]);
+        let strict = ServicePortRoutes::build(
+            &snapshot,
+            snapshot.service("shop", "echo").unwrap(),
+            snapshot.service("shop", "echo").unwrap().port(80).unwrap(),
+        );
+        assert!(!matches!(
+            plan(&snapshot, &strict, ORIGIN, &mut parts, &mut || 0.5),
+            Plan::ToService
         ));
     }
 }

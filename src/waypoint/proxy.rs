@@ -169,6 +169,15 @@ pub async fn serve(
             };
             return Ok(local(report, status, location, flag, &reason));
         }
+        Plan::ToService => {
+            report.set_route(None);
+            (
+                service.clone(),
+                ctx.authority.port(),
+                Vec::new(),
+                Vec::new(),
+            )
+        }
         Plan::Forward {
             backend,
             route,

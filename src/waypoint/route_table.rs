@@ -308,6 +308,16 @@ impl ServicePortRoutes {
         self.producer.is_empty() && self.consumers.is_empty()
     }
 
+    /// Whether any route applies to a caller in `caller_namespace`: its namespace's
+    /// consumer routes, else the producer routes. A caller no route applies to is sent to
+    /// the Service itself, as if there were no waypoint routes at all.
+    pub fn applies_to(&self, caller_namespace: Option<&str>) -> bool {
+        let applicable = caller_namespace
+            .and_then(|ns| self.consumers.get(ns))
+            .unwrap_or(&self.producer);
+        !applicable.is_empty()
+    }
+
     /// The rule that answers `request` from a caller in `caller_namespace` (`None`: not a
     /// known workload), if any.
     pub fn select(

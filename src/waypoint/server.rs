@@ -143,11 +143,14 @@ impl Waypoint {
                     .http2()
                     .max_header_list_size(MAX_REQUEST_HEAD as u32);
                 let service = service_fn(move |req| proxy::serve(ctx.clone(), req));
-                if let Err(error) = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
+                let (lent, back) = Lent::new(stream);
+                if let Err(error) = builder.serve_connection(TokioIo::new(lent), service).await {
                     tracing::debug!(%error, authority = %request.authority, "HTTP connection ended with an error");
+                }
+                // What hyper wrote last (a 400 for a malformed request, say) must reach the
+                // client: end the stream cleanly instead of letting a drop reset it.
+                if let Ok(mut stream) = back.await {
+                    close_gracefully(&mut stream).await;
                 }
             }
         }
@@ -305,6 +308,86 @@ fn looks_like_http(bytes: &[u8]) -> Option<bool> {
         .strip_suffix(b"\r")
         .unwrap_or(&bytes[..line_end]);
     Some(line.len() > 9 && line[line.len() - 9..].starts_with(b" HTTP/1."))
+}
+
+/// Longest wait, once the waypoint is done with a stream, for the client to close its side.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Half-closes `stream` (END_STREAM after the data already written) and waits, bounded, for
+/// the client's end, so dropping it afterwards resets nothing that is still in flight.
+async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    use tokio::io::AsyncWriteExt;
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
+}
+
+/// A stream lent to hyper: given back through the channel when hyper drops it.
+struct Lent<S> {
+    inner: Option<S>,
+    back: Option<tokio::sync::oneshot::Sender<S>>,
+}
+
+// === impl Lent ===
+
+impl<S> Lent<S> {
+    fn new(inner: S) -> (Self, tokio::sync::oneshot::Receiver<S>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (
+            Lent {
+                inner: Some(inner),
+                back: Some(tx),
+            },
+            rx,
+        )
+    }
+
+    fn get(&mut self) -> io::Result<&mut S> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "stream given back"))
+    }
+}
+
+impl<S> Drop for Lent<S> {
+    fn drop(&mut self) {
+        if let (Some(inner), Some(back)) = (self.inner.take(), self.back.take()) {
+            let _ = back.send(inner);
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Lent<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(self.get()?).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Lent<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self.get()?).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.get()?).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.get()?).poll_shutdown(cx)
+    }
 }
 
 /// A stream whose first bytes were already read: they are returned first.
