@@ -10,6 +10,8 @@ bash scripts/install-deps.sh
 # The real kube-apiserver and etcd the Kubernetes tests run against: built from their Go
 # modules once per machine (a few minutes), then reused from the cache.
 echo "== test API server: $(bash scripts/build-apiserver.sh)"
+# A real grpc-go server and client for the waypoint's gRPC tests, cached the same way.
+echo "== gRPC test app: $(bash scripts/build-grpc-app.sh)"
 
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then

@@ -83,6 +83,8 @@ fn curl(ns: &Netns, args: &[&str]) -> Result<Reply, String> {
 }
 
 fn services(vip: &str, v1_vip: &str, v2_vip: &str, wp_vip: &str, plain_vip: &str) -> String {
+    let grpc_vip = v1_vip.replace(".100.11", ".100.15");
+    let grpc_v2_vip = v1_vip.replace(".100.11", ".100.16");
     format!(
         r#"apiVersion: v1
 kind: Service
@@ -123,6 +125,32 @@ spec:
   clusterIP: {wp_vip}
   selector: {{app.kubernetes.io/name: {WAYPOINT}}}
   ports: [{{name: mesh, port: 15008}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: grpc, namespace: shop, labels: {{weft.dev/use-waypoint: {WAYPOINT}}}}}
+spec:
+  clusterIP: {grpc_vip}
+  selector: {{app: echo}}
+  ports: [{{name: grpc, port: 9090, appProtocol: kubernetes.io/h2c}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: grpc-v2, namespace: shop}}
+spec:
+  clusterIP: {grpc_v2_vip}
+  selector: {{app: echo, version: v2}}
+  ports: [{{name: grpc, port: 9090, appProtocol: kubernetes.io/h2c}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: grpc, namespace: shop}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: grpc, port: 9090}}]
+  rules:
+  - name: health
+    matches: [{{path: {{type: PathPrefix, value: /grpc.health.v1.Health}}}}]
+    backendRefs: [{{name: grpc-v2, port: 9090}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -248,6 +276,21 @@ fn waypoint_get(c: &Cluster, pod: usize, url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The grpc-go test app, built (once per machine) by scripts/build-grpc-app.sh.
+fn grpc_app() -> std::path::PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-grpc-app.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "scripts/build-grpc-app.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 #[test]
 fn gamma_routing_through_the_waypoint() {
     if !ready() {
@@ -303,6 +346,16 @@ fn gamma_routing_through_the_waypoint() {
     c.write_config();
     let _v1_log = start_echo(&mut c, v1, "echo-v1");
     let v2_log = start_echo(&mut c, v2, "echo-v2");
+    let grpc_app = grpc_app();
+    for (pod, name) in [(v1, "echo-v1"), (v2, "echo-v2")] {
+        let log = c.work.path().join(format!("grpc-{name}.log"));
+        let p = &mut c.pods[pod];
+        let mut cmd = p.ns.command(&grpc_app);
+        cmd.args(["serve", "0.0.0.0:9090", name]);
+        p.extra
+            .push(Process::spawn(cmd, &log, &format!("grpc {name}")));
+        c.wait_for_port(pod, 9090, name);
+    }
     c.settle();
     let waypoint = start_waypoint(&mut c, wp);
     let ns = &c.pods[client].ns;
@@ -500,6 +553,29 @@ fn gamma_routing_through_the_waypoint() {
     ]);
     assert!(h2.contains("200 succeeded, 0 failed"), "{h2}");
     assert!(h2.contains("200 2xx"), "{h2}");
+
+    // gRPC through the waypoint (the route sends the health service to v2 alone): 50 unary
+    // calls on one connection and a server-streaming call, over HTTP/2 end to end.
+    let grpc_vip = format!("10.{s}.100.15:9090");
+    let app = grpc_app.to_str().unwrap();
+    let unary: Value =
+        serde_json::from_str(ns.run(&[app, "unary", &grpc_vip, "50"]).trim()).expect("unary JSON");
+    assert_eq!(
+        (unary["ok"].as_u64(), unary["failed"].as_u64()),
+        (Some(50), Some(0)),
+        "{unary}"
+    );
+    assert_eq!(unary["served_by"]["echo-v2"], 50, "{unary}");
+    let streamed: Value =
+        serde_json::from_str(ns.run(&[app, "stream", &grpc_vip, "5"]).trim()).expect("stream JSON");
+    assert_eq!(
+        (
+            streamed["messages"].as_u64(),
+            streamed["served_by"].as_str()
+        ),
+        (Some(5), Some("echo-v2")),
+        "{streamed}"
+    );
 
     // Request telemetry on the waypoint, with Istio's labels.
     let metrics = waypoint_get(&c, wp, "http://127.0.0.1:15020/metrics");
