@@ -619,6 +619,37 @@ fn gamma_routing_through_the_waypoint() {
         "no access log line for the beta request:\n{log}"
     );
 
+    // An invalid route (a filter weft does not support) is refused naming its field; the
+    // waypoint keeps the routes it had.
+    let good = c.extra_yaml.clone();
+    c.extra_yaml.push_str("---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: bad, namespace: shop}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 80}]\n  rules:\n  - filters: [{type: ExtensionRef, extensionRef: {group: x, kind: y, name: z}}]\n    backendRefs: [{name: echo-v1, port: 8080}]\n");
+    c.write_config();
+    c.settle();
+    let mut refusal = String::new();
+    let mut config = Value::Null;
+    for _ in 0..100 {
+        let dump: Value =
+            serde_json::from_str(&waypoint_get(&c, wp, "http://127.0.0.1:15000/config_dump"))
+                .unwrap_or_default();
+        config = dump["config"].clone();
+        if let Some(error) = dump["config"]["last_error"].as_str() {
+            refusal = error.to_owned();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        refusal.contains("shop/bad") && refusal.contains("spec.rules[0].filters[0].type"),
+        "{refusal:?} {config}"
+    );
+    let ns = &c.pods[client].ns;
+    let still = curl(ns, &["-H", "x-user-group: beta", &url("/cart")]).unwrap();
+    assert_eq!(still.served_by(), "echo-v2", "{still:?}");
+    c.extra_yaml = good;
+    c.write_config();
+    c.settle();
+    let ns = &c.pods[client].ns;
+
     // A bound Service no route is attached to: the waypoint sends it to the Service itself.
     let plain_vip = format!("10.{s}.100.14");
     let unrouted = curl(ns, &[&format!("http://{plain_vip}/anything")]).unwrap();

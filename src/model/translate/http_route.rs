@@ -74,3 +74,31 @@ impl KindObject for gateway_kinds::HttpRoute {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::model::translate::parse_and_build;
+
+    #[test]
+    fn a_route_weft_cannot_honour_rejects_the_config_naming_route_and_field() {
+        let yaml = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bad, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+  - filters: [{type: ExtensionRef, extensionRef: {group: x, kind: y, name: z}}]
+    backendRefs: [{name: echo-v1, port: 8080}]
+"#;
+        let error = parse_and_build(yaml).unwrap_err().to_string();
+        assert!(
+            error.contains("shop/bad") && error.contains("spec.rules[0].filters[0].type"),
+            "{error}"
+        );
+    }
+}
