@@ -19,6 +19,10 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+// Only its RESULTS.md section helper is used here.
+#[allow(dead_code)]
+#[path = "support/mesh_report.rs"]
+mod report;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -959,17 +963,7 @@ fn section(o: &Opts, f: &Figures, command: &str, date: &str) -> String {
 /// Replaces (or appends) the section in RESULTS.md, leaving the rest as it is.
 fn write_section(path: &Path, text: &str) {
     let old = std::fs::read_to_string(path).unwrap_or_default();
-    const HEAD: &str = "## Kubernetes source at scale";
-    let new = match old.find(HEAD) {
-        Some(start) => {
-            let after = &old[start + HEAD.len()..];
-            let end = after
-                .find("\n## ")
-                .map_or(old.len(), |i| start + HEAD.len() + i + 1);
-            format!("{}{}{}", &old[..start], text, &old[end..])
-        }
-        None => format!("{}\n{}", old.trim_end_matches('\n').to_owned() + "\n", text),
-    };
+    let new = report::replace_section(&old, "## Kubernetes source at scale", text);
     std::fs::write(path, new).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 

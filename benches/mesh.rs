@@ -18,6 +18,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/nginx.rs"]
+mod nginx;
 #[path = "support/mesh_report.rs"]
 mod report;
 
@@ -321,27 +323,8 @@ fn connection_rate(c: &Cluster, server_ip: &str, count: u32) -> f64 {
 }
 
 fn start_servers(c: &mut Cluster, work: &Path) {
-    let www = work.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("1k"), vec![b'x'; 1024]).unwrap();
-    let conf = work.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log {err} warn;\nevents {{ worker_connections 20000; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n  fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n  server {{ listen 8080; root {www}; }}\n}}\n",
-            pid = work.join("nginx.pid").display(),
-            err = work.join("nginx-error.log").display(),
-            tmp = work.display(),
-            www = www.display()
-        ),
-    )
-    .unwrap();
+    nginx::start(c, 1, work);
     let server = &mut c.pods[1];
-    let mut nginx = server.ns.command("nginx");
-    nginx.arg("-c").arg(&conf);
-    server
-        .extra
-        .push(Process::spawn(nginx, &work.join("nginx.out"), "nginx"));
     let mut iperf = server.ns.command("iperf3");
     iperf.args(["-s", "-p", "5201"]);
     server.extra.push(Process::spawn(
@@ -350,7 +333,6 @@ fn start_servers(c: &mut Cluster, work: &Path) {
         "iperf3 server",
     ));
     c.start_tcp_app(1, "hold_server.py", 9100);
-    c.wait_for_port(1, 8080, "nginx");
     c.wait_for_port(1, 5201, "iperf3");
 }
 
@@ -502,7 +484,9 @@ fn idle_connections_that_fit() -> u32 {
 }
 
 /// The heading of the section benches/kube_scale.rs owns in RESULTS.md.
-const KUBE_SCALE_SECTION: &str = "## Kubernetes source at scale";
+/// Sections of RESULTS.md other scripts write (benches/kube_scale.sh, benches/waypoint.sh):
+/// kept as they are when this one rewrites the file.
+const OTHER_SECTIONS: [&str; 2] = ["## Kubernetes source at scale", "## Waypoint (L7) hop"];
 
 fn main() {
     if !nix::unistd::Uid::effective().is_root() {
@@ -884,9 +868,9 @@ fn write_results(settings: &Settings, results: &Results, memory: Value, out_dir:
         md.push_str(&extra);
     }
     let md_path = out_dir.join("RESULTS.md");
-    // The Kubernetes scale section is written by benches/kube_scale.sh: keep it as it is.
+    // The Kubernetes scale and waypoint sections are written by their own scripts.
     if let Ok(previous) = std::fs::read_to_string(&md_path) {
-        if let Some(at) = previous.find(KUBE_SCALE_SECTION) {
+        if let Some(at) = report::first_section(&previous, &OTHER_SECTIONS) {
             md.push('\n');
             md.push_str(&previous[at..]);
         }

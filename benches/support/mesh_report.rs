@@ -250,6 +250,29 @@ pub fn prometheus_sum(exposition: &str, name: &str) -> Result<f64> {
     Ok(sum)
 }
 
+// === RESULTS.md sections ===
+
+/// `old` with the section that starts at the line `head` (up to the next `## ` heading)
+/// replaced by `text`, or `text` appended when there is none: each benchmark script owns
+/// its section of `benches/RESULTS.md` and leaves the others as they are.
+pub fn replace_section(old: &str, head: &str, text: &str) -> String {
+    match old.find(head) {
+        Some(start) => {
+            let after = &old[start + head.len()..];
+            let end = after
+                .find("\n## ")
+                .map_or(old.len(), |i| start + head.len() + i + 1);
+            format!("{}{}{}", &old[..start], text, &old[end..])
+        }
+        None => format!("{}\n{}", old.trim_end_matches('\n').to_owned() + "\n", text),
+    }
+}
+
+/// The earliest of `heads` in `text`: where the sections other scripts own begin.
+pub fn first_section(text: &str, heads: &[&str]) -> Option<usize> {
+    heads.iter().filter_map(|h| text.find(h)).min()
+}
+
 // === statistics and verdicts ===
 
 /// The median (mean of the two middle values for an even count); NaN for no values.
@@ -671,5 +694,24 @@ mod tests {
             assert!(text.contains("No earlier full run"), "{text}");
             assert!(text.contains("| — | — | n/a | n/a |"), "{text}");
         }
+    }
+
+    #[test]
+    fn sections_are_replaced_in_place_or_appended() {
+        let old = "# r\n\n## A\na1\n\n## B\nb1\n";
+        assert_eq!(
+            replace_section(old, "## A", "## A\na2\n\n"),
+            "# r\n\n## A\na2\n\n## B\nb1\n"
+        );
+        assert_eq!(
+            replace_section(old, "## B", "## B\nb2\n"),
+            "# r\n\n## A\na1\n\n## B\nb2\n"
+        );
+        assert_eq!(
+            replace_section(old, "## C", "## C\nc\n"),
+            "# r\n\n## A\na1\n\n## B\nb1\n\n## C\nc\n"
+        );
+        assert_eq!(first_section(old, &["## B", "## A"]), Some(5));
+        assert_eq!(first_section(old, &["## Z"]), None);
     }
 }
