@@ -82,9 +82,22 @@ pub(crate) struct WaypointArgs {
     /// Kubeconfig for the Kubernetes source; default the in-cluster ServiceAccount.
     #[arg(long)]
     pub(crate) kubeconfig: Option<PathBuf>,
-    /// Mesh CA directory its certificate is issued from.
+    /// Mesh CA directory its certificate is issued from; without it (Kubernetes source),
+    /// weft signer issues it through a CSR made with the pod's own token.
     #[arg(long, env = "WEFT_CA_DIR")]
     pub(crate) ca_dir: Option<PathBuf>,
+    /// Its pod's name (names its CSRs).
+    #[arg(long, env = "POD_NAME", default_value = "waypoint")]
+    pub(crate) pod_name: String,
+    /// weft's namespace, where the trust bundle is published.
+    #[arg(long, env = "WEFT_INSTALL_NAMESPACE", default_value = "weft-system")]
+    pub(crate) install_namespace: String,
+    /// The trust-bundle ConfigMap weft signer publishes.
+    #[arg(long, default_value = weft::identity::root_configmap::ROOT_CONFIGMAP)]
+    pub(crate) trust_bundle: String,
+    /// How long one CSR is waited for.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub(crate) csr_timeout: Duration,
     /// Lifetime of its certificates.
     #[arg(long, env = "WEFT_CERT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub(crate) cert_ttl: Duration,

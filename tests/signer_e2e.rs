@@ -396,6 +396,69 @@ async fn the_signer_signs_only_for_pods_on_the_asking_node() {
     let (_, reason, message) = refusal(&answered(&admin, "unbound-token").await);
     assert_eq!(reason, "NoNodeInCredentials", "{message}");
 
+    // 4b. A waypoint asks for its own identity with its pod's token, through the RBAC that
+    //     `weft waypoint manifests` binds, and gets it; for any other identity it is denied.
+    server.apply_install(&["waypoint-rbac.yaml"]).await;
+    let manifests = Command::new(common::testbed::binary("weft"))
+        .args([
+            "waypoint",
+            "manifests",
+            "--namespace",
+            "shop",
+            "--name",
+            "shop-waypoint",
+        ])
+        .output()
+        .unwrap();
+    assert!(manifests.status.success(), "{manifests:?}");
+    server
+        .apply_yaml(&String::from_utf8_lossy(&manifests.stdout))
+        .await
+        .expect("the waypoint's manifests apply");
+    let waypoint = server
+        .token_client(
+            &server
+                .pod_token("shop", "shop-waypoint", "shop-waypoint-1", "node-a")
+                .await,
+        )
+        .await;
+    let own = CsrIssuer::new(
+        waypoint.clone(),
+        "shop-waypoint-1".into(),
+        anchors.clone(),
+        MINUTE,
+    );
+    let leaf = own
+        .issue(ask("shop-waypoint"))
+        .await
+        .expect("the waypoint's own identity");
+    assert_eq!(leaf.id, id("shop-waypoint"));
+    verify_chain(&leaf.chain, ca.roots()).expect("the waypoint's leaf chains to the root");
+    let other = own
+        .issue(ask("cart"))
+        .await
+        .expect_err("cart from the waypoint");
+    assert!(
+        other.to_string().contains("NotOwnIdentity")
+            || other.to_string().contains("only ask for its own identity"),
+        "{other}"
+    );
+    // ... and it reads the trust bundle with its own RBAC.
+    let waypoint_anchors = TrustAnchors::default();
+    let mut waypoint_bundle = RootWatch::start(
+        waypoint.clone(),
+        "weft-system",
+        "weft-ca-root",
+        waypoint_anchors.clone(),
+        None,
+    );
+    bounded(
+        "the trust bundle, as the waypoint",
+        waypoint_bundle.wait_loaded(Duration::from_secs(5)),
+    )
+    .await;
+    assert_eq!(*waypoint_anchors.current(), ca.roots().to_vec());
+
     // 5. RBAC, as the API server enforces it: weft-node cannot approve (not even its own
     //    CSR) or read the CA Secret; the signer cannot approve any other signer's CSR.
     let secret: Secret = serde_json::from_value(json!({
@@ -622,7 +685,7 @@ fn pods_get_certificates_from_the_signer_and_every_leaf_rotates_under_traffic() 
     for i in 0..2 {
         c.start_daemon(i);
         let log = c.daemon_log(i);
-        assert!(log.contains("this node holds no CA key"), "{log}");
+        assert!(log.contains("no CA key is held here"), "{log}");
     }
     let server = c
         .add_pod(1, "shop", "server", "server", &[])

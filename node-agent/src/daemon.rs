@@ -12,8 +12,8 @@ use weft::admin::{AdminAddrs, AdminContext, LogControl, NodeStatus};
 use weft::config::{
     kube_source, ConfigSource, FileSource, FileSourceLimits, KubeSource, KubeSourceOptions,
 };
-use weft::identity::root_configmap::RootWatch;
-use weft::identity::{CertManager, CsrIssuer, RenewalPolicy, SpiffeId, TrustAnchors};
+use weft::identity::from_signer::{certs_from_signer, SignerSettings};
+use weft::identity::{CertManager, RenewalPolicy, SpiffeId};
 use weft::model::{MeshSnapshot, MeshStore};
 use weft::telemetry::MetricsHandle;
 
@@ -84,26 +84,14 @@ async fn signer_certs(
     api: &kube_source::ApiClient,
     policy: RenewalPolicy,
 ) -> Arc<CertManager> {
-    let anchors = TrustAnchors::default();
-    let mut bundle = RootWatch::start(
-        api.client.clone(),
-        &args.install_namespace,
-        &args.trust_bundle,
-        anchors.clone(),
-        Some(args.run_dir.join("trust-bundle.pem")),
-    );
-    bundle.wait_loaded(Duration::from_secs(10)).await;
-    tracing::info!(
-        node = %args.node_name,
-        "certificates come from weft signer (CSRs with signerName weft.dev/workload); this node holds no CA key"
-    );
-    let issuer = CsrIssuer::new(
-        api.client.clone(),
-        args.node_name.clone(),
-        anchors.clone(),
-        args.csr_timeout,
-    );
-    CertManager::with_issuer(Arc::new(issuer), anchors, policy)
+    let settings = SignerSettings {
+        namespace: args.install_namespace.clone(),
+        configmap: args.trust_bundle.clone(),
+        requester: args.node_name.clone(),
+        cache: Some(args.run_dir.join("trust-bundle.pem")),
+        csr_timeout: args.csr_timeout,
+    };
+    certs_from_signer(api.client.clone(), settings, policy).await
 }
 
 /// The Kubernetes source, once every kind has listed (a first snapshot of half a cluster

@@ -1,5 +1,6 @@
 //! `weft waypoint`: start-up of an L7 waypoint. Reads the mesh model (a config file, or
-//! the Kubernetes API), gets the waypoint's certificate, serves HBONE on 15008 with
+//! the Kubernetes API), gets the waypoint's certificate (from a CA directory, or in a
+//! cluster from weft signer through a CSR made with the pod's own token), serves HBONE on 15008 with
 //! [`weft::waypoint::Waypoint`], and the admin, metrics and readiness ports as weft-node
 //! does; drains open connections on SIGTERM.
 
@@ -15,6 +16,7 @@ use weft::admin::{AdminAddrs, AdminContext, NodeStatus, NotReady};
 use weft::config::{ConfigSource, FileSource, FileSourceLimits, KubeSource, KubeSourceOptions};
 use weft::hbone::server::BoxFuture;
 use weft::hbone::{HboneClient, HboneClientConfig, HboneServer, HboneServerConfig};
+use weft::identity::from_signer::{certs_from_signer, SignerSettings};
 use weft::identity::{CertManager, RenewalPolicy, SpiffeId};
 use weft::model::{MeshSnapshot, MeshStore};
 use weft::waypoint::upstream::Upstreams;
@@ -53,18 +55,29 @@ async fn serve(
                 args.trust_domain
             )
         })?;
-    let ca_dir = args
-        .ca_dir
-        .clone()
-        .context("--ca-dir (or WEFT_CA_DIR) is required: the waypoint's certificate is issued from the mesh CA")?;
     let policy = RenewalPolicy {
         ttl: args.cert_ttl,
         ..RenewalPolicy::default()
     };
-    let certs = tokio::task::block_in_place(|| CertManager::new(ca_dir, policy))
-        .context("loading the mesh CA")?;
     let store = Arc::new(MeshStore::new(MeshSnapshot::empty()));
-    let source = open_source(&args, store.clone()).await?;
+    let (source, api) = open_source(&args, store.clone()).await?;
+    let certs = match (&args.ca_dir, api) {
+        (Some(dir), _) => tokio::task::block_in_place(|| CertManager::new(dir.clone(), policy))
+            .context("loading the mesh CA")?,
+        (None, Some(client)) => {
+            let settings = SignerSettings {
+                namespace: args.install_namespace.clone(),
+                configmap: args.trust_bundle.clone(),
+                requester: args.pod_name.clone(),
+                cache: None,
+                csr_timeout: args.csr_timeout,
+            };
+            certs_from_signer(client, settings, policy).await
+        }
+        (None, None) => anyhow::bail!(
+            "--ca-dir is required with --config (only the Kubernetes source can ask weft signer for the waypoint's certificate)"
+        ),
+    };
     let metrics = weft::telemetry::install().context("setting up metrics")?;
     tokio::spawn(weft::telemetry::registry::update_health_forever(
         certs.clone(),
@@ -149,10 +162,11 @@ async fn serve(
     Ok(())
 }
 
+/// The model's source, and the API client when it is the Kubernetes API.
 async fn open_source(
     args: &WaypointArgs,
     store: Arc<MeshStore>,
-) -> anyhow::Result<Arc<dyn ConfigSource>> {
+) -> anyhow::Result<(Arc<dyn ConfigSource>, Option<kube::Client>)> {
     match &args.config {
         Some(config) => {
             if args.kubeconfig.is_some() {
@@ -162,13 +176,14 @@ async fn open_source(
                 FileSource::load_initial_guarded(config, store, FileSourceLimits::default(), &[])
                     .with_context(|| format!("loading mesh config {}", config.display()))?;
             source.spawn_watch(Duration::from_millis(200));
-            Ok(source)
+            Ok((source, None))
         }
         None => {
             let api = weft::config::kube_source::client(args.kubeconfig.as_deref())
                 .await
                 .context("connecting to the Kubernetes API")?;
             tracing::info!(server = %api.server, "watching the Kubernetes API");
+            let client = api.client.clone();
             let source = KubeSource::start(
                 api,
                 store,
@@ -178,7 +193,7 @@ async fn open_source(
                 },
             );
             source.wait_synced(Duration::from_secs(10)).await;
-            Ok(Arc::new(source))
+            Ok((Arc::new(source), Some(client)))
         }
     }
 }

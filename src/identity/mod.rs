@@ -9,6 +9,7 @@ pub mod ca;
 pub mod csr;
 pub mod csr_issuer;
 pub mod error;
+pub mod from_signer;
 pub mod issuer;
 pub mod manager;
 pub mod root_configmap;

@@ -1,7 +1,8 @@
 //! The signer's decision on one CSR: who asks (weft-node's ServiceAccount, and which node its
-//! credentials name), what it asks for (the usages weft needs; one identity in the mesh's
-//! trust domain over a P-256 key), and whether a pod of that identity is scheduled on the
-//! asking node. A [`Denial`] carries a condition reason (CamelCase, also the metric label)
+//! credentials name; or a workload such as a waypoint asking for its own identity with its
+//! pod's token), what it asks for (the usages weft needs; one identity in the mesh's trust
+//! domain over a P-256 key), and whether a pod of that identity is scheduled on the asking
+//! node (for a workload: the identity must be its own ServiceAccount's). A [`Denial`] carries a condition reason (CamelCase, also the metric label)
 //! and a message an operator reads in `kubectl describe csr`.
 
 use std::collections::BTreeSet;
@@ -101,8 +102,8 @@ pub async fn review(
     if let Some(denial) = expired(csr, policy.max_csr_age) {
         return Ok(Verdict::Deny(denial));
     }
-    let node = match requester_node(client, policy, csr).await? {
-        Ok(node) => node,
+    let requester = match requester(client, policy, csr).await? {
+        Ok(requester) => requester,
         Err(denial) => return Ok(Verdict::Deny(denial)),
     };
     if let Err(denial) = check_usages(csr.spec.usages.as_deref().unwrap_or_default()) {
@@ -117,9 +118,28 @@ pub async fn review(
             )))
         }
     };
-    if let Some(denial) = pod_on_node(client, &request, &node).await? {
-        return Ok(Verdict::Deny(denial));
-    }
+    let node = match requester {
+        Requester::Node(node) => {
+            if let Some(denial) = pod_on_node(client, &request, &node).await? {
+                return Ok(Verdict::Deny(denial));
+            }
+            node
+        }
+        Requester::Workload {
+            namespace,
+            service_account,
+            node,
+        } => {
+            let (ns, sa) = (request.id.namespace(), request.id.service_account());
+            if (ns, sa) != (namespace.as_str(), service_account.as_str()) {
+                return Ok(Verdict::Deny(Denial::new(
+                    "NotOwnIdentity",
+                    format!("requested by service account {namespace}/{service_account} for {}; a workload may only ask for its own identity", request.id),
+                )));
+            }
+            node
+        }
+    };
     let asked = csr
         .spec
         .expiration_seconds
@@ -132,20 +152,59 @@ pub async fn review(
     })
 }
 
-/// The node the requester's credentials name, or why there is none to trust.
-async fn requester_node(
+/// Who asks.
+enum Requester {
+    /// weft-node, on this node: it may ask for any identity with a pod on the node.
+    Node(String),
+    /// A pod asking for its own identity (a waypoint), with the node it runs on.
+    Workload {
+        namespace: String,
+        service_account: String,
+        node: String,
+    },
+}
+
+/// The requester and the node its credentials name, or why there is none to trust.
+async fn requester(
     client: &Client,
     policy: &ReviewPolicy,
     csr: &CertificateSigningRequest,
-) -> Result<Result<String, Denial>, kube::Error> {
-    let wanted = policy.node_username();
+) -> Result<Result<Requester, Denial>, kube::Error> {
+    let node_user = policy.node_username();
     let username = csr.spec.username.as_deref().unwrap_or_default();
-    if username != wanted {
+    if username == node_user {
+        let (ns, sa) = &policy.node_service_account;
+        return Ok(requester_pod(client, csr, ns, sa)
+            .await?
+            .map(Requester::Node));
+    }
+    let workload = username
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+        .filter(|(ns, sa)| !ns.is_empty() && !sa.is_empty() && !sa.contains(':'));
+    let Some((ns, sa)) = workload else {
         return Ok(Err(Denial::new(
             "RequesterNotWeftNode",
-            format!("requested by {username:?}; only {wanted} (weft-node) may request weft.dev/workload certificates"),
+            format!("requested by {username:?}; only {node_user} (weft-node) or a ServiceAccount asking for its own identity with its pod's token may request weft.dev/workload certificates"),
         )));
-    }
+    };
+    Ok(requester_pod(client, csr, ns, sa)
+        .await?
+        .map(|node| Requester::Workload {
+            namespace: ns.to_owned(),
+            service_account: sa.to_owned(),
+            node,
+        }))
+}
+
+/// The node of the pod the requester's token is bound to, which must run as `ns`/`sa`, be
+/// alive, and be on the node the token names (if it names one).
+async fn requester_pod(
+    client: &Client,
+    csr: &CertificateSigningRequest,
+    ns: &str,
+    sa: &str,
+) -> Result<Result<String, Denial>, kube::Error> {
     let extra = csr.spec.extra.clone().unwrap_or_default();
     let single = |key: &str| match extra.get(key).map(Vec::as_slice) {
         Some([value]) if !value.is_empty() => Some(value.clone()),
@@ -154,12 +213,11 @@ async fn requester_node(
     let (Some(pod_name), Some(pod_uid)) = (single(POD_NAME_EXTRA), single(POD_UID_EXTRA)) else {
         return Ok(Err(Denial::new(
             "NoNodeInCredentials",
-            format!("the requester's token is not bound to a pod (no {POD_NAME_EXTRA} and {POD_UID_EXTRA} extras): weft-node must authenticate with its pod's projected ServiceAccount token"),
+            format!("the requester's token is not bound to a pod (no {POD_NAME_EXTRA} and {POD_UID_EXTRA} extras): the requester must authenticate with its pod's projected ServiceAccount token"),
         )));
     };
-    // The token names the pod; the pod, read now, names the node (and must still be
-    // weft-node's, alive, and on the node the token says, if it says one).
-    let (ns, sa) = &policy.node_service_account;
+    // The token names the pod; the pod, read now, names the node (and must still be the
+    // requester's, alive, and on the node the token says, if it says one).
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let gone = |why: &str| {
         Ok(Err(Denial::new(
@@ -174,7 +232,7 @@ async fn requester_node(
         return gone("no longer exists (a pod of that name has another uid)");
     }
     let spec = pod.spec.as_ref();
-    if spec.and_then(|s| s.service_account_name.as_deref()) != Some(sa.as_str()) {
+    if spec.and_then(|s| s.service_account_name.as_deref()) != Some(sa) {
         return gone(&format!("does not run as {ns}/{sa}"));
     }
     if past_grace(&pod) {

@@ -1,9 +1,11 @@
 //! `weft waypoint manifests`: the objects that make a waypoint, so deploying one is a
-//! single `kubectl apply`: its ServiceAccount (its identity), a Deployment of `weft
-//! waypoint` (two replicas spread across nodes, readiness on 15021, not captured by the
-//! node daemons: the waypoint does its own mTLS), a PodDisruptionBudget that keeps one
-//! replica through drains, and the Service of that name that `weft.dev/use-waypoint`
-//! points at (HBONE on 15008).
+//! single `kubectl apply`: its ServiceAccount (its identity) bound to the `weft-waypoint`
+//! ClusterRole and the `weft-ca-root-reader` Role (deploy/kubernetes/waypoint-rbac.yaml:
+//! read the model, ask weft signer for its own certificate, read the trust bundle), a
+//! Deployment of `weft waypoint` (two replicas spread across nodes, readiness on 15021, not
+//! captured by the node daemons: the waypoint does its own mTLS), a PodDisruptionBudget that
+//! keeps one replica through drains, and the Service of that name that
+//! `weft.dev/use-waypoint` points at (HBONE on 15008).
 
 use serde_json::{json, Value};
 
@@ -47,7 +49,8 @@ pub enum ManifestError {
     Yaml(#[from] serde_yaml::Error),
 }
 
-/// The manifests as multi-document YAML.
+/// The manifests as multi-document YAML (the ClusterRole and Role they bind come with the
+/// install, deploy/kubernetes/waypoint-rbac.yaml).
 pub fn render(options: &Options) -> Result<String, ManifestError> {
     for (flag, value) in [("namespace", &options.namespace), ("name", &options.name)] {
         check_dns_label(value).map_err(|source| ManifestError::BadName {
@@ -114,6 +117,7 @@ fn objects(o: &Options) -> Vec<Value> {
                         "args": ["waypoint", "--name", name, "--log-format", "json"],
                         "env": [
                             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                             {"name": "WEFT_GRACE_PERIOD", "value": "10s"},
                         ],
                         "ports": [
@@ -154,7 +158,30 @@ fn objects(o: &Options) -> Vec<Value> {
             "ports": [{"name": "mesh", "port": 15008, "targetPort": 15008, "protocol": "TCP"}],
         },
     });
-    vec![service_account, deployment, budget, service]
+    let binding_name = format!("weft-waypoint-{ns}-{name}");
+    let subject = json!([{"kind": "ServiceAccount", "name": name, "namespace": ns}]);
+    let cluster_binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": binding_name, "labels": labels},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "weft-waypoint"},
+        "subjects": subject,
+    });
+    let root_binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": binding_name, "namespace": "weft-system", "labels": labels},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "weft-ca-root-reader"},
+        "subjects": subject,
+    });
+    vec![
+        service_account,
+        cluster_binding,
+        root_binding,
+        deployment,
+        budget,
+        service,
+    ]
 }
 
 #[cfg(test)]
@@ -171,7 +198,7 @@ mod tests {
     }
 
     #[test]
-    fn renders_the_four_objects() {
+    fn renders_the_waypoint_and_its_bindings() {
         let text = render(&options("shop", "shop-waypoint")).unwrap();
         let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
             .map(|d| serde_yaml::with::singleton_map_recursive::deserialize(d).unwrap())
@@ -181,16 +208,20 @@ mod tests {
             kinds,
             [
                 "ServiceAccount",
+                "ClusterRoleBinding",
+                "RoleBinding",
                 "Deployment",
                 "PodDisruptionBudget",
                 "Service"
             ]
         );
-        let pod = &docs[1]["spec"]["template"];
+        let pod = &docs[3]["spec"]["template"];
         assert_eq!(pod["metadata"]["labels"][DATAPLANE_MODE_LABEL], "none");
         assert_eq!(pod["spec"]["serviceAccountName"], "shop-waypoint");
-        assert_eq!(docs[1]["spec"]["replicas"], 2);
-        assert_eq!(docs[3]["spec"]["ports"][0]["port"], 15008);
+        assert_eq!(docs[3]["spec"]["replicas"], 2);
+        assert_eq!(docs[5]["spec"]["ports"][0]["port"], 15008);
+        assert_eq!(docs[1]["subjects"][0]["namespace"], "shop");
+        assert_eq!(docs[2]["metadata"]["namespace"], "weft-system");
     }
 
     #[test]

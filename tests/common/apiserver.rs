@@ -329,6 +329,18 @@ impl ApiServer {
     /// the pod's and node's names to its user info, as for a projected token). Returns the
     /// token.
     pub async fn node_pod_token(&self, node: &str) -> String {
+        self.pod_token(
+            "weft-system",
+            "weft-node",
+            &format!("weft-node-{node}"),
+            node,
+        )
+        .await
+    }
+
+    /// Creates node `node` (if missing) and pod `ns/pod_name` running as `ns/sa` on it, and
+    /// returns a token of `ns/sa` bound to that pod, as the kubelet projects into a pod.
+    pub async fn pod_token(&self, ns: &str, sa: &str, pod_name: &str, node: &str) -> String {
         let client = self.admin_client().await;
         let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
         let object = serde_json::from_value(json!({
@@ -340,16 +352,14 @@ impl ApiServer {
             Err(kube::Error::Api(status)) if status.is_already_exists() => {}
             Err(e) => panic!("creating node {node}: {e}"),
         }
-        let pod_name = format!("weft-node-{node}");
-        let pod = create_pod(&client, "weft-system", &pod_name, "weft-node", node, &[]).await;
+        let pod = create_pod(&client, ns, pod_name, sa, node, &[]).await;
         let bound = k8s_openapi::api::authentication::v1::BoundObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),
-            name: Some(pod_name),
+            name: Some(pod_name.to_owned()),
             uid: pod.metadata.uid,
         };
-        self.token_request("weft-system", "weft-node", 3600, Some(bound))
-            .await
+        self.token_request(ns, sa, 3600, Some(bound)).await
     }
 
     /// Writes a kubeconfig with [`ApiServer::url`] (for processes in the namespace or on the
