@@ -23,7 +23,9 @@ use serde_json::Value;
 const WAYPOINT: &str = "shop-waypoint";
 
 fn ready() -> bool {
-    pods_e2e_ready(&["ip", "nft", "nsenter", "curl", "python3", "h2load"])
+    pods_e2e_ready(&[
+        "ip", "nft", "nsenter", "curl", "python3", "h2load", "chromium",
+    ])
 }
 
 /// One HTTP exchange as curl saw it.
@@ -611,6 +613,52 @@ fn gamma_routing_through_the_waypoint() {
         metrics.contains("istio_response_bytes_bucket{"),
         "{metrics}"
     );
+    // The waypoint's dashboard (the node dashboard, same page) lists the services it routes
+    // with their request counts and latency, drawn in headless Chromium.
+    let profile = c.work.path().join("chromium-profile");
+    let dom = c.pods[wp]
+        .ns
+        .command("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("http://127.0.0.1:15020/")
+        .output()
+        .expect("chromium");
+    let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+    let echo_row = dom
+        .split("data-service=\"echo.shop.svc.cluster.local\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no row for the echo Service:\n{dom}"));
+    let requests: u64 = echo_row
+        .split("data-requests=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        requests >= 1000,
+        "the dashboard shows {requests} requests for echo"
+    );
+    let cells = echo_row.split("</tr>").next().unwrap_or_default();
+    assert!(
+        cells.contains(" ms</td>"),
+        "no latency percentiles in the echo row: {cells}"
+    );
+    assert!(!cells.contains("NaN"), "{cells}");
+    assert!(
+        dom.contains("data-service=\"grpc.shop.svc.cluster.local\""),
+        "no gRPC service row"
+    );
+
     let log = c.pods[wp].extra[waypoint].log_text();
     assert!(
         log.lines().any(|l| l.contains("path=/cart")
