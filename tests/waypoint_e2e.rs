@@ -146,6 +146,16 @@ spec:
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
+metadata: {{name: web-view, namespace: web}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: echo, namespace: shop, port: 80}}]
+  rules:
+  - name: all-to-v2
+    matches: [{{path: {{type: PathPrefix, value: /app}}}}]
+    backendRefs: [{{name: echo-v2, namespace: shop, port: 8080}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
 metadata: {{name: grpc, namespace: shop}}
 spec:
   parentRefs: [{{group: "", kind: Service, name: grpc, port: 9090}}]
@@ -300,12 +310,16 @@ fn gamma_routing_through_the_waypoint() {
     }
     let mut c = Cluster::new(2);
     c.namespace("shop", &[AMBIENT]);
+    c.namespace("web", &[AMBIENT]);
     c.write_config();
     c.start_daemon(0);
     c.start_daemon(1);
     let client = c
         .add_pod(0, "shop", "client", "client", &[])
         .expect("ADD client");
+    let web_client = c
+        .add_pod(0, "web", "web-client", "web-client", &[])
+        .expect("ADD web-client");
     let v1 = c
         .add_pod(
             1,
@@ -487,6 +501,14 @@ fn gamma_routing_through_the_waypoint() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(mirror_seen, "the mirror never received the copy");
+
+    // Consumer routes: a route in the caller's namespace decides for that caller alone.
+    let web_ns = &c.pods[web_client].ns;
+    let consumer = curl(web_ns, &[&url("/app/x")]).unwrap();
+    assert_eq!(consumer.served_by(), "echo-v2", "{consumer:?}");
+    // ... and replaces the producer's routes for it entirely: /canary has no rule there.
+    assert_eq!(curl(web_ns, &[&url("/canary")]).unwrap().status, 404);
+    assert_eq!(curl(ns, &[&url("/app/x")]).unwrap().served_by(), "echo-v1");
 
     // Routing is by ClusterIP: a pod IP is not routed whatever the Host header says.
     let v1_ip = c.pods[v1].ip.clone();
