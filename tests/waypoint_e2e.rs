@@ -773,4 +773,99 @@ fn gamma_routing_through_the_waypoint() {
         !after[before..].contains("/app/closed"),
         "the request went around the waypoint"
     );
+
+    // Restarted, it serves again: 200 keep-alive requests, none failing.
+    let waypoint = start_waypoint(&mut c, wp);
+    let ns = &c.pods[client].ns;
+    let out = ns.run(&[
+        "python3",
+        probe.to_str().unwrap(),
+        &vip,
+        "80",
+        "/app/again",
+        "200",
+    ]);
+    let counts: Value = serde_json::from_str(out.trim()).expect("probe JSON");
+    assert_eq!(counts["served_by"]["echo-v1"], 200, "{counts}");
+    assert!(c.pods[wp].extra[waypoint]
+        .log_text()
+        .contains("path=/app/again"));
+
+    // The destination requires the waypoint's identity (L4 policy at the node daemons):
+    // calling a pod IP directly is refused, the Service through the waypoint still works.
+    c.extra_yaml.push_str(&format!(
+        "---\napiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: echo-via-waypoint, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: echo}}}}\n  action: ALLOW\n  rules:\n  - from: [{{source: {{principals: [\"cluster.local/ns/shop/sa/{WAYPOINT}\"]}}}}]\n"
+    ));
+    c.write_config();
+    c.settle();
+    let ns = &c.pods[client].ns;
+    let bypass = curl(ns, &[&format!("http://{v1_ip}:8080/bypass")]);
+    assert!(bypass.is_err(), "a pod IP call got through: {bypass:?}");
+    let via = curl(ns, &[&url("/app/via")]).unwrap();
+    assert_eq!((via.status, via.served_by()), (200, "echo-v1".to_owned()));
+
+    // Two replicas, one restarted under load: 200 req/s, a new connection each, while the
+    // first replica drains on SIGTERM and comes back. Connections its node cannot open to
+    // it go to the other replica; none fails, none goes around the waypoint.
+    let wp2 = c
+        .add_pod(
+            1,
+            "shop",
+            "shop-waypoint-1",
+            WAYPOINT,
+            &[
+                ("app.kubernetes.io/name", WAYPOINT),
+                ("weft.dev/dataplane-mode", "none"),
+            ],
+        )
+        .expect("ADD second waypoint");
+    c.settle();
+    let second = start_waypoint(&mut c, wp2);
+    let load_log = c.work.path().join("restart-load.log");
+    let load_app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/http_load.py");
+    let mut load_cmd = c.pods[client].ns.command("python3");
+    load_cmd
+        .arg(&load_app)
+        .args([vip.as_str(), "80", "/app/load", "4", "750", "50"]);
+    let mut load = Process::spawn(load_cmd, &load_log, "HTTP load through the waypoints");
+    let first_log = c.pods[wp].extra[waypoint].log.clone();
+    c.pods[wp].extra[waypoint].wait_until(
+        "the first replica serves the load",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&first_log)
+                .unwrap_or_default()
+                .matches("path=/app/load")
+                .count()
+                >= 100
+        },
+    );
+    let status = c.pods[wp].extra[waypoint]
+        .signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "the waypoint did not drain cleanly: {status:?}"
+    );
+    c.pods[wp].extra.remove(waypoint);
+    let restarted = start_waypoint(&mut c, wp);
+    load.wait_until("the load to finish", Duration::from_secs(60), || {
+        std::fs::read_to_string(&load_log)
+            .unwrap_or_default()
+            .contains("\"ok\"")
+    });
+    let outcome: Value = serde_json::from_str(load.log_text().trim()).expect("load JSON");
+    assert_eq!(outcome["ok"], 3000, "{outcome}");
+    let on_second = c.pods[wp2].extra[second]
+        .log_text()
+        .matches("path=/app/load")
+        .count();
+    let after_restart = c.pods[wp].extra[restarted]
+        .log_text()
+        .matches("path=/app/load")
+        .count();
+    assert!(on_second > 0, "the second replica took none of the load");
+    assert!(
+        after_restart > 0,
+        "the restarted replica took none of the load"
+    );
 }

@@ -61,6 +61,18 @@ pub struct ConnectRequestPlan {
     /// The service as `namespace/name` when the client dialled a VIP; `None` when it
     /// addressed the workload directly.
     pub service: Option<String>,
+    /// Other pods of the same waypoint, tried in order when the chosen one cannot be
+    /// reached at all (its listener is gone: restarting, draining); empty for an endpoint.
+    pub fallbacks: Vec<WaypointHop>,
+}
+
+/// One waypoint pod a bound Service's connection may go to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaypointHop {
+    /// The identity it must prove.
+    pub destination_identity: SpiffeId,
+    /// Its HBONE listener.
+    pub hbone_addr: SocketAddr,
 }
 
 /// Why an outbound connection could not be made.
@@ -364,6 +376,7 @@ impl OutboundProxy {
                     authority: target,
                     destination_workload: format!("{}/{}", workload.namespace, workload.name),
                     service,
+                    fallbacks: Vec::new(),
                 })))
             }
             _ => Ok(Route::Direct(target)),
@@ -380,20 +393,34 @@ impl OutboundProxy {
         service: String,
     ) -> Result<Route, ProxyError> {
         let pick = self.next_endpoint.fetch_add(1, Ordering::Relaxed) % waypoint.pods.len();
-        let pod = &waypoint.pods[pick];
         let waypoint_name = format!("{}/{}", waypoint.service.namespace, waypoint.service.name);
-        let Some(workload) = pod.workload else {
-            return Err(ProxyError::UnknownWaypointPod {
-                waypoint: waypoint_name,
-                ip: pod.ip,
+        // The chosen pod first, then the others in order.
+        let mut hops = Vec::with_capacity(waypoint.pods.len());
+        let mut chosen_workload = None;
+        for offset in 0..waypoint.pods.len() {
+            let pod = &waypoint.pods[(pick + offset) % waypoint.pods.len()];
+            let Some(workload) = pod.workload else {
+                return Err(ProxyError::UnknownWaypointPod {
+                    waypoint: waypoint_name,
+                    ip: pod.ip,
+                });
+            };
+            if offset == 0 {
+                chosen_workload = Some(format!("{}/{}", workload.namespace, workload.name));
+            }
+            hops.push(WaypointHop {
+                destination_identity: self.identity_of(workload)?,
+                hbone_addr: SocketAddr::new(pod.ip, HBONE_PORT),
             });
-        };
+        }
+        let first = hops.remove(0);
         Ok(Route::Hbone(Box::new(ConnectRequestPlan {
-            destination_identity: self.identity_of(workload)?,
-            hbone_addr: SocketAddr::new(pod.ip, HBONE_PORT),
+            destination_identity: first.destination_identity,
+            hbone_addr: first.hbone_addr,
             authority: dst,
-            destination_workload: format!("{}/{}", workload.namespace, workload.name),
+            destination_workload: chosen_workload.unwrap_or(waypoint_name),
             service: Some(service),
+            fallbacks: hops,
         })))
     }
 
@@ -471,7 +498,7 @@ impl OutboundProxy {
     ) -> Result<Upstream, ProxyError> {
         match route {
             Route::Hbone(plan) => {
-                let request = ConnectRequest {
+                let mut request = ConnectRequest {
                     source: source_id?,
                     destination_identity: plan.destination_identity.clone(),
                     hbone_addr: plan.hbone_addr,
@@ -482,7 +509,25 @@ impl OutboundProxy {
                         same_family_ip(source, plan.authority.ip())
                     },
                 };
-                Ok(Upstream::Tunnel(self.hbone.connect(&request).await?))
+                let mut fallbacks = plan.fallbacks.iter();
+                loop {
+                    match self.hbone.connect(&request).await {
+                        Ok(stream) => return Ok(Upstream::Tunnel(stream)),
+                        // Nothing listens there (a waypoint pod restarting or draining):
+                        // the next pod of the same waypoint, never around the waypoint.
+                        Err(
+                            error @ (HboneError::Connect { .. } | HboneError::ConnectTimeout(_)),
+                        ) => match fallbacks.next() {
+                            Some(next) => {
+                                tracing::debug!(%error, next = %next.hbone_addr, "waypoint pod unreachable; trying the next");
+                                request.destination_identity = next.destination_identity.clone();
+                                request.hbone_addr = next.hbone_addr;
+                            }
+                            None => return Err(error.into()),
+                        },
+                        Err(error) => return Err(error.into()),
+                    }
+                }
             }
             Route::Direct(addr) | Route::Passthrough(addr) => {
                 let stream = crate::sockets::connect(self.hbone.sockets().as_ref(), *addr)
