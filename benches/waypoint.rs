@@ -11,7 +11,8 @@
 //!
 //! Needs root. Run with `bash benches/waypoint.sh` (release binaries); writes the
 //! `## Waypoint (L7) hop` section of `benches/RESULTS.md` and `benches/RESULTS-waypoint.json`.
-//! `--quick` shortens the runs (marked as such, not comparable).
+//! `--quick` shortens the runs (marked as such, not comparable); `--profile` prints a `perf`
+//! CPU profile of the waypoint taken during the first W run.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -209,6 +210,7 @@ fn main() {
     );
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let profile = args.iter().any(|a| a == "--profile");
     let runs: usize = args
         .iter()
         .position(|a| a == "--runs")
@@ -264,7 +266,43 @@ fn main() {
             let daemons0: f64 = (0..2).map(|i| cpu_seconds(c.daemon_pid(i), ticks)).sum();
             let waypoint0 = cpu_seconds(waypoint_pid, ticks);
             let started = Instant::now();
+            // --profile: a CPU profile of the waypoint during the first W run (perf, call
+            // graphs), printed, not written to the results.
+            let profiler = (profile && mode == Mode::Waypoint && run == 0).then(|| {
+                std::process::Command::new("perf")
+                    .args(["record", "-F", "999", "-g", "-o"])
+                    .arg(work.join("waypoint.perf"))
+                    .args(["-p", &waypoint_pid.to_string(), "--", "sleep", "8"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("perf")
+            });
             let ([p50, p90, p99], requests) = latency(&c, &target(mode), seconds, &work);
+            if let Some(mut perf) = profiler {
+                let _ = perf.wait();
+                let report = std::process::Command::new("perf")
+                    .args([
+                        "report",
+                        "--stdio",
+                        "--no-children",
+                        "--sort",
+                        "dso,symbol",
+                        "-i",
+                    ])
+                    .arg(work.join("waypoint.perf"))
+                    .output()
+                    .expect("perf report");
+                let text = String::from_utf8_lossy(&report.stdout);
+                println!("== waypoint profile (top symbols, self time)");
+                for line in text
+                    .lines()
+                    .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+                    .take(40)
+                {
+                    println!("{line}");
+                }
+            }
             let wall = started.elapsed().as_secs_f64();
             let daemons1: f64 = (0..2).map(|i| cpu_seconds(c.daemon_pid(i), ticks)).sum();
             let waypoint1 = cpu_seconds(waypoint_pid, ticks);
