@@ -20,6 +20,8 @@
 mod common;
 #[path = "support/nginx.rs"]
 mod nginx;
+#[path = "support/procfs.rs"]
+mod procfs;
 #[path = "support/mesh_report.rs"]
 mod report;
 
@@ -30,9 +32,9 @@ use std::time::{Duration, Instant};
 use common::cluster::{Cluster, AMBIENT};
 use common::testbed::Process;
 use report::{
-    format_figure, holds, json_f64, kib_per_connection, median, memory_returned, min_max,
-    parse_h2load_counts, parse_h2load_rate, parse_iperf, parse_proc_stat, per_run_ratios,
-    prometheus_sum, reproducibility_section, worst_highest, Bound, IperfRun,
+    format_figure, h2load_log_micros, holds, json_f64, kib_per_connection, median, memory_returned,
+    min_max, parse_h2load_counts, parse_h2load_rate, parse_iperf, parse_proc_stat, per_run_ratios,
+    percentile, prometheus_sum, reproducibility_section, worst_highest, Bound, IperfRun,
 };
 use serde_json::{json, Value};
 
@@ -143,45 +145,19 @@ fn wait_quiet(results: &mut Results, label: &str) {
         .push(json!({"run": label, "loadavg": text, "busy": true}));
 }
 
-/// Clock ticks per second of /proc CPU times (`getconf CLK_TCK`).
-fn clock_ticks_per_second() -> f64 {
-    let out = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .expect("getconf CLK_TCK");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let ticks: f64 = text
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("getconf CLK_TCK printed {text:?}: {e}"));
-    assert!(ticks > 0.0, "getconf CLK_TCK printed {ticks}");
-    ticks
-}
-
 /// User plus kernel CPU seconds both daemons have used so far (all their threads).
 fn daemon_cpu_seconds(c: &Cluster, ticks_per_second: f64) -> f64 {
     (0..c.nodes.len())
         .map(|i| {
-            let pid = c.daemon_pid(i);
-            let path = format!("/proc/{pid}/stat");
-            let stat = std::fs::read_to_string(&path)
-                .unwrap_or_else(|e| panic!("{} daemon: reading {path}: {e}", c.nodes[i].name));
-            let ticks = parse_proc_stat(&stat)
-                .unwrap_or_else(|e| panic!("{} daemon: {e:#}", c.nodes[i].name));
-            ticks.total() as f64 / ticks_per_second
+            let what = format!("{} daemon", c.nodes[i].name);
+            procfs::cpu_seconds(c.daemon_pid(i), ticks_per_second, &what)
         })
         .sum()
 }
 
 /// The daemon's resident set (VmRSS); NaN if it cannot be read (never a target that holds).
 fn daemon_rss_kib(c: &Cluster, node: usize) -> f64 {
-    let pid = c.daemon_pid(node);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(f64::NAN)
+    procfs::rss_kib(c.daemon_pid(node))
 }
 
 /// What the daemon of one node has open, read twice over: its own `weft_open_connections`
@@ -250,11 +226,6 @@ fn iperf(c: &Cluster, server_ip: &str, streams: u32, seconds: u32) -> IperfRun {
     parse_iperf(&report).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
 /// h2load at 1000 req/s over 16 connections; returns (p50, p90, p99) in ms.
 fn latency(c: &Cluster, server_ip: &str, seconds: u32, log: &Path) -> (f64, f64, f64) {
     let _ = std::fs::remove_file(log);
@@ -280,11 +251,7 @@ fn latency(c: &Cluster, server_ip: &str, seconds: u32, log: &Path) -> (f64, f64,
     parse_h2load_counts(&text)
         .and_then(|counts| counts.check_all_succeeded(None))
         .unwrap_or_else(|e| panic!("latency run: {e:#}\n{text}"));
-    let mut micros: Vec<f64> = std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split('\t').nth(2)?.parse().ok())
-        .collect();
+    let mut micros = h2load_log_micros(&std::fs::read_to_string(log).unwrap_or_default());
     assert!(
         micros.len() as u32 >= seconds * 900,
         "too few requests logged ({})",
@@ -552,7 +519,7 @@ fn main() {
     let wants = |case: &str| cases.iter().any(|c| c == case);
     println!("== memory at rest");
     let at_rest = rss_at_rest(&mut c);
-    let ticks_per_second = clock_ticks_per_second();
+    let ticks_per_second = procfs::clock_ticks_per_second();
     let mut results = Results::default();
     let measures_traffic = ["throughput", "latency", "connrate"]
         .iter()

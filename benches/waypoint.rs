@@ -18,6 +18,8 @@
 mod common;
 #[path = "support/nginx.rs"]
 mod nginx;
+#[path = "support/procfs.rs"]
+mod procfs;
 #[allow(dead_code)]
 #[path = "support/mesh_report.rs"]
 mod report;
@@ -28,7 +30,9 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, AMBIENT};
 use common::testbed::{binary, unique, Process};
-use report::{format_figure, holds, median, min_max, parse_proc_stat, replace_section, Bound};
+use report::{
+    format_figure, h2load_log_micros, holds, median, min_max, percentile, replace_section, Bound,
+};
 use serde_json::{json, Value};
 
 const WAYPOINT: &str = "bench-waypoint";
@@ -51,35 +55,6 @@ impl Mode {
             Mode::Waypoint => "W",
         }
     }
-}
-
-fn clock_ticks_per_second() -> f64 {
-    let out = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .expect("getconf CLK_TCK");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("CLK_TCK")
-}
-
-fn cpu_seconds(pid: u32, ticks: f64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("reading /proc/{pid}/stat: {e}"));
-    parse_proc_stat(&stat)
-        .unwrap_or_else(|e| panic!("{e:#}"))
-        .total() as f64
-        / ticks
-}
-
-fn rss_kib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 fn services(s: u8) -> String {
@@ -127,11 +102,6 @@ fn set_enrolled(c: &mut Cluster, enrolled: bool) {
     c.settle();
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
 /// 16 paced clients for `seconds` against `url`; (p50, p90, p99) ms and the request count.
 fn latency(c: &Cluster, url: &str, seconds: u32, work: &Path) -> ([f64; 3], usize) {
     let logs: Vec<_> = (0..CLIENTS)
@@ -162,13 +132,7 @@ fn latency(c: &Cluster, url: &str, seconds: u32, work: &Path) -> ([f64; 3], usiz
     }
     let mut micros: Vec<f64> = logs
         .iter()
-        .flat_map(|log| {
-            std::fs::read_to_string(log)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| l.split('\t').nth(2)?.parse().ok())
-                .collect::<Vec<f64>>()
-        })
+        .flat_map(|log| h2load_log_micros(&std::fs::read_to_string(log).unwrap_or_default()))
         .collect();
     assert!(
         micros.len() as u32 >= seconds * 900,
@@ -218,7 +182,7 @@ fn main() {
         .unwrap_or(if quick { 1 } else { 3 });
     let seconds: u32 = if quick { 5 } else { 20 };
     std::env::set_var("WEFT_TEST_DAEMON_LOG", "info");
-    let ticks = clock_ticks_per_second();
+    let ticks = procfs::clock_ticks_per_second();
     let mut c = Cluster::new(2);
     c.namespace("bench", &[AMBIENT]);
     c.write_config();
@@ -263,8 +227,10 @@ fn main() {
         for mode in [Mode::Direct, Mode::L4, Mode::Waypoint] {
             println!("== run {} of {runs}, {mode:?}", run + 1);
             set_enrolled(&mut c, mode != Mode::Direct);
-            let daemons0: f64 = (0..2).map(|i| cpu_seconds(c.daemon_pid(i), ticks)).sum();
-            let waypoint0 = cpu_seconds(waypoint_pid, ticks);
+            let daemons0: f64 = (0..2)
+                .map(|i| procfs::cpu_seconds(c.daemon_pid(i), ticks, "node daemon"))
+                .sum();
+            let waypoint0 = procfs::cpu_seconds(waypoint_pid, ticks, "waypoint");
             let started = Instant::now();
             // --profile: a CPU profile of the waypoint during the first W run (perf, call
             // graphs), printed, not written to the results.
@@ -304,8 +270,10 @@ fn main() {
                 }
             }
             let wall = started.elapsed().as_secs_f64();
-            let daemons1: f64 = (0..2).map(|i| cpu_seconds(c.daemon_pid(i), ticks)).sum();
-            let waypoint1 = cpu_seconds(waypoint_pid, ticks);
+            let daemons1: f64 = (0..2)
+                .map(|i| procfs::cpu_seconds(c.daemon_pid(i), ticks, "node daemon"))
+                .sum();
+            let waypoint1 = procfs::cpu_seconds(waypoint_pid, ticks, "waypoint");
             let rate = requests as f64 / seconds as f64;
             add("p50_ms", mode, p50);
             add("p90_ms", mode, p90);
@@ -325,7 +293,11 @@ fn main() {
                     mode,
                     per_thousand(waypoint1 - waypoint0),
                 );
-                add("waypoint_rss_mib", mode, rss_kib(waypoint_pid) / 1024.0);
+                add(
+                    "waypoint_rss_mib",
+                    mode,
+                    procfs::rss_kib(waypoint_pid) / 1024.0,
+                );
             }
         }
     }

@@ -250,6 +250,21 @@ pub fn prometheus_sum(exposition: &str, name: &str) -> Result<f64> {
     Ok(sum)
 }
 
+// === h2load's per-request log ===
+
+/// The request times (µs, the third tab-separated field) of an h2load `--log-file`.
+pub fn h2load_log_micros(text: &str) -> Vec<f64> {
+    text.lines()
+        .filter_map(|l| l.split('\t').nth(2)?.parse().ok())
+        .collect()
+}
+
+/// The value at rank `p` (0..=1, nearest rank) of `sorted`, which must not be empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
 // === RESULTS.md sections ===
 
 /// `old` with the section that starts at the line `head` (up to the next `## ` heading)
@@ -713,5 +728,15 @@ mod tests {
         );
         assert_eq!(first_section(old, &["## B", "## A"]), Some(5));
         assert_eq!(first_section(old, &["## Z"]), None);
+    }
+
+    #[test]
+    fn h2load_logs_and_percentiles() {
+        let log = "1700000000000000\t200\t350\n1700000000001000\t200\t150\nbad line\n";
+        let mut micros = h2load_log_micros(log);
+        assert_eq!(micros, vec![350.0, 150.0]);
+        micros.sort_by(|a, b| a.total_cmp(b));
+        assert_eq!(percentile(&micros, 0.0), 150.0);
+        assert_eq!(percentile(&micros, 0.99), 350.0);
     }
 }
