@@ -391,10 +391,6 @@ fn gamma_routing_through_the_waypoint() {
         ],
     )
     .expect("beta request");
-    if std::env::var("WAYPOINT_DEBUG").is_ok() {
-        eprintln!("WAYPOINT LOG:\n{}", c.pods[wp].extra[waypoint].log_text());
-        eprintln!("NODE 0 LOG:\n{}", c.daemon_log(0));
-    }
     assert_eq!(beta.status, 200, "{beta:?}");
     assert_eq!(beta.served_by(), "echo-v2");
     assert_eq!(beta.received("x-routed").as_deref(), Some("beta"));

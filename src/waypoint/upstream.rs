@@ -91,7 +91,7 @@ pub enum UpstreamError {
         /// Why.
         source: hyper::Error,
     },
-    /// The waypoint's own identity is not valid in this trust domain.
+    /// The endpoint's workload has no valid identity in this trust domain.
     #[error("endpoint {workload} has an invalid identity: {reason}")]
     BadIdentity {
         /// `namespace/name`.
