@@ -12,11 +12,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use common::cluster::{pods_e2e_ready, Cluster, AMBIENT};
+use common::l7::{curl, start_echo};
 use common::testbed::*;
 use serde_json::Value;
 
@@ -26,62 +26,6 @@ fn ready() -> bool {
     pods_e2e_ready(&[
         "ip", "nft", "nsenter", "curl", "python3", "h2load", "chromium",
     ])
-}
-
-/// One HTTP exchange as curl saw it.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-
-    fn served_by(&self) -> String {
-        self.json()["served_by"].as_str().unwrap_or("?").to_owned()
-    }
-
-    /// A request header as the echo server received it.
-    fn received(&self, name: &str) -> Option<String> {
-        self.json()["headers"][name].as_str().map(str::to_owned)
-    }
-}
-
-/// curl from `ns` with `args`; the reply's status line, headers and body.
-fn curl(ns: &Netns, args: &[&str]) -> Result<Reply, String> {
-    let out = ns
-        .command("curl")
-        .args(["-sS", "-i", "--max-time", "5"])
-        .args(args)
-        .output()
-        .expect("curl");
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
-    }
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header/body split: {text:?}"));
-    let mut lines = head.lines();
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("status line {status_line:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Ok(Reply {
-        status,
-        headers,
-        body: body.to_owned(),
-    })
 }
 
 fn services(vip: &str, v1_vip: &str, v2_vip: &str, wp_vip: &str, plain_vip: &str) -> String {
@@ -226,19 +170,6 @@ spec:
     backendRefs: [{{name: missing, port: 8080}}]
 "#
     )
-}
-
-/// Starts tests/apps/echo_http.py in a pod on 8080, answering as `name`.
-fn start_echo(c: &mut Cluster, pod: usize, name: &str) -> std::path::PathBuf {
-    let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/echo_http.py");
-    let log = c.work.path().join(format!("echo-{name}.log"));
-    let p = &mut c.pods[pod];
-    let mut cmd = p.ns.command("python3");
-    cmd.arg(&app).args(["0.0.0.0", "8080", name]);
-    p.extra
-        .push(Process::spawn(cmd, &log, &format!("echo {name}")));
-    c.wait_for_port(pod, 8080, name);
-    log
 }
 
 /// Starts `weft waypoint` in the waypoint pod, reading the cluster's config file.
@@ -485,18 +416,36 @@ fn gamma_routing_through_the_waypoint() {
     let api = curl(ns, &[&url("/api/users?id=7")]).unwrap();
     assert_eq!(api.served_by(), "echo-v1");
     assert_eq!(api.json()["path"], "/v1/users?id=7");
-    let mut mirror_seen = false;
-    for _ in 0..50 {
-        if std::fs::read_to_string(&v2_log)
-            .unwrap_or_default()
-            .contains("GET /v1/users?id=7")
-        {
-            mirror_seen = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(mirror_seen, "the mirror never received the copy");
+    let mirror_saw = |line: &str| {
+        (0..50).any(|_| {
+            let seen = std::fs::read_to_string(&v2_log)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l == line);
+            if !seen {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            seen
+        })
+    };
+    assert!(
+        mirror_saw("GET /v1/users?id=7 0"),
+        "the mirror never received the copy"
+    );
+    // A request body reaches the primary and the mirror whole.
+    let body = c.work.path().join("order-body");
+    std::fs::write(&body, "b".repeat(200_000)).unwrap();
+    let body_arg = format!("@{}", body.display());
+    let posted = curl(ns, &["--data-binary", &body_arg, &url("/api/orders")]).unwrap();
+    assert_eq!(
+        (posted.served_by(), posted.json()["body_bytes"].as_u64()),
+        ("echo-v1".to_owned(), Some(200_000)),
+        "{posted:?}"
+    );
+    assert!(
+        mirror_saw("POST /v1/orders 200000"),
+        "the mirror never received the whole body"
+    );
 
     // Consumer routes: a route in the caller's namespace decides for that caller alone.
     let web_ns = &c.pods[web_client].ns;

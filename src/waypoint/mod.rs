@@ -11,7 +11,9 @@
 //! - [`route_status`]: `Accepted` / `ResolvedRefs` per route and parent, with the spec's
 //!   reasons, for `/config_dump`;
 //! - [`pipeline`]: one request's plan from the three above: answer here (404, 500, 503, a
-//!   redirect) or forward, with the request head edited and the response filters to apply.
+//!   redirect) or forward, with the request head edited and the response filters to apply;
+//! - [`mirror_body`]: the copy of a request body each mirror gets, which never slows the
+//!   primary.
 //!
 //! The rules themselves are typed and checked in [`crate::model::http_route_rules`] when the
 //! model is built, so everything here works on routes already known to be honourable.
@@ -19,6 +21,7 @@
 pub mod backends;
 pub mod filters;
 pub mod manifests;
+pub mod mirror_body;
 pub mod pipeline;
 pub mod proxy;
 pub mod route_status;

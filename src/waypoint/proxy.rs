@@ -15,10 +15,11 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::filters;
+use super::mirror_body::{MirrorBody, Tee};
 use super::pipeline::{self, MirrorTarget, Origin, Plan};
 use super::route_table::ServicePortRoutes;
 use super::upstream::{BodyError, Lease, ProxyBody, UpstreamError, UpstreamProtocol, Upstreams};
@@ -208,18 +209,24 @@ pub async fn serve(
     );
     let protocol = upstream_protocol(&parts, &backend, port);
     strip_hop_by_hop(&mut parts.headers);
-    for target in mirrors {
-        send_mirror(&ctx, &snapshot, &parts, target);
-    }
-    let upstream_parts = match upstream_head(parts, protocol, ctx.authority) {
-        Ok(parts) => parts,
-        Err(reason) => return Ok(local(report, StatusCode::BAD_REQUEST, None, "DPE", &reason)),
-    };
     let counted = CountedRequest {
         inner: body,
         bytes: report.request_bytes(),
     };
-    let request = Request::from_parts(upstream_parts, counted.map_err(BodyError::from).boxed());
+    let body = if mirrors.is_empty() {
+        counted.map_err(BodyError::from).boxed()
+    } else {
+        let (tee, copies) = Tee::new(counted, mirrors.len());
+        for (target, copy) in mirrors.into_iter().zip(copies) {
+            send_mirror(&ctx, &snapshot, &parts, target, copy);
+        }
+        tee.map_err(BodyError::from).boxed()
+    };
+    let upstream_parts = match upstream_head(parts, protocol, ctx.authority) {
+        Ok(parts) => parts,
+        Err(reason) => return Ok(local(report, StatusCode::BAD_REQUEST, None, "DPE", &reason)),
+    };
+    let request = Request::from_parts(upstream_parts, body);
     match ctx.upstreams.send(&endpoint, protocol, request).await {
         Ok((response, lease)) => Ok(respond(report, response, lease, &response_headers)),
         Err(error) => {
@@ -352,12 +359,14 @@ fn upstream_head(
     Ok(parts)
 }
 
-/// Sends a copy of the request head (without its body) to a mirror; the answer is dropped.
+/// Sends a copy of the request (its head, and its body as the primary reads it) to a
+/// mirror; the answer is dropped, and nothing about the mirror reaches the client.
 fn send_mirror(
     ctx: &Arc<StreamContext>,
     snapshot: &MeshSnapshot,
     parts: &Parts,
     target: MirrorTarget,
+    body: MirrorBody,
 ) {
     let endpoint = match ctx.upstreams.pick(snapshot, &target.service, target.port) {
         Ok(endpoint) => endpoint,
@@ -372,19 +381,13 @@ fn send_mirror(
     *copy.uri_mut() = parts.uri.clone();
     *copy.version_mut() = parts.version;
     *copy.headers_mut() = parts.headers.clone();
-    copy.headers_mut().remove(header::CONTENT_LENGTH);
     let (copy_parts, ()) = copy.into_parts();
     let Ok(head) = upstream_head(copy_parts, protocol, ctx.authority) else {
         return;
     };
     let upstreams = ctx.upstreams.clone();
     tokio::spawn(async move {
-        let request = Request::from_parts(
-            head,
-            Empty::<Bytes>::new()
-                .map_err(|never| match never {})
-                .boxed(),
-        );
+        let request = Request::from_parts(head, body.boxed());
         match upstreams.send(&endpoint, protocol, request).await {
             Ok((response, lease)) => {
                 let _ = response.into_body().collect().await;

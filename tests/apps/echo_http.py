@@ -1,6 +1,6 @@
 """An HTTP/1.1 echo server for the waypoint tests: answers every request with JSON saying
 who served it and what arrived (method, path with query, headers, body length), and logs
-one line per request ("<method> <path>") to stdout, flushed, so a test can see what a mirror
+one line per request ("<method> <path> <body bytes>") to stdout, flushed, so a test can see what a mirror
 received. Usage: python3 echo_http.py <bind-ip> <port> <name>
 """
 import http.server, json, socket, sys
@@ -21,7 +21,7 @@ class H(http.server.BaseHTTPRequestHandler):
             "body_bytes": len(body),
             "client": self.client_address[0],
         }).encode()
-        print("%s %s" % (self.command, self.path), flush=True)
+        print("%s %s %d" % (self.command, self.path, len(body)), flush=True)
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(out)))

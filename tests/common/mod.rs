@@ -5,6 +5,7 @@
 
 pub mod apiserver;
 pub mod cluster;
+pub mod l7;
 pub mod testbed;
 
 use std::net::SocketAddr;

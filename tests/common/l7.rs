@@ -1,0 +1,79 @@
+//! HTTP helpers for the waypoint tests: one curl exchange parsed into status, headers and
+//! body, and the echo app (tests/apps/echo_http.py) that answers with what it received.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::cluster::Cluster;
+use super::testbed::{Netns, Process};
+
+/// One HTTP exchange as curl saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    pub fn served_by(&self) -> String {
+        self.json()["served_by"].as_str().unwrap_or("?").to_owned()
+    }
+
+    /// A request header as the echo server received it.
+    pub fn received(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name].as_str().map(str::to_owned)
+    }
+}
+
+/// curl from `ns` with `args`; the reply's status line, headers and body.
+pub fn curl(ns: &Netns, args: &[&str]) -> Result<Reply, String> {
+    let out = ns
+        .command("curl")
+        .args(["-sS", "-i", "--max-time", "5"])
+        .args(args)
+        .output()
+        .expect("curl");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header/body split: {text:?}"));
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("status line {status_line:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
+}
+
+/// Starts tests/apps/echo_http.py in a pod on 8080, answering as `name`.
+pub fn start_echo(c: &mut Cluster, pod: usize, name: &str) -> PathBuf {
+    let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/echo_http.py");
+    let log = c.work.path().join(format!("echo-{name}.log"));
+    let p = &mut c.pods[pod];
+    let mut cmd = p.ns.command("python3");
+    cmd.arg(&app).args(["0.0.0.0", "8080", name]);
+    p.extra
+        .push(Process::spawn(cmd, &log, &format!("echo {name}")));
+    c.wait_for_port(pod, 8080, name);
+    log
+}
