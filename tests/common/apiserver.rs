@@ -342,17 +342,22 @@ impl ApiServer {
     /// returns a token of `ns/sa` bound to that pod, as the kubelet projects into a pod.
     pub async fn pod_token(&self, ns: &str, sa: &str, pod_name: &str, node: &str) -> String {
         let client = self.admin_client().await;
-        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
-        let object = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
-        }))
-        .expect("node");
-        match nodes.create(&PostParams::default(), &object).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.is_already_exists() => {}
-            Err(e) => panic!("creating node {node}: {e}"),
+        ensure_node(&client, node).await;
+        create_pod(&client, ns, pod_name, sa, node, &[]).await;
+        self.existing_pod_token(ns, sa, pod_name).await
+    }
+
+    /// A token of `ns/sa` bound to the pod `ns/pod_name` that already exists (its node gets
+    /// a Node object if it has none, so the token carries the node's name too).
+    pub async fn existing_pod_token(&self, ns: &str, sa: &str, pod_name: &str) -> String {
+        let client = self.admin_client().await;
+        let pod = Api::<Pod>::namespaced(client.clone(), ns)
+            .get(pod_name)
+            .await
+            .unwrap_or_else(|e| panic!("reading pod {ns}/{pod_name}: {e}"));
+        if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            ensure_node(&client, &node).await;
         }
-        let pod = create_pod(&client, ns, pod_name, sa, node, &[]).await;
         let bound = k8s_openapi::api::authentication::v1::BoundObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),
@@ -684,6 +689,20 @@ pub async fn ensure_service_account(client: &kube::Client, ns: &str, name: &str)
 
 /// Creates a pod (one container, image "weft.test/app", no service-account token mounted)
 /// bound to `node_name` (no scheduler runs). It stays Pending until [`set_pod_ip`].
+/// Creates the Node object `name` unless it exists.
+async fn ensure_node(client: &kube::Client, name: &str) {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let object = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+    }))
+    .expect("node");
+    match nodes.create(&PostParams::default(), &object).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.is_already_exists() => {}
+        Err(e) => panic!("creating node {name}: {e}"),
+    }
+}
+
 pub async fn create_pod(
     client: &kube::Client,
     ns: &str,

@@ -74,7 +74,7 @@ impl Cluster {
         runtime
             .block_on(server.apply_yaml(&crd_yaml()))
             .expect("weft's CRDs apply");
-        runtime.block_on(wait_crds_established(&client));
+        runtime.block_on(wait_crds_established(&client, "weft.dev"));
         c.api = Some(KubeApi {
             server,
             runtime,
@@ -323,6 +323,45 @@ impl Cluster {
         );
     }
 
+    /// Installs a stand-in for Gateway API's HTTPRoute CRD (tests/fixtures/httproute-crd.yaml)
+    /// and waits until the API server serves it.
+    pub fn install_httproute_crd(&self) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/httproute-crd.yaml");
+        let yaml = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        self.kube_apply(&yaml)
+            .unwrap_or_else(|e| panic!("applying {}: {e}", path.display()));
+        self.block(wait_crds_established(
+            &self.kube().client,
+            "gateway.networking.k8s.io",
+        ));
+    }
+
+    /// Routes from the underlay to every node's pod CIDR (via that node), so a pod that is
+    /// not captured (a waypoint) reaches the API server as a real cluster's pods do.
+    pub fn route_pod_cidrs_from_underlay(&self) {
+        for node in &self.nodes {
+            self._underlay.run(&[
+                "ip",
+                "route",
+                "replace",
+                &node.pod_cidr,
+                "via",
+                &node.underlay_ip,
+            ]);
+        }
+    }
+
+    /// A kubeconfig (written under the cluster's work directory) with a token of `ns/sa`
+    /// bound to the existing pod `ns/pod`, as the kubelet projects into that pod.
+    pub fn pod_kubeconfig(&self, ns: &str, sa: &str, pod: &str) -> PathBuf {
+        let server = &self.kube().server;
+        let token = self.block(server.existing_pod_token(ns, sa, pod));
+        let path = self.work.path().join(format!("kubeconfig-{ns}-{pod}.yaml"));
+        server.token_kubeconfig(&path, &token);
+        path
+    }
+
     /// Deletes a pod from the API (its sandbox is left to [`Cluster::del_pod`]).
     pub fn kube_delete_pod(&self, ns: &str, name: &str) {
         self.kube_delete("v1", "Pod", Some(ns), name);
@@ -346,7 +385,7 @@ fn without_api_labels(labels: &Value) -> Value {
     labels
 }
 
-async fn wait_crds_established(client: &kube::Client) {
+async fn wait_crds_established(client: &kube::Client, group: &str) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api = kube::Api::<CustomResourceDefinition>::all(client.clone());
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -355,7 +394,7 @@ async fn wait_crds_established(client: &kube::Client) {
         let established = crds
             .items
             .iter()
-            .filter(|crd| crd.spec.group == "weft.dev")
+            .filter(|crd| crd.spec.group == group)
             .all(|crd| {
                 crd.status
                     .as_ref()
@@ -366,12 +405,12 @@ async fn wait_crds_established(client: &kube::Client) {
                             .any(|c| c.type_ == "Established" && c.status == "True")
                     })
             });
-        if established && crds.items.iter().any(|crd| crd.spec.group == "weft.dev") {
+        if established && crds.items.iter().any(|crd| crd.spec.group == group) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "weft's CRDs never became Established"
+            "the CRDs of {group} never became Established"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
