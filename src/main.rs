@@ -117,6 +117,11 @@ pub(crate) struct WaypointArgs {
     /// declared, before passing the stream through as TCP.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub(crate) protocol_detection_timeout: Duration,
+    /// How long a forwarded request waits for its response head (then 504) when its
+    /// HTTPRoute rule sets no `timeouts`; `0s` for no limit. A rule's `timeouts.request`
+    /// / `backendRequest` replace it and bound the whole response.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub(crate) default_response_timeout: Duration,
     /// How long open connections may finish after SIGTERM.
     #[arg(long, env = "WEFT_GRACE_PERIOD", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) grace_period: Duration,

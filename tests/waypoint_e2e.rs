@@ -165,6 +165,10 @@ spec:
   - name: app
     matches: [{{path: {{type: PathPrefix, value: /app}}}}]
     backendRefs: [{{name: echo-v1, port: 8080}}]
+  - name: slow
+    matches: [{{path: {{type: PathPrefix, value: /slow}}}}]
+    timeouts: {{request: 500ms, backendRequest: 400ms}}
+    backendRefs: [{{name: echo-v1, port: 8080}}]
   - name: unready
     matches: [{{path: {{type: PathPrefix, value: /gone}}}}]
     backendRefs: [{{name: missing, port: 8080}}]
@@ -178,6 +182,7 @@ fn start_waypoint(c: &mut Cluster, pod: usize) -> usize {
     let p = &mut c.pods[pod];
     let mut cmd = p.ns.command(binary("weft"));
     cmd.args(["waypoint", "--namespace", "shop", "--name", WAYPOINT])
+        .args(["--default-response-timeout", "2s"])
         .arg("--config")
         .arg(&c.config_path)
         .arg("--ca-dir")
@@ -445,6 +450,45 @@ fn gamma_routing_through_the_waypoint() {
     assert!(
         mirror_saw("POST /v1/orders 200000"),
         "the mirror never received the whole body"
+    );
+
+    // Timeouts: a rule's timeouts (backendRequest 400ms, within request 500ms) answer 504
+    // when the head is late and cut a body that does not end in time; a rule without
+    // timeouts gets the waypoint's default (2s here) for the head only.
+    assert_eq!(curl(ns, &[&url("/slow/x")]).unwrap().status, 200);
+    let late = curl(ns, &["-H", "x-delay-ms: 1500", &url("/slow/x")]).unwrap();
+    assert_eq!(late.status, 504, "{late:?}");
+    assert!(
+        late.body.contains("timeouts.backendRequest (400ms)"),
+        "{late:?}"
+    );
+    let cut = curl(ns, &["-H", "x-body-delay-ms: 1500", &url("/slow/body")]);
+    assert!(
+        cut.is_err(),
+        "a body past the route's timeout must be cut: {cut:?}"
+    );
+    let slow_default = curl(ns, &["-H", "x-delay-ms: 1000", &url("/app/slow")]).unwrap();
+    assert_eq!(
+        slow_default.status, 200,
+        "within the default: {slow_default:?}"
+    );
+    let late_default = curl(ns, &["-H", "x-delay-ms: 3000", &url("/app/slow")]).unwrap();
+    assert_eq!(late_default.status, 504, "{late_default:?}");
+    assert!(
+        late_default.body.contains("default response timeout (2s"),
+        "{late_default:?}"
+    );
+    let streamed = curl(ns, &["-H", "x-body-delay-ms: 3000", &url("/app/stream")]).unwrap();
+    assert_eq!(
+        (streamed.status, streamed.served_by()),
+        (200, "echo-v1".to_owned()),
+        "the default bounds the head only: {streamed:?}"
+    );
+    let log = c.pods[wp].extra[waypoint].log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("path=/slow/body") && l.contains("response_flags=\"UT\"")),
+        "the cut body is logged with flag UT:\n{log}"
     );
 
     // Consumer routes: a route in the caller's namespace decides for that caller alone.

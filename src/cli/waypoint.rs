@@ -99,6 +99,7 @@ async fn serve(
             name: name.clone(),
             identity: identity.clone(),
             protocol_detection_timeout: args.protocol_detection_timeout,
+            default_response_timeout: Some(args.default_response_timeout).filter(|d| !d.is_zero()),
         },
         store.clone(),
         upstreams,

@@ -1,14 +1,16 @@
 //! The rules of a Gateway API `HTTPRoute` (`spec.rules[]`), typed as weft honours them on a
 //! waypoint: matches (path Exact / PathPrefix / RegularExpression, headers, query params,
 //! method), filters (RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect,
-//! URLRewrite, RequestMirror) at rule and backend level, weighted `backendRefs`, and rule
-//! names.
+//! URLRewrite, RequestMirror) at rule and backend level, weighted `backendRefs`, rule
+//! names, and `timeouts` (`request`, `backendRequest`).
 //!
 //! Nothing is ignored silently: a field weft does not know, or knows but does not honour
-//! yet (`timeouts`, `retry`, `sessionPersistence`, `CORS`, `ExtensionRef` filters), refuses
+//! yet (`retry`, `sessionPersistence`, `CORS`, `ExtensionRef` filters), refuses
 //! the route with the field's path, as does a value the Gateway API spec forbids (a path
 //! not starting with `/`, a regex that does not compile, a redirect and a rewrite in one
 //! rule, a `ReplacePrefixMatch` without a `PathPrefix` match, ...).
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -36,15 +38,91 @@ pub struct HttpRouteRule {
     /// with 500.
     #[serde(default)]
     pub backend_refs: Vec<HttpBackendRef>,
-    /// `timeouts`: not honoured yet, so refused.
-    #[serde(default, skip_serializing)]
-    pub timeouts: Option<serde_json::Value>,
+    /// `timeouts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<HttpRouteTimeouts>,
     /// `retry`: not honoured yet, so refused.
     #[serde(default, skip_serializing)]
     pub retry: Option<serde_json::Value>,
     /// `sessionPersistence`: not honoured, so refused.
     #[serde(default, skip_serializing)]
     pub session_persistence: Option<serde_json::Value>,
+}
+
+/// `timeouts`, as Gateway API durations (`1s`, `500ms`, `1m30s`; `0s` means none).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteTimeouts {
+    /// `request`: from the request's arrival to the end of its response, all attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// `backendRequest`: one attempt, from sending it to the backend to the end of the
+    /// backend's response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_request: Option<String>,
+}
+
+impl HttpRouteTimeouts {
+    /// `request`, if set and not `0s` (checked when the route was loaded).
+    pub fn request(&self) -> Option<Duration> {
+        nonzero(self.request.as_deref())
+    }
+
+    /// `backendRequest`, if set and not `0s`.
+    pub fn backend_request(&self) -> Option<Duration> {
+        nonzero(self.backend_request.as_deref())
+    }
+}
+
+fn nonzero(value: Option<&str>) -> Option<Duration> {
+    value
+        .and_then(|v| parse_gateway_duration(v).ok())
+        .filter(|d| !d.is_zero())
+}
+
+/// A Gateway API duration (GEP-2257): one to four `<1-5 digits><h|m|s|ms>` parts, as
+/// `1h`, `2m30s`, `500ms`; `0s` is zero.
+pub fn parse_gateway_duration(value: &str) -> Result<Duration, String> {
+    let mut rest = value;
+    let mut total = Duration::ZERO;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return Err(format!(
+                "{value:?} is not a Gateway API duration: expected 1 to 5 digits then h, m, s or ms (as 1s, 500ms, 1m30s)"
+            ));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{value:?}: bad number"))?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(3600), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(60), 1)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(1), 1)
+        } else {
+            return Err(format!(
+                "{value:?} is not a Gateway API duration: each number needs a unit, h, m, s or ms"
+            ));
+        };
+        rest = &rest[len..];
+        total += unit * u32::try_from(number).unwrap_or(u32::MAX);
+        parts += 1;
+        if parts > 4 {
+            return Err(format!(
+                "{value:?} is not a Gateway API duration: at most 4 parts"
+            ));
+        }
+    }
+    if parts == 0 {
+        return Err("an empty duration; give one as 1s, 500ms or 1m30s".into());
+    }
+    Ok(total)
 }
 
 /// `matches[]`: every condition given must hold.
@@ -378,9 +456,40 @@ fn bad(field: String, message: impl Into<String>) -> RuleError {
     }
 }
 
+fn check_timeouts(timeouts: &HttpRouteTimeouts, at: &str) -> Result<(), RuleError> {
+    let mut parsed = [None, None];
+    for (i, (field, value)) in [
+        ("request", &timeouts.request),
+        ("backendRequest", &timeouts.backend_request),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if let Some(value) = value {
+            parsed[i] =
+                Some(parse_gateway_duration(value).map_err(|m| bad(format!("{at}.{field}"), m))?);
+        }
+    }
+    if let [Some(request), Some(backend)] = parsed {
+        if !request.is_zero() && (backend.is_zero() || backend > request) {
+            return Err(bad(
+                format!("{at}.backendRequest"),
+                format!(
+                    "{:?} is longer than timeouts.request {:?}, which covers every attempt; make it no longer",
+                    timeouts.backend_request.as_deref().unwrap_or_default(),
+                    timeouts.request.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_rule(rule: &HttpRouteRule, at: &str) -> Result<(), RuleError> {
+    if let Some(timeouts) = &rule.timeouts {
+        check_timeouts(timeouts, &format!("{at}.timeouts"))?;
+    }
     for (field, present, what) in [
-        ("timeouts", rule.timeouts.is_some(), "request timeouts"),
         ("retry", rule.retry.is_some(), "retries"),
         (
             "sessionPersistence",
@@ -882,8 +991,10 @@ mod tests {
         let e = err(json!([{"matches": [{"path": {"type": "Exact", "value": "/a", "extra": 1}}]}]));
         assert_eq!(e.field, "spec.rules[0].matches[0].path.extra", "{e:?}");
         assert!(e.message.contains("extra"), "{e:?}");
-        let e = err(json!([{"timeouts": {"request": "1s"}}]));
-        assert_eq!(e.field, "spec.rules[0].timeouts");
+        let e = err(json!([{"retry": {"attempts": 2}}]));
+        assert_eq!(e.field, "spec.rules[0].retry");
+        let e = err(json!([{"timeouts": {"request": "1s", "idle": "2s"}}]));
+        assert_eq!(e.field, "spec.rules[0].timeouts.idle", "{e:?}");
         let e =
             err(json!([{"filters": [{"type": "ExtensionRef", "extensionRef": {"name": "x"}}]}]));
         assert_eq!(e.field, "spec.rules[0].filters[0].type");
@@ -952,5 +1063,36 @@ mod tests {
             let e = err(rules.clone());
             assert_eq!(e.field, field, "{rules}: {e:?}");
         }
+    }
+
+    #[test]
+    fn timeouts_are_gateway_durations_and_backend_fits_in_request() {
+        assert_eq!(parse_gateway_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(
+            parse_gateway_duration("500ms"),
+            Ok(Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_gateway_duration("1h2m3s4ms"),
+            Ok(Duration::from_millis(3_723_004))
+        );
+        assert_eq!(parse_gateway_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "1", "s", "1.5s", "123456s", "1d", "1s1s1s1s1s", "-1s"] {
+            assert!(parse_gateway_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        let rules: Vec<serde_json::Value> = serde_json::from_value(json!([
+            {"timeouts": {"request": "2s", "backendRequest": "500ms"}},
+            {"timeouts": {"request": "0s"}},
+        ]))
+        .unwrap();
+        let parsed = parse_rules(&rules).unwrap();
+        let timeouts = parsed[0].timeouts.as_ref().unwrap();
+        assert_eq!(timeouts.request(), Some(Duration::from_secs(2)));
+        assert_eq!(timeouts.backend_request(), Some(Duration::from_millis(500)));
+        assert_eq!(parsed[1].timeouts.as_ref().unwrap().request(), None);
+        let e = err(json!([{"timeouts": {"request": "1x"}}]));
+        assert_eq!(e.field, "spec.rules[0].timeouts.request", "{e:?}");
+        let e = err(json!([{"timeouts": {"request": "1s", "backendRequest": "2s"}}]));
+        assert_eq!(e.field, "spec.rules[0].timeouts.backendRequest", "{e:?}");
     }
 }

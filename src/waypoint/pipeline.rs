@@ -18,7 +18,9 @@ use http::{StatusCode, Uri};
 use super::backends::{choose, resolve_service, ResolvedBackend, RouteScope};
 use super::filters::{self, Arrival};
 use super::route_table::{RequestView, ServicePortRoutes};
-use crate::model::http_route_rules::{HeaderModifier, HttpRouteFilter, RequestMirror};
+use crate::model::http_route_rules::{
+    HeaderModifier, HttpRouteFilter, HttpRouteTimeouts, RequestMirror,
+};
 use crate::model::{MeshSnapshot, Service};
 
 /// What to do with a request.
@@ -48,6 +50,8 @@ pub enum Plan<'a> {
         response_headers: Vec<&'a HeaderModifier>,
         /// Copies to send on the side (their answers are dropped).
         mirrors: Vec<MirrorTarget>,
+        /// The rule's `timeouts`, if it has them.
+        timeouts: Option<&'a HttpRouteTimeouts>,
     },
 }
 
@@ -180,6 +184,7 @@ pub fn plan<'a>(
         route,
         response_headers,
         mirrors,
+        timeouts: selected.rule.timeouts.as_ref(),
     }
 }
 

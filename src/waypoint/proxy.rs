@@ -5,11 +5,13 @@
 //! telemetry ([`RequestReport`]), recorded when the response body ends or is dropped.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -24,7 +26,7 @@ use super::pipeline::{self, MirrorTarget, Origin, Plan};
 use super::route_table::ServicePortRoutes;
 use super::upstream::{BodyError, Lease, ProxyBody, UpstreamError, UpstreamProtocol, Upstreams};
 use crate::identity::SpiffeId;
-use crate::model::http_route_rules::HeaderModifier;
+use crate::model::http_route_rules::{HeaderModifier, HttpRouteTimeouts};
 use crate::model::{MeshSnapshot, MeshStore, Service};
 use crate::telemetry::request::{RequestInfo, RequestReport};
 use crate::telemetry::trace_context::TraceContext;
@@ -58,6 +60,8 @@ pub struct StreamContext {
     pub authority: SocketAddr,
     /// The caller's labels.
     pub source: Arc<WorkloadLabels>,
+    /// The response-head timeout of a request whose route sets no `timeouts`.
+    pub default_timeout: Option<Duration>,
     routes: Mutex<Option<(Arc<MeshSnapshot>, Arc<ServicePortRoutes>)>>,
 }
 
@@ -72,6 +76,7 @@ impl StreamContext {
         remote: SocketAddr,
         authority: SocketAddr,
         source: Arc<WorkloadLabels>,
+        default_timeout: Option<Duration>,
     ) -> Self {
         StreamContext {
             store,
@@ -80,6 +85,7 @@ impl StreamContext {
             remote,
             authority,
             source,
+            default_timeout,
             routes: Mutex::new(None),
         }
     }
@@ -106,6 +112,7 @@ pub async fn serve(
     ctx: Arc<StreamContext>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let arrived = Instant::now();
     let snapshot = ctx.store.load();
     let (mut parts, body) = request.into_parts();
     let trace = TraceContext::propagate(&mut parts.headers);
@@ -154,7 +161,7 @@ pub async fn serve(
         default_host: &default_host,
     };
     let decided = pipeline::plan(&snapshot, &routes, origin, &mut parts, &mut rand::random);
-    let (backend, port, response_headers, mirrors) = match decided {
+    let (backend, port, response_headers, mirrors, timeouts) = match decided {
         Plan::Respond {
             status,
             location,
@@ -177,6 +184,7 @@ pub async fn serve(
                 ctx.authority.port(),
                 Vec::new(),
                 Vec::new(),
+                None,
             )
         }
         Plan::Forward {
@@ -184,10 +192,18 @@ pub async fn serve(
             route,
             response_headers,
             mirrors,
+            timeouts,
         } => {
             report.set_route(Some(route));
             let modifiers: Vec<HeaderModifier> = response_headers.into_iter().cloned().collect();
-            (backend.service.clone(), backend.port, modifiers, mirrors)
+            let timeouts = timeouts.cloned();
+            (
+                backend.service.clone(),
+                backend.port,
+                modifiers,
+                mirrors,
+                timeouts,
+            )
         }
     };
     let endpoint = match ctx.upstreams.pick(&snapshot, &backend, port) {
@@ -227,8 +243,41 @@ pub async fn serve(
         Err(reason) => return Ok(local(report, StatusCode::BAD_REQUEST, None, "DPE", &reason)),
     };
     let request = Request::from_parts(upstream_parts, body);
-    match ctx.upstreams.send(&endpoint, protocol, request).await {
-        Ok((response, lease)) => Ok(respond(report, response, lease, &response_headers)),
+    let deadline = Deadline::of(timeouts.as_ref(), arrived, ctx.default_timeout);
+    let sent = ctx.upstreams.send(&endpoint, protocol, request);
+    let answered = match deadline.at {
+        Some(at) => match tokio::time::timeout_at(at.into(), sent).await {
+            Ok(answered) => answered,
+            Err(_) => {
+                let reason = format!("the upstream did not answer within {}", deadline.what);
+                return Ok(local(
+                    report,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    None,
+                    "UT",
+                    &reason,
+                ));
+            }
+        },
+        None => sent.await,
+    };
+    match answered {
+        Ok((response, lease)) => {
+            let body_deadline = match (deadline.at, deadline.covers_body) {
+                (Some(at), true) => Some(BodyDeadlineTimer {
+                    sleep: Box::pin(tokio::time::sleep_until(at.into())),
+                    what: deadline.what,
+                }),
+                _ => None,
+            };
+            Ok(respond(
+                report,
+                response,
+                lease,
+                &response_headers,
+                body_deadline,
+            ))
+        }
         Err(error) => {
             let (status, flag) = match &error {
                 UpstreamError::Http { .. } => (StatusCode::BAD_GATEWAY, "UPE"),
@@ -247,6 +296,7 @@ fn respond(
     response: Response<Incoming>,
     lease: Option<Lease>,
     modifiers: &[HeaderModifier],
+    deadline: Option<BodyDeadlineTimer>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -265,6 +315,7 @@ fn respond(
         inner: body.map_err(BodyError::from).boxed(),
         report: Some(report),
         lease,
+        deadline,
     };
     Response::from_parts(parts, body.boxed())
 }
@@ -289,6 +340,7 @@ fn local(
                 .boxed(),
             report: Some(report),
             lease: None,
+            deadline: None,
         }
         .boxed(),
     );
@@ -477,12 +529,79 @@ impl Body for CountedRequest {
     }
 }
 
+/// When a forwarded request must have its answer.
+struct Deadline {
+    /// The instant, if any timeout applies.
+    at: Option<Instant>,
+    /// Whether the response body must end by then too (a route's timeouts), or only the
+    /// response head (the waypoint's default, so streams and downloads are not cut).
+    covers_body: bool,
+    /// Which timeout it is, for the 504's reason.
+    what: String,
+}
+
+impl Deadline {
+    /// The earlier of the rule's `timeouts.request` (from `arrived`) and
+    /// `timeouts.backendRequest` (from now, this one attempt); without either, `default`
+    /// for the response head.
+    fn of(
+        timeouts: Option<&HttpRouteTimeouts>,
+        arrived: Instant,
+        default: Option<Duration>,
+    ) -> Self {
+        let now = Instant::now();
+        let request = timeouts
+            .and_then(HttpRouteTimeouts::request)
+            .map(|d| (arrived + d, format!("the route's timeouts.request ({d:?})")));
+        let backend = timeouts
+            .and_then(HttpRouteTimeouts::backend_request)
+            .map(|d| {
+                (
+                    now + d,
+                    format!("the route's timeouts.backendRequest ({d:?})"),
+                )
+            });
+        match (request, backend) {
+            (Some(a), Some(b)) => {
+                let (at, what) = if a.0 <= b.0 { a } else { b };
+                Deadline { at: Some(at), covers_body: true, what }
+            }
+            (Some((at, what)), None) | (None, Some((at, what))) => Deadline {
+                at: Some(at),
+                covers_body: true,
+                what,
+            },
+            (None, None) => Deadline {
+                at: default.map(|d| now + d),
+                covers_body: false,
+                what: format!(
+                    "the waypoint's default response timeout ({:?}; set timeouts.request on the route to change it)",
+                    default.unwrap_or_default()
+                ),
+            },
+        }
+    }
+}
+
+/// Why a response body was cut.
+#[derive(Debug, thiserror::Error)]
+#[error("the response did not end within {0}")]
+struct BodyTimedOut(String);
+
 /// A response body that tells the report its size, gRPC status and end, and gives the
 /// upstream connection back to the pool once read to the end.
 struct ReportingBody {
     inner: ProxyBody,
     report: Option<RequestReport>,
     lease: Option<Lease>,
+    /// A route's timeout that the body must end by.
+    deadline: Option<BodyDeadlineTimer>,
+}
+
+/// The timer of [`ReportingBody::deadline`].
+struct BodyDeadlineTimer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    what: String,
 }
 
 impl ReportingBody {
@@ -531,7 +650,21 @@ impl Body for ReportingBody {
                 }
                 self.lease = None;
             }
-            Poll::Pending => {}
+            Poll::Pending => {
+                let this = &mut *self;
+                if let Some(timer) = this.deadline.as_mut() {
+                    if timer.sleep.as_mut().poll(cx).is_ready() {
+                        let error = BodyTimedOut(timer.what.clone());
+                        if let Some(report) = this.report.as_mut() {
+                            report.set_flag("UT", error.to_string());
+                        }
+                        // The upstream connection is mid-response: never reuse it.
+                        this.lease = None;
+                        this.deadline = None;
+                        return Poll::Ready(Some(Err(Box::new(error))));
+                    }
+                }
+            }
         }
         polled
     }

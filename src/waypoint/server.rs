@@ -49,6 +49,9 @@ pub struct WaypointConfig {
     /// How long to wait for a client's first bytes on a port whose protocol is not
     /// declared before treating the stream as TCP.
     pub protocol_detection_timeout: Duration,
+    /// How long a forwarded request may wait for its response head when its route sets no
+    /// `timeouts` (`None`: no limit).
+    pub default_response_timeout: Option<Duration>,
 }
 
 /// The waypoint: an HBONE [`StreamHandler`] that proxies HTTP per route.
@@ -136,6 +139,7 @@ impl Waypoint {
                     request.remote,
                     request.authority,
                     source,
+                    self.config.default_response_timeout,
                 ));
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder.http1().max_buf_size(MAX_REQUEST_HEAD);

@@ -1,9 +1,11 @@
 """An HTTP/1.1 echo server for the waypoint tests: answers every request with JSON saying
 who served it and what arrived (method, path with query, headers, body length), and logs
 one line per request ("<method> <path> <body bytes>") to stdout, flushed, so a test can see what a mirror
-received. Usage: python3 echo_http.py <bind-ip> <port> <name>
+received. Misbehaves on cue: `x-delay-ms: N` holds the answer N ms; `x-body-delay-ms: N`
+sends the head and half the body, then waits N ms before the rest.
+Usage: python3 echo_http.py <bind-ip> <port> <name>
 """
-import http.server, json, socket, sys
+import http.server, json, socket, sys, time
 
 NAME = sys.argv[3]
 
@@ -22,11 +24,21 @@ class H(http.server.BaseHTTPRequestHandler):
             "client": self.client_address[0],
         }).encode()
         print("%s %s %d" % (self.command, self.path, len(body)), flush=True)
+        delay = int(self.headers.get("x-delay-ms", "0") or 0)
+        if delay:
+            time.sleep(delay / 1000.0)
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(out)))
         self.send_header("x-echo-server", NAME)
         self.end_headers()
+        body_delay = int(self.headers.get("x-body-delay-ms", "0") or 0)
+        if body_delay:
+            half = len(out) // 2
+            self.wfile.write(out[:half])
+            self.wfile.flush()
+            time.sleep(body_delay / 1000.0)
+            out = out[half:]
         self.wfile.write(out)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = answer
