@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::cluster::{pods_e2e_ready, Cluster, AMBIENT};
-use common::l7::{curl, start_echo};
+use common::l7::{add_echo_pods, curl, start_echo, EchoPods};
 use common::testbed::*;
 use serde_json::Value;
 
@@ -250,42 +250,15 @@ fn gamma_routing_through_the_waypoint() {
     c.write_config();
     c.start_daemon(0);
     c.start_daemon(1);
-    let client = c
-        .add_pod(0, "shop", "client", "client", &[])
-        .expect("ADD client");
+    let EchoPods {
+        client,
+        v1,
+        v2,
+        waypoint: wp,
+    } = add_echo_pods(&mut c, WAYPOINT);
     let web_client = c
         .add_pod(0, "web", "web-client", "web-client", &[])
         .expect("ADD web-client");
-    let v1 = c
-        .add_pod(
-            1,
-            "shop",
-            "echo-v1",
-            "echo",
-            &[("app", "echo"), ("version", "v1")],
-        )
-        .expect("ADD echo-v1");
-    let v2 = c
-        .add_pod(
-            1,
-            "shop",
-            "echo-v2",
-            "echo",
-            &[("app", "echo"), ("version", "v2")],
-        )
-        .expect("ADD echo-v2");
-    let wp = c
-        .add_pod(
-            0,
-            "shop",
-            "shop-waypoint-0",
-            WAYPOINT,
-            &[
-                ("app.kubernetes.io/name", WAYPOINT),
-                ("weft.dev/dataplane-mode", "none"),
-            ],
-        )
-        .expect("ADD waypoint");
     let s = c.subnet;
     let vip = format!("10.{s}.100.10");
     c.extra_yaml = services(

@@ -13,7 +13,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{pods_e2e_ready, Cluster, AMBIENT};
-use common::l7::{curl, start_echo, Reply};
+use common::l7::{add_echo_pods, curl, start_echo, EchoPods, Reply};
 use common::testbed::*;
 use serde_json::Value;
 
@@ -198,42 +198,15 @@ fn httproutes_from_the_api_server() {
     c.kube_apply(&String::from_utf8_lossy(&manifests.stdout))
         .expect("the waypoint's manifests apply");
 
-    let client = c
-        .add_pod(0, "shop", "client", "client", &[])
-        .expect("ADD client");
-    let v1 = c
-        .add_pod(
-            1,
-            "shop",
-            "echo-v1",
-            "echo",
-            &[("app", "echo"), ("version", "v1")],
-        )
-        .expect("ADD echo-v1");
-    let v2 = c
-        .add_pod(
-            1,
-            "shop",
-            "echo-v2",
-            "echo",
-            &[("app", "echo"), ("version", "v2")],
-        )
-        .expect("ADD echo-v2");
+    let EchoPods {
+        client,
+        v1,
+        v2,
+        waypoint: wp,
+    } = add_echo_pods(&mut c, WAYPOINT);
     let outside = c
         .add_pod(1, "legacy", "outside", "outside", &[("app", "outside")])
         .expect("ADD outside");
-    let wp = c
-        .add_pod(
-            0,
-            "shop",
-            "shop-waypoint-0",
-            WAYPOINT,
-            &[
-                ("app.kubernetes.io/name", WAYPOINT),
-                ("weft.dev/dataplane-mode", "none"),
-            ],
-        )
-        .expect("ADD waypoint");
     start_echo(&mut c, v1, "echo-v1");
     start_echo(&mut c, v2, "echo-v2");
     start_echo(&mut c, outside, "outside");

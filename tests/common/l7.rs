@@ -77,3 +77,49 @@ pub fn start_echo(c: &mut Cluster, pod: usize, name: &str) -> PathBuf {
     c.wait_for_port(pod, 8080, name);
     log
 }
+
+/// The pods every waypoint test has: `client` (node 1, shop), `echo-v1` and `echo-v2`
+/// (node 2, shop, `app: echo` with their `version`) and the waypoint's pod (node 1, not
+/// captured), in the Cluster's pod indices.
+pub struct EchoPods {
+    pub client: usize,
+    pub v1: usize,
+    pub v2: usize,
+    pub waypoint: usize,
+}
+
+/// Adds the [`EchoPods`]; the waypoint pod is `<waypoint>-0`, running as `<waypoint>`.
+pub fn add_echo_pods(c: &mut Cluster, waypoint: &str) -> EchoPods {
+    let client = c
+        .add_pod(0, "shop", "client", "client", &[])
+        .expect("ADD client");
+    let mut echo = |version: &str| {
+        c.add_pod(
+            1,
+            "shop",
+            &format!("echo-{version}"),
+            "echo",
+            &[("app", "echo"), ("version", version)],
+        )
+        .unwrap_or_else(|e| panic!("ADD echo-{version}: {e:?}"))
+    };
+    let (v1, v2) = (echo("v1"), echo("v2"));
+    let waypoint = c
+        .add_pod(
+            0,
+            "shop",
+            &format!("{waypoint}-0"),
+            waypoint,
+            &[
+                ("app.kubernetes.io/name", waypoint),
+                ("weft.dev/dataplane-mode", "none"),
+            ],
+        )
+        .expect("ADD waypoint");
+    EchoPods {
+        client,
+        v1,
+        v2,
+        waypoint,
+    }
+}
