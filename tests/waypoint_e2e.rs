@@ -169,6 +169,10 @@ spec:
     matches: [{{path: {{type: PathPrefix, value: /slow}}}}]
     timeouts: {{request: 500ms, backendRequest: 400ms}}
     backendRefs: [{{name: echo-v1, port: 8080}}]
+  - name: unbounded
+    matches: [{{path: {{type: PathPrefix, value: /unbounded}}}}]
+    timeouts: {{request: 0s}}
+    backendRefs: [{{name: echo-v1, port: 8080}}]
   - name: unready
     matches: [{{path: {{type: PathPrefix, value: /gone}}}}]
     backendRefs: [{{name: missing, port: 8080}}]
@@ -450,6 +454,11 @@ fn gamma_routing_through_the_waypoint() {
     assert!(
         late_default.body.contains("default response timeout (2s"),
         "{late_default:?}"
+    );
+    let unbounded = curl(ns, &["-H", "x-delay-ms: 2500", &url("/unbounded")]).unwrap();
+    assert_eq!(
+        unbounded.status, 200,
+        "timeouts.request 0s: no limit, no default: {unbounded:?}"
     );
     let streamed = curl(ns, &["-H", "x-body-delay-ms: 3000", &url("/app/stream")]).unwrap();
     assert_eq!(

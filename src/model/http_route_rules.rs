@@ -471,7 +471,7 @@ fn check_timeouts(timeouts: &HttpRouteTimeouts, at: &str) -> Result<(), RuleErro
         }
     }
     if let [Some(request), Some(backend)] = parsed {
-        if !request.is_zero() && (backend.is_zero() || backend > request) {
+        if !request.is_zero() && backend > request {
             return Err(bad(
                 format!("{at}.backendRequest"),
                 format!(
@@ -1092,6 +1092,14 @@ mod tests {
         assert_eq!(parsed[1].timeouts.as_ref().unwrap().request(), None);
         let e = err(json!([{"timeouts": {"request": "1x"}}]));
         assert_eq!(e.field, "spec.rules[0].timeouts.request", "{e:?}");
+        let zero_backend: Vec<serde_json::Value> = serde_json::from_value(
+            json!([{"timeouts": {"request": "1s", "backendRequest": "0s"}}]),
+        )
+        .unwrap();
+        assert!(
+            parse_rules(&zero_backend).is_ok(),
+            "backendRequest 0s is allowed"
+        );
         let e = err(json!([{"timeouts": {"request": "1s", "backendRequest": "2s"}}]));
         assert_eq!(e.field, "spec.rules[0].timeouts.backendRequest", "{e:?}");
     }

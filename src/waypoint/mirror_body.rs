@@ -82,6 +82,10 @@ where
                 size_hint,
             });
         }
+        if inner.is_end_stream() {
+            // No body (a GET): hyper will not poll it; the mirrors' bodies end empty, cleanly.
+            feeds.clear();
+        }
         (Tee { inner, feeds }, bodies)
     }
 
@@ -124,7 +128,14 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(Some(Ok(frame))) => self.copy_out(frame),
+            Poll::Ready(Some(Ok(frame))) => {
+                self.copy_out(frame);
+                // hyper stops polling once the body says it ended (after the last
+                // Content-Length byte or END_STREAM): end the copies cleanly now.
+                if self.inner.is_end_stream() {
+                    self.feeds.clear();
+                }
+            }
             Poll::Ready(Some(Err(_))) => self.abandon_all(),
             // The end: dropping the senders ends each mirror's body cleanly.
             Poll::Ready(None) => self.feeds.clear(),
@@ -178,6 +189,10 @@ impl Body for MirrorBody {
         }
     }
 
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_closed() && self.frames.is_empty() && !self.abandoned.load(Ordering::Acquire)
+    }
+
     fn size_hint(&self) -> SizeHint {
         self.size_hint
     }
@@ -196,6 +211,23 @@ mod tests {
         for mirror in mirrors {
             assert_eq!(&mirror.collect().await.unwrap().to_bytes()[..], b"hello");
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_says_it_ended_ends_the_mirrors_cleanly_without_a_last_poll() {
+        // As hyper does: poll until is_end_stream(), then drop the body.
+        let (mut tee, mut mirrors) = Tee::new(Full::new(Bytes::from_static(b"all")), 1);
+        let frame = tee.frame().await.unwrap().unwrap();
+        assert!(tee.is_end_stream());
+        drop((frame, tee));
+        let copy = mirrors.pop().unwrap().collect().await.expect("a clean end");
+        assert_eq!(&copy.to_bytes()[..], b"all");
+        // No body at all: the copy is empty and ends cleanly, never polled.
+        let (tee, mut mirrors) = Tee::new(http_body_util::Empty::<Bytes>::new(), 1);
+        drop(tee);
+        let mirror = mirrors.pop().unwrap();
+        assert!(mirror.is_end_stream());
+        assert!(mirror.collect().await.unwrap().to_bytes().is_empty());
     }
 
     #[tokio::test]

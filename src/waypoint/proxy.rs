@@ -225,7 +225,10 @@ pub async fn serve(
     );
     let protocol = upstream_protocol(&parts, &backend, port);
     strip_hop_by_hop(&mut parts.headers);
+    let deadline = Deadline::of(timeouts.as_ref(), arrived, ctx.default_timeout);
+    let (body_ended, request_body_ended) = tokio::sync::oneshot::channel();
     let counted = CountedRequest {
+        ended: (!body.is_end_stream()).then_some(body_ended),
         inner: body,
         bytes: report.request_bytes(),
     };
@@ -233,8 +236,9 @@ pub async fn serve(
         counted.map_err(BodyError::from).boxed()
     } else {
         let (tee, copies) = Tee::new(counted, mirrors.len());
+        let limit = deadline.mirror_limit();
         for (target, copy) in mirrors.into_iter().zip(copies) {
-            send_mirror(&ctx, &snapshot, &parts, target, copy);
+            send_mirror(&ctx, &snapshot, &parts, target, copy, limit);
         }
         tee.map_err(BodyError::from).boxed()
     };
@@ -243,33 +247,38 @@ pub async fn serve(
         Err(reason) => return Ok(local(report, StatusCode::BAD_REQUEST, None, "DPE", &reason)),
     };
     let request = Request::from_parts(upstream_parts, body);
-    let deadline = Deadline::of(timeouts.as_ref(), arrived, ctx.default_timeout);
     let sent = ctx.upstreams.send(&endpoint, protocol, request);
-    let answered = match deadline.at {
-        Some(at) => match tokio::time::timeout_at(at.into(), sent).await {
-            Ok(answered) => answered,
-            Err(_) => {
-                let reason = format!("the upstream did not answer within {}", deadline.what);
-                return Ok(local(
-                    report,
-                    StatusCode::GATEWAY_TIMEOUT,
-                    None,
-                    "UT",
-                    &reason,
-                ));
+    // A route's timeout runs from its start; the default one from the end of the request
+    // body (an upload's own time is not the upstream's), or from now without one.
+    let limit = async {
+        match (deadline.route.as_ref(), deadline.default) {
+            (Some((at, _)), _) => tokio::time::sleep_until((*at).into()).await,
+            (None, Some(default)) => {
+                let _ = request_body_ended.await;
+                tokio::time::sleep(default).await;
             }
-        },
-        None => sent.await,
+            (None, None) => std::future::pending().await,
+        }
+    };
+    let answered = tokio::select! {
+        answered = sent => answered,
+        () = limit => {
+            let reason = format!("the upstream did not answer within {}", deadline.what);
+            return Ok(local(
+                report,
+                StatusCode::GATEWAY_TIMEOUT,
+                None,
+                "UT",
+                &reason,
+            ));
+        }
     };
     match answered {
         Ok((response, lease)) => {
-            let body_deadline = match (deadline.at, deadline.covers_body) {
-                (Some(at), true) => Some(BodyDeadlineTimer {
-                    sleep: Box::pin(tokio::time::sleep_until(at.into())),
-                    what: deadline.what,
-                }),
-                _ => None,
-            };
+            let body_deadline = deadline.route.map(|(at, _)| BodyDeadlineTimer {
+                sleep: Box::pin(tokio::time::sleep_until(at.into())),
+                what: deadline.what.clone(),
+            });
             Ok(respond(
                 report,
                 response,
@@ -419,6 +428,7 @@ fn send_mirror(
     parts: &Parts,
     target: MirrorTarget,
     body: MirrorBody,
+    limit: Duration,
 ) {
     let endpoint = match ctx.upstreams.pick(snapshot, &target.service, target.port) {
         Ok(endpoint) => endpoint,
@@ -440,14 +450,20 @@ fn send_mirror(
     let upstreams = ctx.upstreams.clone();
     tokio::spawn(async move {
         let request = Request::from_parts(head, body.boxed());
-        match upstreams.send(&endpoint, protocol, request).await {
-            Ok((response, lease)) => {
-                let _ = response.into_body().collect().await;
-                if let Some(lease) = lease {
-                    lease.release();
+        let exchange = async {
+            match upstreams.send(&endpoint, protocol, request).await {
+                Ok((response, lease)) => {
+                    if response.into_body().collect().await.is_ok() {
+                        if let Some(lease) = lease {
+                            lease.release();
+                        }
+                    }
                 }
+                Err(error) => tracing::debug!(%error, "mirrored request failed"),
             }
-            Err(error) => tracing::debug!(%error, "mirrored request failed"),
+        };
+        if tokio::time::timeout(limit, exchange).await.is_err() {
+            tracing::debug!(?limit, "mirrored request timed out");
         }
     });
 }
@@ -501,6 +517,8 @@ fn request_host_with_port(parts: &Parts) -> Option<String> {
 struct CountedRequest {
     inner: Incoming,
     bytes: Arc<AtomicU64>,
+    /// Told when the body has been read to its end (dropped: it never will be).
+    ended: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Body for CountedRequest {
@@ -512,10 +530,19 @@ impl Body for CountedRequest {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                if self.inner.is_end_stream() {
+                    self.ended.take().map(|ended| ended.send(()));
+                }
             }
+            Poll::Ready(_) => {
+                self.ended.take().map(|ended| ended.send(()));
+            }
+            Poll::Pending => {}
         }
         polled
     }
@@ -529,13 +556,17 @@ impl Body for CountedRequest {
     }
 }
 
+/// Longest a mirrored request may take when nothing else bounds it.
+const MIRROR_MAX: Duration = Duration::from_secs(60);
+
 /// When a forwarded request must have its answer.
 struct Deadline {
-    /// The instant, if any timeout applies.
-    at: Option<Instant>,
-    /// Whether the response body must end by then too (a route's timeouts), or only the
-    /// response head (the waypoint's default, so streams and downloads are not cut).
-    covers_body: bool,
+    /// A route's timeout: the instant by which the whole response (head and body) must be
+    /// there.
+    route: Option<(Instant, String)>,
+    /// Without route timeouts: how long the response head may take once the request body
+    /// has been sent (so streams and downloads that started are never cut).
+    default: Option<Duration>,
     /// Which timeout it is, for the 504's reason.
     what: String,
 }
@@ -550,6 +581,17 @@ impl Deadline {
         default: Option<Duration>,
     ) -> Self {
         let now = Instant::now();
+        let declared = timeouts.is_some_and(|t| t.request.is_some() || t.backend_request.is_some());
+        if !declared {
+            return Deadline {
+                route: None,
+                default,
+                what: format!(
+                    "the waypoint's default response timeout ({:?} after the request was sent; set timeouts.request on the route to change it, 0s for none)",
+                    default.unwrap_or_default()
+                ),
+            };
+        }
         let request = timeouts
             .and_then(HttpRouteTimeouts::request)
             .map(|d| (arrived + d, format!("the route's timeouts.request ({d:?})")));
@@ -561,24 +603,25 @@ impl Deadline {
                     format!("the route's timeouts.backendRequest ({d:?})"),
                 )
             });
-        match (request, backend) {
-            (Some(a), Some(b)) => {
-                let (at, what) = if a.0 <= b.0 { a } else { b };
-                Deadline { at: Some(at), covers_body: true, what }
-            }
-            (Some((at, what)), None) | (None, Some((at, what))) => Deadline {
-                at: Some(at),
-                covers_body: true,
-                what,
-            },
-            (None, None) => Deadline {
-                at: default.map(|d| now + d),
-                covers_body: false,
-                what: format!(
-                    "the waypoint's default response timeout ({:?}; set timeouts.request on the route to change it)",
-                    default.unwrap_or_default()
-                ),
-            },
+        // A timeout set to 0s means none (GEP-1742): no default either.
+        let route = match (request, backend) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (one, None) | (None, one) => one,
+        };
+        let what = route.as_ref().map(|(_, w)| w.clone()).unwrap_or_default();
+        Deadline {
+            route,
+            default: None,
+            what,
+        }
+    }
+
+    /// How long a mirror of this request may take: as long as the request, never
+    /// unbounded.
+    fn mirror_limit(&self) -> Duration {
+        match &self.route {
+            Some((at, _)) => at.saturating_duration_since(Instant::now()),
+            None => self.default.unwrap_or(MIRROR_MAX).min(MIRROR_MAX),
         }
     }
 }
@@ -623,6 +666,20 @@ impl Body for ReportingBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        // The deadline first, so an upstream that always has data ready is cut too.
+        let this = &mut *self;
+        if let Some(timer) = this.deadline.as_mut() {
+            if timer.sleep.as_mut().poll(cx).is_ready() {
+                let error = BodyTimedOut(timer.what.clone());
+                if let Some(report) = this.report.as_mut() {
+                    report.set_flag("UT", error.to_string());
+                }
+                // The upstream connection is mid-response: never reuse it.
+                this.lease = None;
+                this.deadline = None;
+                return Poll::Ready(Some(Err(Box::new(error))));
+            }
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -650,21 +707,7 @@ impl Body for ReportingBody {
                 }
                 self.lease = None;
             }
-            Poll::Pending => {
-                let this = &mut *self;
-                if let Some(timer) = this.deadline.as_mut() {
-                    if timer.sleep.as_mut().poll(cx).is_ready() {
-                        let error = BodyTimedOut(timer.what.clone());
-                        if let Some(report) = this.report.as_mut() {
-                            report.set_flag("UT", error.to_string());
-                        }
-                        // The upstream connection is mid-response: never reuse it.
-                        this.lease = None;
-                        this.deadline = None;
-                        return Poll::Ready(Some(Err(Box::new(error))));
-                    }
-                }
-            }
+            Poll::Pending => {}
         }
         polled
     }
@@ -675,5 +718,37 @@ impl Body for ReportingBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeouts(request: Option<&str>, backend: Option<&str>) -> HttpRouteTimeouts {
+        HttpRouteTimeouts {
+            request: request.map(str::to_owned),
+            backend_request: backend.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn the_default_applies_only_where_a_route_declares_no_timeouts() {
+        let default = Some(Duration::from_secs(15));
+        let now = Instant::now();
+        let none = Deadline::of(None, now, default);
+        assert_eq!((none.route.is_none(), none.default), (true, default));
+        let empty = Deadline::of(Some(&timeouts(None, None)), now, default);
+        assert_eq!(empty.default, default);
+        // 0s turns the timeout off, and the default with it.
+        let off = Deadline::of(Some(&timeouts(Some("0s"), None)), now, default);
+        assert_eq!((off.route.is_none(), off.default), (true, None));
+        // The earlier of request (from arrival) and backendRequest (from now) wins.
+        let both = Deadline::of(Some(&timeouts(Some("2s"), Some("500ms"))), now, default);
+        assert!(both.mirror_limit() <= Duration::from_millis(500));
+        let (at, what) = both.route.expect("a route deadline");
+        assert!(at <= Instant::now() + Duration::from_millis(500), "{what}");
+        assert!(what.contains("backendRequest"), "{what}");
+        assert_eq!(none.mirror_limit(), Duration::from_secs(15));
     }
 }
