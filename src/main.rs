@@ -122,6 +122,19 @@ pub(crate) struct WaypointArgs {
     /// / `backendRequest` replace it and bound the whole response.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub(crate) default_response_timeout: Duration,
+    /// Retries of a request whose HTTPRoute rule has no `retry`: connect failures and
+    /// refused streams (never processed, so any method), and 503 of idempotent methods;
+    /// each to another endpoint, within the Service's retry budget. 0 for none.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=3))]
+    pub(crate) default_retry_attempts: u32,
+    /// Failed attempts in a row (5xx, connect failure, reset, timeout) that eject an
+    /// endpoint from load balancing; 0 never ejects.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) outlier_consecutive_failures: u32,
+    /// How long an endpoint's first ejection lasts; each further one lasts that much
+    /// longer (at most 5 minutes), and at most half a backend's endpoints are out at once.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub(crate) outlier_base_ejection: Duration,
     /// How long open connections may finish after SIGTERM.
     #[arg(long, env = "WEFT_GRACE_PERIOD", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) grace_period: Duration,

@@ -188,6 +188,8 @@ fn the_install_manifests_are_accepted_and_rbac_is_exactly_what_weft_node_needs()
         "namespace/weft-system",
         "customresourcedefinition.apiextensions.k8s.io/authorizationpolicies.weft.dev",
         "customresourcedefinition.apiextensions.k8s.io/peerauthentications.weft.dev",
+        "customresourcedefinition.apiextensions.k8s.io/destinationpolicies.weft.dev",
+        "customresourcedefinition.apiextensions.k8s.io/faultinjections.weft.dev",
         "serviceaccount/weft-node",
         "role.rbac.authorization.k8s.io/weft-node",
         "clusterrole.rbac.authorization.k8s.io/weft-node",
@@ -401,6 +403,8 @@ fn the_install_manifests_are_accepted_and_rbac_is_exactly_what_weft_node_needs()
         "/apis/discovery.k8s.io/v1/endpointslices",
         "/apis/weft.dev/v1alpha1/authorizationpolicies",
         "/apis/weft.dev/v1alpha1/peerauthentications",
+        "/apis/weft.dev/v1alpha1/destinationpolicies",
+        "/apis/weft.dev/v1alpha1/faultinjections",
     ];
     let paths: Vec<String> = read
         .iter()

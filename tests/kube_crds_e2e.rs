@@ -65,6 +65,8 @@ fn documents(yaml: &str) -> Vec<Value> {
 enum Kind {
     Ap,
     Pa,
+    Dp,
+    Fi,
 }
 
 impl Kind {
@@ -72,6 +74,8 @@ impl Kind {
         match self {
             Kind::Ap => "AuthorizationPolicy",
             Kind::Pa => "PeerAuthentication",
+            Kind::Dp => "DestinationPolicy",
+            Kind::Fi => "FaultInjection",
         }
     }
 
@@ -79,6 +83,8 @@ impl Kind {
         match self {
             Kind::Ap => "authorizationpolicies",
             Kind::Pa => "peerauthentications",
+            Kind::Dp => "destinationpolicies",
+            Kind::Fi => "faultinjections",
         }
     }
 
@@ -86,6 +92,8 @@ impl Kind {
         match kind {
             "AuthorizationPolicy" => Some(Kind::Ap),
             "PeerAuthentication" => Some(Kind::Pa),
+            "DestinationPolicy" => Some(Kind::Dp),
+            "FaultInjection" => Some(Kind::Fi),
             _ => None,
         }
     }
@@ -234,6 +242,8 @@ async fn install_crds(client: &kube::Client) -> BTreeSet<String> {
         names,
         [
             "authorizationpolicies.weft.dev.yaml",
+            "destinationpolicies.weft.dev.yaml",
+            "faultinjections.weft.dev.yaml",
             "peerauthentications.weft.dev.yaml"
         ]
     );
@@ -243,7 +253,8 @@ async fn install_crds(client: &kube::Client) -> BTreeSet<String> {
         let text = read(&format!("{CRD_DIR}/{file}"));
         assert!(
             text.starts_with("# weft's CustomResourceDefinition")
-                && text.contains("src/model/weft_kinds.rs"),
+                && (text.contains("src/model/weft_kinds.rs")
+                    || text.contains("src/model/traffic_policies.rs")),
             "{file}: the header names weft and its source of truth"
         );
         let crd: CustomResourceDefinition =
@@ -267,7 +278,12 @@ async fn install_crds(client: &kube::Client) -> BTreeSet<String> {
         .await
         .unwrap_or_else(|e| panic!("the API server refused CRD {file}: {e}"));
     }
-    for (kind, short) in [(Kind::Ap, "wap"), (Kind::Pa, "wpa")] {
+    for (kind, short) in [
+        (Kind::Ap, "wap"),
+        (Kind::Pa, "wpa"),
+        (Kind::Dp, "wdp"),
+        (Kind::Fi, "wfi"),
+    ] {
         let name = format!("{}.{GROUP}", kind.plural());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let crd = loop {
@@ -363,6 +379,29 @@ const GOOD: &[(Kind, &str)] = &[
         "{selector: {matchLabels: {app: web}}, mtls: {mode: PERMISSIVE}}",
     ),
     (Kind::Pa, "{mtls: {mode: UNSET}}"),
+    (
+        Kind::Dp,
+        r#"{targetRefs: [{group: "", kind: Service, name: pay}, {kind: Service, name: ledger}],
+            loadBalancer: {simple: ROUND_ROBIN},
+            connectionPool: {tcp: {maxConnections: 4}, http: {http1MaxPendingRequests: 2, http2MaxRequests: 8}},
+            outlierDetection: {consecutive5xxErrors: 3, baseEjectionTime: 10s, maxEjectionPercent: 30},
+            retryBudget: {percent: 20, minRetriesPerSecond: 3}}"#,
+    ),
+    (
+        Kind::Dp,
+        "{targetRefs: [{kind: Service, name: pay}], loadBalancer: {consistentHash: {httpCookie: {name: session}}}}",
+    ),
+    (
+        Kind::Dp,
+        "{targetRefs: [{kind: Service, name: pay}], loadBalancer: {consistentHash: {useSourceIp: true}}}",
+    ),
+    (
+        Kind::Fi,
+        r#"{targetRefs: [{kind: Service, name: pay}], rules: [
+            {matches: [{path: {type: PathPrefix, value: /checkout}, method: POST}], sourceNamespaces: [test],
+             abort: {httpStatus: 500, percentage: {value: 10}}},
+            {delay: {fixedDelay: 200ms, percentage: {value: 5.5}}, abort: {grpcStatus: UNAVAILABLE}}]}"#,
+    ),
 ];
 
 /// Objects weft rejects and the API server refuses with 422: (kind, spec, the field both
@@ -693,6 +732,48 @@ const BAD: &[(Kind, &str, &str, &str)] = &[
         "spec.portLevelMtls",
         "spec.portLevelMtls is not supported",
     ),
+    (
+        Kind::Dp,
+        "{targetRefs: [{kind: Service, name: pay}], loadBalancer: {simple: ROUND_ROBIN, consistentHash: {useSourceIp: true}}}",
+        "spec.loadBalancer",
+        "set simple or consistentHash, not both",
+    ),
+    (
+        Kind::Dp,
+        "{targetRefs: [{kind: Service, name: pay}], loadBalancer: {simple: RANDOM}}",
+        "spec.loadBalancer.simple",
+        "Unsupported value",
+    ),
+    (
+        Kind::Dp,
+        "{targetRefs: [{kind: Service, name: pay}], outlierDetection: {maxEjectionPercent: 101}}",
+        "spec.outlierDetection.maxEjectionPercent",
+        "less than or equal to 100",
+    ),
+    (
+        Kind::Dp,
+        "{targetRefs: [{kind: Service, name: pay}], connectionPool: {tcp: {maxConnections: 0}}}",
+        "spec.connectionPool.tcp.maxConnections",
+        "greater than or equal to 1",
+    ),
+    (
+        Kind::Fi,
+        "{targetRefs: [{kind: Service, name: pay}], rules: [{abort: {httpStatus: 500, grpcStatus: INTERNAL}}]}",
+        "spec.rules[0].abort",
+        "set httpStatus or grpcStatus, one of them",
+    ),
+    (
+        Kind::Fi,
+        "{targetRefs: [{kind: Service, name: pay}], rules: [{delay: {fixedDelay: 2x}}]}",
+        "spec.rules[0].delay.fixedDelay",
+        "should match",
+    ),
+    (
+        Kind::Fi,
+        "{targetRefs: [{kind: Service, name: pay}], rules: [{abort: {httpStatus: 700}}]}",
+        "spec.rules[0].abort.httpStatus",
+        "less than or equal to 599",
+    ),
 ];
 
 /// [`BAD`] plus, generated: bad ports (numbers and strings) in each place a port goes, and
@@ -779,6 +860,16 @@ const UNKNOWN: &[(Kind, &str, &str)] = &[
         Kind::Pa,
         "{mtls: {mode: STRICT, extra: 1}}",
         ".spec.mtls.extra",
+    ),
+    (
+        Kind::Dp,
+        "{targetRefs: [{kind: Service, name: pay}], connectionPool: {tcp: {maxConnection: 1}}}",
+        ".spec.connectionPool.tcp.maxConnection",
+    ),
+    (
+        Kind::Fi,
+        "{targetRefs: [{kind: Service, name: pay}], rules: [{abort: {httpStatus: 500}, percent: 5}]}",
+        ".spec.rules[0].percent",
     ),
 ];
 

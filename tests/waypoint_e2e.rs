@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::cluster::{pods_e2e_ready, Cluster, AMBIENT};
-use common::l7::{add_echo_pods, curl, start_echo, EchoPods};
+use common::l7::{add_echo_pods, curl, start_echo, waypoint_get, EchoPods};
 use common::testbed::*;
 use serde_json::Value;
 
@@ -180,52 +180,9 @@ spec:
     )
 }
 
-/// Starts `weft waypoint` in the waypoint pod, reading the cluster's config file.
+/// Starts `weft waypoint` in the waypoint pod, with a 2 s default response timeout.
 fn start_waypoint(c: &mut Cluster, pod: usize) -> usize {
-    let log = c.work.path().join(format!("{}.log", unique("waypoint")));
-    let p = &mut c.pods[pod];
-    let mut cmd = p.ns.command(binary("weft"));
-    cmd.args(["waypoint", "--namespace", "shop", "--name", WAYPOINT])
-        .args(["--default-response-timeout", "2s"])
-        .arg("--config")
-        .arg(&c.config_path)
-        .arg("--ca-dir")
-        .arg(&c.ca_dir)
-        .env(
-            "RUST_LOG",
-            std::env::var("WAYPOINT_LOG").unwrap_or_else(|_| "info".into()),
-        );
-    p.extra.push(Process::spawn(cmd, &log, "weft waypoint"));
-    let index = p.extra.len() - 1;
-    let ns_name = p.ns.name.clone();
-    p.extra[index].wait_until(
-        "waypoint ready with its route",
-        Duration::from_secs(20),
-        || {
-            let out = std::process::Command::new("ip")
-                .args(["netns", "exec", &ns_name, "curl", "-s", "--max-time", "1"])
-                .arg("http://127.0.0.1:15000/config_dump")
-                .output();
-            out.is_ok_and(|o| {
-                serde_json::from_slice::<Value>(&o.stdout).is_ok_and(|dump| {
-                    dump["route_status"]
-                        .as_array()
-                        .is_some_and(|routes| !routes.is_empty())
-                })
-            })
-        },
-    );
-    index
-}
-
-fn waypoint_get(c: &Cluster, pod: usize, url: &str) -> String {
-    let out = c.pods[pod]
-        .ns
-        .command("curl")
-        .args(["-s", "--max-time", "3", url])
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::l7::start_waypoint(c, pod, WAYPOINT, &["--default-response-timeout", "2s"])
 }
 
 /// The grpc-go test app, built (once per machine) by scripts/build-grpc-app.sh.

@@ -19,6 +19,7 @@ use weft::hbone::{HboneClient, HboneClientConfig, HboneServer, HboneServerConfig
 use weft::identity::from_signer::{certs_from_signer, SignerSettings};
 use weft::identity::{CertManager, RenewalPolicy, SpiffeId};
 use weft::model::{MeshSnapshot, MeshStore};
+use weft::waypoint::balancer::OutlierConfig;
 use weft::waypoint::upstream::Upstreams;
 use weft::waypoint::{Waypoint, WaypointConfig};
 
@@ -92,6 +93,11 @@ async fn serve(
         hbone,
         identity.clone(),
         args.trust_domain.clone(),
+        OutlierConfig {
+            consecutive_failures: args.outlier_consecutive_failures,
+            base_ejection: args.outlier_base_ejection,
+            ..OutlierConfig::default()
+        },
     ));
     let waypoint = Waypoint::new(
         WaypointConfig {
@@ -100,6 +106,7 @@ async fn serve(
             identity: identity.clone(),
             protocol_detection_timeout: args.protocol_detection_timeout,
             default_response_timeout: Some(args.default_response_timeout).filter(|d| !d.is_zero()),
+            default_retry_attempts: args.default_retry_attempts,
         },
         store.clone(),
         upstreams,

@@ -2,10 +2,11 @@
 //! waypoint: matches (path Exact / PathPrefix / RegularExpression, headers, query params,
 //! method), filters (RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect,
 //! URLRewrite, RequestMirror) at rule and backend level, weighted `backendRefs`, rule
-//! names, and `timeouts` (`request`, `backendRequest`).
+//! names, `timeouts` (`request`, `backendRequest`) and `retry` (`codes`, `attempts`,
+//! `backoff`).
 //!
 //! Nothing is ignored silently: a field weft does not know, or knows but does not honour
-//! yet (`retry`, `sessionPersistence`, `CORS`, `ExtensionRef` filters), refuses
+//! yet (`sessionPersistence`, `CORS`, `ExtensionRef` filters), refuses
 //! the route with the field's path, as does a value the Gateway API spec forbids (a path
 //! not starting with `/`, a regex that does not compile, a redirect and a rewrite in one
 //! rule, a `ReplacePrefixMatch` without a `PathPrefix` match, ...).
@@ -41,9 +42,9 @@ pub struct HttpRouteRule {
     /// `timeouts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<HttpRouteTimeouts>,
-    /// `retry`: not honoured yet, so refused.
-    #[serde(default, skip_serializing)]
-    pub retry: Option<serde_json::Value>,
+    /// `retry`: which failed attempts to try again, how often, how far apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<HttpRouteRetry>,
     /// `sessionPersistence`: not honoured, so refused.
     #[serde(default, skip_serializing)]
     pub session_persistence: Option<serde_json::Value>,
@@ -123,6 +124,59 @@ pub fn parse_gateway_duration(value: &str) -> Result<Duration, String> {
         return Err("an empty duration; give one as 1s, 500ms or 1m30s".into());
     }
     Ok(total)
+}
+
+/// Most retries one rule may ask for: a route cannot turn one request into a storm (the
+/// retry budget bounds the total too).
+pub const MAX_RETRY_ATTEMPTS: i64 = 10;
+
+/// `retry` (GEP-1731): a failed attempt is tried again, on another endpoint where there is
+/// one, when its response has one of `codes`, its connection failed, or its
+/// `timeouts.backendRequest` ran out.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteRetry {
+    /// `codes`: the response statuses (400-599) that are retried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<i64>,
+    /// `attempts`: how many times a request may be retried (not counting the first
+    /// attempt); default [`DEFAULT_RETRY_ATTEMPTS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i64>,
+    /// `backoff`: the least wait before a retry, as a Gateway API duration; later retries
+    /// wait longer (exponential, with jitter). Default [`DEFAULT_RETRY_BACKOFF`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+}
+
+/// Retries of a `retry` that does not say `attempts`.
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+/// Least wait before a retry when `backoff` is not given.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
+
+impl HttpRouteRetry {
+    /// `attempts`, or the default (checked when the route was loaded).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+            .and_then(|a| u32::try_from(a).ok())
+            .unwrap_or(DEFAULT_RETRY_ATTEMPTS)
+    }
+
+    /// `backoff`, or the default.
+    pub fn backoff(&self) -> Duration {
+        self.backoff
+            .as_deref()
+            .and_then(|b| parse_gateway_duration(b).ok())
+            .unwrap_or(DEFAULT_RETRY_BACKOFF)
+    }
+
+    /// `codes`, as statuses.
+    pub fn codes(&self) -> Vec<u16> {
+        self.codes
+            .iter()
+            .filter_map(|c| u16::try_from(*c).ok())
+            .collect()
+    }
 }
 
 /// `matches[]`: every condition given must hold.
@@ -485,18 +539,54 @@ fn check_timeouts(timeouts: &HttpRouteTimeouts, at: &str) -> Result<(), RuleErro
     Ok(())
 }
 
+fn check_retry(retry: &HttpRouteRetry, at: &str) -> Result<(), RuleError> {
+    if retry.codes.len() > MAX_ITEMS * 2 {
+        return Err(bad(
+            format!("{at}.codes"),
+            format!("at most {} codes", MAX_ITEMS * 2),
+        ));
+    }
+    for (i, code) in retry.codes.iter().enumerate() {
+        if !(400..=599).contains(code) {
+            return Err(bad(
+                format!("{at}.codes[{i}]"),
+                format!("{code} is not a retryable status; use 400-599"),
+            ));
+        }
+    }
+    if let Some(attempts) = retry.attempts {
+        if !(0..=MAX_RETRY_ATTEMPTS).contains(&attempts) {
+            return Err(bad(
+                format!("{at}.attempts"),
+                format!("{attempts} is out of range; use 0-{MAX_RETRY_ATTEMPTS} (retries after the first attempt)"),
+            ));
+        }
+    }
+    if let Some(backoff) = &retry.backoff {
+        let parsed =
+            parse_gateway_duration(backoff).map_err(|m| bad(format!("{at}.backoff"), m))?;
+        if parsed > Duration::from_secs(60) {
+            return Err(bad(
+                format!("{at}.backoff"),
+                format!("{backoff:?} is longer than a minute; a retry that late helps no client"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_rule(rule: &HttpRouteRule, at: &str) -> Result<(), RuleError> {
     if let Some(timeouts) = &rule.timeouts {
         check_timeouts(timeouts, &format!("{at}.timeouts"))?;
     }
-    for (field, present, what) in [
-        ("retry", rule.retry.is_some(), "retries"),
-        (
-            "sessionPersistence",
-            rule.session_persistence.is_some(),
-            "session persistence",
-        ),
-    ] {
+    if let Some(retry) = &rule.retry {
+        check_retry(retry, &format!("{at}.retry"))?;
+    }
+    for (field, present, what) in [(
+        "sessionPersistence",
+        rule.session_persistence.is_some(),
+        "session persistence",
+    )] {
         if present {
             return Err(bad(
                 format!("{at}.{field}"),
@@ -563,7 +653,7 @@ const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
-fn check_match(m: &HttpRouteMatch, at: &str) -> Result<(), RuleError> {
+pub(crate) fn check_match(m: &HttpRouteMatch, at: &str) -> Result<(), RuleError> {
     if let Some(path) = &m.path {
         let field = format!("{at}.path.value");
         match path.kind {
@@ -991,8 +1081,10 @@ mod tests {
         let e = err(json!([{"matches": [{"path": {"type": "Exact", "value": "/a", "extra": 1}}]}]));
         assert_eq!(e.field, "spec.rules[0].matches[0].path.extra", "{e:?}");
         assert!(e.message.contains("extra"), "{e:?}");
-        let e = err(json!([{"retry": {"attempts": 2}}]));
-        assert_eq!(e.field, "spec.rules[0].retry");
+        let e = err(json!([{"retry": {"attempts": 2, "perTryTimeout": "1s"}}]));
+        assert_eq!(e.field, "spec.rules[0].retry.perTryTimeout", "{e:?}");
+        let e = err(json!([{"sessionPersistence": {"type": "Cookie"}}]));
+        assert_eq!(e.field, "spec.rules[0].sessionPersistence", "{e:?}");
         let e = err(json!([{"timeouts": {"request": "1s", "idle": "2s"}}]));
         assert_eq!(e.field, "spec.rules[0].timeouts.idle", "{e:?}");
         let e =
@@ -1102,5 +1194,37 @@ mod tests {
         );
         let e = err(json!([{"timeouts": {"request": "1s", "backendRequest": "2s"}}]));
         assert_eq!(e.field, "spec.rules[0].timeouts.backendRequest", "{e:?}");
+    }
+
+    #[test]
+    fn retries_parse_with_defaults_and_bad_values_name_their_field() {
+        let rules: Vec<serde_json::Value> = serde_json::from_value(json!([
+            {"retry": {"codes": [500, 503], "attempts": 3, "backoff": "100ms"}},
+            {"retry": {}},
+        ]))
+        .unwrap();
+        let parsed = parse_rules(&rules).unwrap();
+        let retry = parsed[0].retry.as_ref().unwrap();
+        assert_eq!(
+            (retry.codes(), retry.attempts(), retry.backoff()),
+            (vec![500, 503], 3, Duration::from_millis(100))
+        );
+        let defaults = parsed[1].retry.as_ref().unwrap();
+        assert_eq!(
+            (defaults.codes(), defaults.attempts(), defaults.backoff()),
+            (vec![], DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_BACKOFF)
+        );
+        for (retry, field) in [
+            (json!({"codes": [200]}), "spec.rules[0].retry.codes[0]"),
+            (json!({"codes": [503, 600]}), "spec.rules[0].retry.codes[1]"),
+            (json!({"attempts": -1}), "spec.rules[0].retry.attempts"),
+            (json!({"attempts": 11}), "spec.rules[0].retry.attempts"),
+            (json!({"backoff": "fast"}), "spec.rules[0].retry.backoff"),
+            (json!({"backoff": "2m"}), "spec.rules[0].retry.backoff"),
+            (json!({"codes": "503"}), "spec.rules[0].retry.codes"),
+        ] {
+            let e = err(json!([{ "retry": retry }]));
+            assert_eq!(e.field, field, "{retry}: {e:?}");
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod enrollment;
 pub mod error;
 pub mod gateway_kinds;
 pub mod http_route_rules;
+pub mod traffic_policies;
 pub mod translate;
 pub mod waypoints;
 pub mod weft_kinds;
@@ -28,6 +29,7 @@ use arc_swap::ArcSwap;
 use serde::ser::SerializeStruct;
 use serde::Serialize;
 use tokio::sync::watch;
+use traffic_policies::{DestinationPolicy, FaultInjection};
 
 pub use enrollment::DATAPLANE_MODE_LABEL;
 pub use error::{ConfigError, ObjectRef};
@@ -176,6 +178,14 @@ pub struct HttpRoute {
     pub rules: Vec<http_route_rules::HttpRouteRule>,
 }
 
+/// What the model keeps for waypoints only: HTTPRoutes and weft's traffic kinds.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WaypointObjects {
+    pub(crate) http_routes: Vec<HttpRoute>,
+    pub(crate) destination_policies: Vec<DestinationPolicy>,
+    pub(crate) fault_injections: Vec<FaultInjection>,
+}
+
 /// One parent of an [`HttpRoute`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RouteParent {
@@ -240,6 +250,10 @@ pub struct MeshSnapshot {
     services_by_vip: HashMap<IpAddr, Arc<Service>>,
     /// HTTPRoutes, in (namespace, name) order.
     http_routes: Vec<Arc<HttpRoute>>,
+    /// DestinationPolicies, oldest first, then by (namespace, name).
+    destination_policies: Vec<Arc<DestinationPolicy>>,
+    /// FaultInjections, in (namespace, name) order.
+    fault_injections: Vec<Arc<FaultInjection>>,
     /// AuthorizationPolicies and PeerAuthentications, indexed by workload.
     policies: PolicyIndex<Workload>,
     /// Assigned by [`MeshStore::publish`]; 0 for a snapshot never published.
@@ -261,11 +275,22 @@ impl MeshSnapshot {
         authorization_policies: Vec<AuthorizationPolicy>,
         peer_authentications: Vec<PeerAuthentication>,
         held_strict: BTreeSet<String>,
-        mut http_routes: Vec<HttpRoute>,
+        l7: WaypointObjects,
     ) -> Self {
         let mut snapshot = Self::empty();
+        let WaypointObjects {
+            mut http_routes,
+            mut destination_policies,
+            mut fault_injections,
+        } = l7;
         http_routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         snapshot.http_routes = http_routes.into_iter().map(Arc::new).collect();
+        destination_policies.sort_by(|a, b| {
+            (a.created_unix, &a.namespace, &a.name).cmp(&(b.created_unix, &b.namespace, &b.name))
+        });
+        snapshot.destination_policies = destination_policies.into_iter().map(Arc::new).collect();
+        fault_injections.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        snapshot.fault_injections = fault_injections.into_iter().map(Arc::new).collect();
         for ns in namespaces {
             snapshot.namespaces.insert(ns.name.clone(), ns);
         }
@@ -364,6 +389,39 @@ impl MeshSnapshot {
         self.http_routes.iter()
     }
 
+    /// The DestinationPolicy of Service `namespace/name`: the oldest that targets it.
+    pub fn destination_policy(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<&Arc<DestinationPolicy>> {
+        self.destination_policies
+            .iter()
+            .find(|p| p.namespace == namespace && p.targets.iter().any(|t| t == name))
+    }
+
+    /// Every DestinationPolicy, oldest first.
+    pub fn destination_policies(&self) -> impl Iterator<Item = &Arc<DestinationPolicy>> {
+        self.destination_policies.iter()
+    }
+
+    /// The FaultInjections that target Service `namespace/name`, in (namespace, name)
+    /// order.
+    pub fn fault_injections_for<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<FaultInjection>> {
+        self.fault_injections
+            .iter()
+            .filter(move |f| f.namespace == namespace && f.targets.iter().any(|t| t == name))
+    }
+
+    /// Every FaultInjection.
+    pub fn fault_injections(&self) -> impl Iterator<Item = &Arc<FaultInjection>> {
+        self.fault_injections.iter()
+    }
+
     /// The HTTPRoutes attached to Service `namespace/name`.
     pub fn http_routes_for_service<'a>(
         &'a self,
@@ -441,8 +499,9 @@ impl fmt::Debug for MeshSnapshot {
 }
 
 /// Serializes as `{generation, namespaces: [..], workloads: [..], services: [..],
-/// authorization_policies: [..], peer_authentications: [..]}`, each list sorted by
-/// (namespace, name).
+/// authorization_policies: [..], peer_authentications: [..], http_routes: [..],
+/// destination_policies: [..], fault_injections: [..]}`, each list sorted by (namespace,
+/// name) (DestinationPolicies oldest first).
 impl Serialize for MeshSnapshot {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let namespaces: Vec<&Namespace> = self.namespaces.values().collect();
@@ -453,7 +512,11 @@ impl Serialize for MeshSnapshot {
         let peer_authentications: Vec<&PeerAuthentication> =
             self.peer_authentications().map(|p| &**p).collect();
         let http_routes: Vec<&HttpRoute> = self.http_routes().map(|r| &**r).collect();
-        let mut st = serializer.serialize_struct("MeshSnapshot", 7)?;
+        let destination_policies: Vec<&DestinationPolicy> =
+            self.destination_policies().map(|p| &**p).collect();
+        let fault_injections: Vec<&FaultInjection> =
+            self.fault_injections().map(|f| &**f).collect();
+        let mut st = serializer.serialize_struct("MeshSnapshot", 9)?;
         st.serialize_field("generation", &self.generation)?;
         st.serialize_field("namespaces", &namespaces)?;
         st.serialize_field("workloads", &workloads)?;
@@ -461,6 +524,8 @@ impl Serialize for MeshSnapshot {
         st.serialize_field("authorization_policies", &authorization_policies)?;
         st.serialize_field("peer_authentications", &peer_authentications)?;
         st.serialize_field("http_routes", &http_routes)?;
+        st.serialize_field("destination_policies", &destination_policies)?;
+        st.serialize_field("fault_injections", &fault_injections)?;
         st.end()
     }
 }

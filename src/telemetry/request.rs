@@ -82,6 +82,7 @@ pub struct RequestReport {
     reason: Option<String>,
     request_bytes: Arc<AtomicU64>,
     response_bytes: u64,
+    retries: u32,
     complete: bool,
 }
 
@@ -102,6 +103,7 @@ impl RequestReport {
             reason: None,
             request_bytes: Arc::new(AtomicU64::new(0)),
             response_bytes: 0,
+            retries: 0,
             complete: false,
         }
     }
@@ -137,6 +139,11 @@ impl RequestReport {
     pub fn set_flag(&mut self, flag: &'static str, reason: impl Into<String>) {
         self.flags = flag;
         self.reason = Some(reason.into());
+    }
+
+    /// The request was sent again this many times (after its first attempt).
+    pub fn set_retries(&mut self, retries: u32) {
+        self.retries = retries;
     }
 
     /// Adds response body bytes.
@@ -218,6 +225,7 @@ impl RequestReport {
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             bytes_received = self.request_bytes.load(Ordering::Relaxed),
             bytes_sent = self.response_bytes,
+            retries = self.retries,
             response_flags = self.flags,
             reason = self.reason.as_deref().unwrap_or("-"),
             trace_id = %self.info.trace_id,

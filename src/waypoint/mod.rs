@@ -14,16 +14,25 @@
 //!   redirect) or forward, with the request head edited and the response filters to apply;
 //! - [`mirror_body`]: the copy of a request body each mirror gets, which never slows the
 //!   primary.
+//! - [`retry`], [`retry_budget`], [`replay_body`]: when a failed attempt is tried again
+//!   (a route's `retry` or the mesh default), how much extra load retries may add, and the
+//!   request body kept so it can be sent again.
 //!
 //! The rules themselves are typed and checked in [`crate::model::http_route_rules`] when the
 //! model is built, so everything here works on routes already known to be honourable.
 
 pub mod backends;
+pub mod balancer;
+pub mod circuit_breaker;
+pub mod faults;
 pub mod filters;
 pub mod manifests;
 pub mod mirror_body;
 pub mod pipeline;
 pub mod proxy;
+pub mod replay_body;
+pub mod retry;
+pub mod retry_budget;
 pub mod route_status;
 pub mod route_table;
 pub mod server;

@@ -19,7 +19,7 @@ use super::backends::{choose, resolve_service, ResolvedBackend, RouteScope};
 use super::filters::{self, Arrival};
 use super::route_table::{RequestView, ServicePortRoutes};
 use crate::model::http_route_rules::{
-    HeaderModifier, HttpRouteFilter, HttpRouteTimeouts, RequestMirror,
+    HeaderModifier, HttpRouteFilter, HttpRouteRetry, HttpRouteTimeouts, RequestMirror,
 };
 use crate::model::{MeshSnapshot, Service};
 
@@ -52,6 +52,8 @@ pub enum Plan<'a> {
         mirrors: Vec<MirrorTarget>,
         /// The rule's `timeouts`, if it has them.
         timeouts: Option<&'a HttpRouteTimeouts>,
+        /// The rule's `retry`, if it has one.
+        retry: Option<&'a HttpRouteRetry>,
     },
 }
 
@@ -185,6 +187,7 @@ pub fn plan<'a>(
         response_headers,
         mirrors,
         timeouts: selected.rule.timeouts.as_ref(),
+        retry: selected.rule.retry.as_ref(),
     }
 }
 

@@ -1,12 +1,14 @@
 //! One HTTP request through the waypoint, start to end: the trace context, the plan
 //! ([`pipeline`]), the endpoint of the chosen backend, the upstream
 //! request (origin-form for HTTP/1.1, `:authority` for HTTP/2, hop-by-hop headers
-//! removed), mirrors on the side, the response's header modifiers, and the request's
-//! telemetry ([`RequestReport`]), recorded when the response body ends or is dropped.
+//! removed), mirrors on the side, the timeouts, the retries ([`super::retry`]: another
+//! endpoint, after a backoff, while the body can be replayed and the budget allows), the
+//! response's header modifiers, and the request's telemetry ([`RequestReport`]), recorded
+//! when the response body ends or is dropped.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,13 +22,22 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::balancer::{stable_hash, InFlight, EJECTIONS_TOTAL};
+use super::circuit_breaker::{CircuitBreakers, RequestPermit};
+use super::faults::{Injected, ServiceFaults, FAULTS_TOTAL};
 use super::filters;
 use super::mirror_body::{MirrorBody, Tee};
 use super::pipeline::{self, MirrorTarget, Origin, Plan};
-use super::route_table::ServicePortRoutes;
-use super::upstream::{BodyError, Lease, ProxyBody, UpstreamError, UpstreamProtocol, Upstreams};
+use super::replay_body::{replayable, REPLAY_LIMIT};
+use super::retry::{Failure, RetryPolicy};
+use super::retry_budget::{RetryBudgets, RETRIES_TOTAL};
+use super::route_table::{RequestView, ServicePortRoutes};
+use super::upstream::{
+    BodyError, Endpoint, Lease, ProxyBody, Sent, UpstreamError, UpstreamProtocol, Upstreams,
+};
 use crate::identity::SpiffeId;
 use crate::model::http_route_rules::{HeaderModifier, HttpRouteTimeouts};
+use crate::model::traffic_policies::{Abort, HashKey};
 use crate::model::{MeshSnapshot, MeshStore, Service};
 use crate::telemetry::request::{RequestInfo, RequestReport};
 use crate::telemetry::trace_context::TraceContext;
@@ -45,6 +56,19 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// What the waypoint applies to a request its route says nothing about, and the state its
+/// safeguards share across requests.
+pub struct ForwardingDefaults {
+    /// The response-head timeout of a request whose route sets no `timeouts`.
+    pub response_timeout: Option<Duration>,
+    /// The retries of a request whose route has no `retry`.
+    pub retry: Arc<RetryPolicy>,
+    /// Each backend Service's retry budget.
+    pub budgets: RetryBudgets,
+    /// Each backend Service's connection pool limits.
+    pub breakers: CircuitBreakers,
+}
+
 /// What every request of one HBONE stream shares: who called, which Service address, and
 /// the route table (rebuilt when the model changes).
 pub struct StreamContext {
@@ -56,13 +80,17 @@ pub struct StreamContext {
     pub peer: Arc<SpiffeId>,
     /// The tunnel's client address.
     pub remote: SocketAddr,
+    /// The calling workload's IP (the forwarded client address, else the tunnel's), for
+    /// consistent hashing on the source.
+    pub caller_ip: IpAddr,
     /// The Service `VIP:port` called (the CONNECT authority).
     pub authority: SocketAddr,
     /// The caller's labels.
     pub source: Arc<WorkloadLabels>,
-    /// The response-head timeout of a request whose route sets no `timeouts`.
-    pub default_timeout: Option<Duration>,
+    /// What applies where the route is silent.
+    pub defaults: Arc<ForwardingDefaults>,
     routes: Mutex<Option<(Arc<MeshSnapshot>, Arc<ServicePortRoutes>)>>,
+    faults: Mutex<Option<(Arc<MeshSnapshot>, Arc<ServiceFaults>)>>,
 }
 
 // === impl StreamContext ===
@@ -76,18 +104,41 @@ impl StreamContext {
         remote: SocketAddr,
         authority: SocketAddr,
         source: Arc<WorkloadLabels>,
-        default_timeout: Option<Duration>,
+        defaults: Arc<ForwardingDefaults>,
     ) -> Self {
         StreamContext {
             store,
             upstreams,
             peer,
             remote,
+            caller_ip: remote.ip(),
             authority,
             source,
-            default_timeout,
+            defaults,
             routes: Mutex::new(None),
+            faults: Mutex::new(None),
         }
+    }
+
+    /// The fault rules of `service` in `snapshot`, built once per snapshot.
+    fn faults(&self, snapshot: &Arc<MeshSnapshot>, service: &Service) -> Arc<ServiceFaults> {
+        let mut cached = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((built_for, faults)) = cached.as_ref() {
+            if Arc::ptr_eq(built_for, snapshot) {
+                return faults.clone();
+            }
+        }
+        let faults = Arc::new(ServiceFaults::build(snapshot, service));
+        *cached = Some((snapshot.clone(), faults.clone()));
+        faults
+    }
+
+    /// The same context, for a caller whose own IP is `ip` (the tunnel says it).
+    pub fn with_caller_ip(mut self, ip: Option<IpAddr>) -> Self {
+        if let Some(ip) = ip {
+            self.caller_ip = ip;
+        }
+        self
     }
 
     /// The routes of `service`'s called port in `snapshot`, built once per snapshot.
@@ -153,6 +204,21 @@ pub async fn serve(
         ));
     };
     let routes = ctx.routes(&snapshot, &service);
+    // Faults match the request as it arrived, before any route filter edits it.
+    let faults = ctx.faults(&snapshot, &service);
+    let injected = if faults.is_empty() {
+        None
+    } else {
+        let view = RequestView {
+            method: &parts.method,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+        };
+        faults.decide(&view, ctx.peer.namespace(), &mut || {
+            rand::random::<f64>() * 100.0
+        })
+    };
     let default_host = ctx.authority.ip().to_string();
     let origin = Origin {
         caller_namespace: Some(ctx.peer.namespace()),
@@ -161,7 +227,7 @@ pub async fn serve(
         default_host: &default_host,
     };
     let decided = pipeline::plan(&snapshot, &routes, origin, &mut parts, &mut rand::random);
-    let (backend, port, response_headers, mirrors, timeouts) = match decided {
+    let target = match decided {
         Plan::Respond {
             status,
             location,
@@ -179,13 +245,14 @@ pub async fn serve(
         }
         Plan::ToService => {
             report.set_route(None);
-            (
-                service.clone(),
-                ctx.authority.port(),
-                Vec::new(),
-                Vec::new(),
-                None,
-            )
+            Target {
+                backend: service.clone(),
+                port: ctx.authority.port(),
+                response_headers: Vec::new(),
+                mirrors: Vec::new(),
+                timeouts: None,
+                retry: ctx.defaults.retry.clone(),
+            }
         }
         Plan::Forward {
             backend,
@@ -193,120 +260,422 @@ pub async fn serve(
             response_headers,
             mirrors,
             timeouts,
+            retry,
         } => {
             report.set_route(Some(route));
-            let modifiers: Vec<HeaderModifier> = response_headers.into_iter().cloned().collect();
-            let timeouts = timeouts.cloned();
-            (
-                backend.service.clone(),
-                backend.port,
-                modifiers,
+            Target {
+                backend: backend.service.clone(),
+                port: backend.port,
+                response_headers: response_headers.into_iter().cloned().collect(),
                 mirrors,
-                timeouts,
-            )
+                timeouts: timeouts.cloned(),
+                retry: retry.map_or_else(
+                    || ctx.defaults.retry.clone(),
+                    |r| Arc::new(RetryPolicy::from_route(r)),
+                ),
+            }
         }
     };
-    let endpoint = match ctx.upstreams.pick(&snapshot, &backend, port) {
-        Ok(endpoint) => endpoint,
-        Err(error) => {
-            let reason = error.to_string();
-            return Ok(local(
-                report,
-                StatusCode::SERVICE_UNAVAILABLE,
-                None,
-                "UH",
-                &reason,
-            ));
+    if let Some(fault) = injected {
+        let service_key = format!("{}/{}", service.namespace, service.name);
+        if let Some(answer) = inject(&mut report, fault, &service_key).await {
+            return Ok(answer(report));
         }
+    }
+    Ok(forward(&ctx, &snapshot, report, arrived, parts, body, target).await)
+}
+
+/// Applies an injected fault: waits out its delay, and for an abort returns how to answer
+/// (the caller hands it the report).
+async fn inject(
+    report: &mut RequestReport,
+    fault: Injected,
+    service: &str,
+) -> Option<impl FnOnce(RequestReport) -> Response<ProxyBody>> {
+    let count = |what: &'static str| {
+        metrics::counter!(
+            FAULTS_TOTAL,
+            "destination_service" => service.to_owned(),
+            "fault" => what,
+            "policy" => fault.policy.clone()
+        )
+        .increment(1);
     };
-    report.set_upstream(
-        endpoint.addr,
-        WorkloadLabels::shared(endpoint.workload.as_ref(), endpoint.identity.as_ref()),
+    if let Some(delay) = fault.delay {
+        count("delay");
+        report.set_flag(
+            "DI",
+            format!("delayed {delay:?} by FaultInjection {}", fault.policy),
+        );
+        tokio::time::sleep(delay).await;
+    }
+    let abort = fault.abort?;
+    count("abort");
+    let reason = format!("fault injected by FaultInjection {}", fault.policy);
+    Some(move |report: RequestReport| match abort {
+        Abort::Http(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            local(report, status, None, "FI", &reason)
+        }
+        Abort::Grpc(code) => grpc_abort(report, code, &reason),
+    })
+}
+
+/// A gRPC trailers-only answer with status `code`, made here.
+fn grpc_abort(mut report: RequestReport, code: u32, reason: &str) -> Response<ProxyBody> {
+    report.set_status(200);
+    report.set_grpc_status(&code.to_string());
+    report.set_flag("FI", reason);
+    let mut response = Response::new(
+        ReportingBody {
+            inner: http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed(),
+            report: Some(report),
+            lease: None,
+            deadline: None,
+            in_flight: None,
+            permit: None,
+        }
+        .boxed(),
     );
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(message) = HeaderValue::from_str(reason) {
+        headers.insert("grpc-message", message);
+    }
+    response
+}
+
+/// Where a planned request goes, and what applies to it on the way.
+struct Target {
+    backend: Arc<Service>,
+    port: u16,
+    response_headers: Vec<HeaderModifier>,
+    mirrors: Vec<MirrorTarget>,
+    timeouts: Option<HttpRouteTimeouts>,
+    retry: Arc<RetryPolicy>,
+}
+
+/// What one attempt came to, short of an answer to pass on.
+enum Attempt {
+    /// The upstream answered with a status the policy retries.
+    Answered(Box<Answer>),
+    /// The exchange failed.
+    Failed(UpstreamError),
+    /// The attempt's deadline passed before the response head.
+    TimedOut,
+}
+
+/// Sends the request to an endpoint of `target`, again on a retryable failure, and
+/// answers with the response or the failure.
+async fn forward(
+    ctx: &Arc<StreamContext>,
+    snapshot: &Arc<MeshSnapshot>,
+    mut report: RequestReport,
+    arrived: Instant,
+    mut parts: Parts,
+    body: Incoming,
+    target: Target,
+) -> Response<ProxyBody> {
+    let Target {
+        backend,
+        port,
+        response_headers,
+        mirrors,
+        timeouts,
+        retry,
+    } = target;
+    let default_timeout = ctx.defaults.response_timeout;
     let protocol = upstream_protocol(&parts, &backend, port);
     strip_hop_by_hop(&mut parts.headers);
-    let deadline = Deadline::of(timeouts.as_ref(), arrived, ctx.default_timeout);
-    let (body_ended, request_body_ended) = tokio::sync::oneshot::channel();
+    let method = parts.method.clone();
+    let (body_ended, request_body_ended) = tokio::sync::watch::channel(body.is_end_stream());
     let counted = CountedRequest {
         ended: (!body.is_end_stream()).then_some(body_ended),
         inner: body,
         bytes: report.request_bytes(),
     };
-    let body = if mirrors.is_empty() {
+    let client_body = if mirrors.is_empty() {
         counted.map_err(BodyError::from).boxed()
     } else {
         let (tee, copies) = Tee::new(counted, mirrors.len());
-        let limit = deadline.mirror_limit();
-        for (target, copy) in mirrors.into_iter().zip(copies) {
-            send_mirror(&ctx, &snapshot, &parts, target, copy, limit);
+        let limit = Deadline::of(timeouts.as_ref(), arrived, default_timeout).mirror_limit();
+        for (mirror, copy) in mirrors.into_iter().zip(copies) {
+            send_mirror(ctx, snapshot, &parts, mirror, copy, limit);
         }
         tee.map_err(BodyError::from).boxed()
     };
-    let upstream_parts = match upstream_head(parts, protocol, ctx.authority) {
+    let head = match upstream_head(parts, protocol, ctx.authority) {
         Ok(parts) => parts,
-        Err(reason) => return Ok(local(report, StatusCode::BAD_REQUEST, None, "DPE", &reason)),
+        Err(reason) => return local(report, StatusCode::BAD_REQUEST, None, "DPE", &reason),
     };
-    let request = Request::from_parts(upstream_parts, body);
-    let sent = ctx.upstreams.send(&endpoint, protocol, request);
-    // A route's timeout runs from its start; the default one from the end of the request
-    // body (an upload's own time is not the upstream's), or from now without one.
-    let limit = async {
-        match (deadline.route.as_ref(), deadline.default) {
-            (Some((at, _)), _) => tokio::time::sleep_until((*at).into()).await,
-            (None, Some(default)) => {
-                let _ = request_body_ended.await;
-                tokio::time::sleep(default).await;
-            }
-            (None, None) => std::future::pending().await,
+    let (replay, mut attempt_body) = if retry.attempts() > 0 {
+        let (replay, first) = replayable(client_body, REPLAY_LIMIT);
+        (Some(replay), first.boxed())
+    } else {
+        (None, client_body)
+    };
+    let service_key = format!("{}/{}", backend.namespace, backend.name);
+    let policy = snapshot.destination_policy(&backend.namespace, &backend.name);
+    let budget = ctx.defaults.budgets.of(&service_key, policy.map(|p| &**p));
+    let gate = ctx
+        .defaults
+        .breakers
+        .gate(&service_key, policy.map(|p| &**p));
+    let permit = match gate.admit_request() {
+        Ok(permit) => permit,
+        Err(overflow) => {
+            let reason = format!("circuit breaker: {overflow}");
+            return local(report, StatusCode::SERVICE_UNAVAILABLE, None, "UO", &reason);
         }
     };
-    let answered = tokio::select! {
-        answered = sent => answered,
-        () = limit => {
-            let reason = format!("the upstream did not answer within {}", deadline.what);
-            return Ok(local(
+    let mut permit = Some(permit);
+    budget.deposit();
+    let request_deadline = timeouts
+        .as_ref()
+        .and_then(HttpRouteTimeouts::request)
+        .map(|d| arrived + d);
+    let hash = policy
+        .and_then(|p| p.hash_key.as_ref())
+        .and_then(|key| hash_of(key, &head, ctx));
+    let mut tried = Vec::new();
+    let mut retries = 0;
+    loop {
+        let endpoint = match ctx.upstreams.pick(snapshot, &backend, port, &tried, hash) {
+            Ok(endpoint) => endpoint,
+            Err(error) => {
+                let reason = error.to_string();
+                return local(report, StatusCode::SERVICE_UNAVAILABLE, None, "UH", &reason);
+            }
+        };
+        report.set_upstream(
+            endpoint.addr,
+            WorkloadLabels::shared(endpoint.workload.as_ref(), endpoint.identity.as_ref()),
+        );
+        tried.push(endpoint.addr);
+        let deadline = Deadline::of(timeouts.as_ref(), arrived, default_timeout);
+        let request = Request::from_parts(copy_head(&head), attempt_body);
+        let in_flight = endpoint.stats.start();
+        let sent_at = Instant::now();
+        let sent = ctx
+            .upstreams
+            .send(&endpoint, protocol, request, Some(&gate));
+        let limit = deadline.head_limit(request_body_ended.clone());
+        let attempt = tokio::select! {
+            answered = sent => match answered {
+                Ok(Sent { response, lease, dispatched }) => {
+                    let status = response.status().as_u16();
+                    observe(&endpoint, dispatched, status >= 500);
+                    if !retry.retries_status(&method, status) {
+                        let answer = Answer { response, lease, in_flight: Some(in_flight), permit: permit.take() };
+                        return respond(report, answer, &response_headers, deadline.body_timer());
+                    }
+                    Attempt::Answered(Box::new(Answer { response, lease, in_flight: None, permit: None }))
+                }
+                Err(error) => {
+                    // The circuit breaker's refusal says nothing of the endpoint.
+                    if !matches!(error, UpstreamError::Overflow(_)) {
+                        observe(&endpoint, sent_at, true);
+                    }
+                    Attempt::Failed(error)
+                }
+            },
+            () = limit => {
+                observe(&endpoint, sent_at, true);
+                Attempt::TimedOut
+            }
+        };
+        drop(in_flight);
+        let failure = match &attempt {
+            Attempt::Answered(answer) => Failure::Status(answer.response.status().as_u16()),
+            Attempt::Failed(error) => Failure::of_error(error),
+            Attempt::TimedOut if deadline.per_attempt => Failure::AttemptTimeout,
+            Attempt::TimedOut => {
+                return give_up(report, attempt, &deadline, &response_headers, None)
+            }
+        };
+        if !retry.retries(&method, failure) {
+            return give_up(report, attempt, &deadline, &response_headers, None);
+        }
+        if retries >= retry.attempts() {
+            let why = format!(
+                "retried {retries} times, as many as the {} policy allows",
+                retry.source()
+            );
+            return give_up(
+                report,
+                attempt,
+                &deadline,
+                &response_headers,
+                Some(("URX", why)),
+            );
+        }
+        let Some(next_body) = replay.as_ref().and_then(|r| r.next()) else {
+            let why = format!("not retried: the request body is larger than the {REPLAY_LIMIT} bytes kept for retries");
+            return give_up(
+                report,
+                attempt,
+                &deadline,
+                &response_headers,
+                Some(("RBS", why)),
+            );
+        };
+        let wait = retry.backoff(retries + 1, rand::random());
+        if request_deadline.is_some_and(|at| Instant::now() + wait >= at) {
+            let why =
+                "not retried: the route's timeouts.request leaves no time for another attempt"
+                    .to_owned();
+            return give_up(
+                report,
+                attempt,
+                &deadline,
+                &response_headers,
+                Some(("URX", why)),
+            );
+        }
+        if !budget.withdraw() {
+            let why = format!("not retried: the retry budget of {service_key} is spent");
+            return give_up(
+                report,
+                attempt,
+                &deadline,
+                &response_headers,
+                Some(("RBX", why)),
+            );
+        }
+        drop(attempt);
+        metrics::counter!(RETRIES_TOTAL, "destination_service" => service_key.clone(), "reason" => failure.label())
+            .increment(1);
+        tracing::debug!(?failure, retry = retries + 1, ?wait, "retrying");
+        tokio::time::sleep(wait).await;
+        retries += 1;
+        report.set_retries(retries);
+        attempt_body = next_body.boxed();
+    }
+}
+
+/// Tells the balancer how an attempt on `endpoint` went; counts and logs an ejection.
+fn observe(endpoint: &Endpoint, sent_at: Instant, failed: bool) {
+    let outlier = &endpoint.outlier;
+    if let Some(length) = endpoint.stats.observe(sent_at.elapsed(), failed, outlier) {
+        metrics::counter!(EJECTIONS_TOTAL, "endpoint" => endpoint.addr.to_string()).increment(1);
+        tracing::warn!(
+            endpoint = %endpoint.addr,
+            ejected_for = ?length,
+            failures = outlier.consecutive_failures,
+            "endpoint ejected after consecutive failures"
+        );
+    }
+}
+
+/// An upstream's response head, what it came on, and the balancer's guard that counts it
+/// outstanding until its body ends.
+struct Answer {
+    response: Response<Incoming>,
+    lease: Option<Lease>,
+    in_flight: Option<InFlight>,
+    /// The backend's circuit-breaker count of requests in flight.
+    permit: Option<RequestPermit>,
+}
+
+/// The answer when an attempt failed and is not tried again: the upstream's response
+/// (flagged `note`), or the waypoint's 502 / 503 / 504.
+fn give_up(
+    mut report: RequestReport,
+    attempt: Attempt,
+    deadline: &Deadline,
+    response_headers: &[HeaderModifier],
+    note: Option<(&'static str, String)>,
+) -> Response<ProxyBody> {
+    let (note_flag, note_reason) = match note {
+        Some((flag, reason)) => (Some(flag), format!("; {reason}")),
+        None => (None, String::new()),
+    };
+    match attempt {
+        Attempt::Answered(answer) => {
+            if let Some(flag) = note_flag {
+                report.set_flag(flag, note_reason.trim_start_matches("; ").to_owned());
+            }
+            respond(report, *answer, response_headers, deadline.body_timer())
+        }
+        Attempt::Failed(error) => {
+            let (status, flag) = match &error {
+                UpstreamError::Http { .. } => (StatusCode::BAD_GATEWAY, "UPE"),
+                UpstreamError::Overflow(_) => (StatusCode::SERVICE_UNAVAILABLE, "UO"),
+                _ => (StatusCode::SERVICE_UNAVAILABLE, "UF"),
+            };
+            let reason = format!("{error}{note_reason}");
+            local(report, status, None, note_flag.unwrap_or(flag), &reason)
+        }
+        Attempt::TimedOut => {
+            let reason = format!(
+                "the upstream did not answer within {}{note_reason}",
+                deadline.what
+            );
+            local(
                 report,
                 StatusCode::GATEWAY_TIMEOUT,
                 None,
-                "UT",
+                note_flag.unwrap_or("UT"),
                 &reason,
-            ));
-        }
-    };
-    match answered {
-        Ok((response, lease)) => {
-            let body_deadline = deadline.route.map(|(at, _)| BodyDeadlineTimer {
-                sleep: Box::pin(tokio::time::sleep_until(at.into())),
-                what: deadline.what.clone(),
-            });
-            Ok(respond(
-                report,
-                response,
-                lease,
-                &response_headers,
-                body_deadline,
-            ))
-        }
-        Err(error) => {
-            let (status, flag) = match &error {
-                UpstreamError::Http { .. } => (StatusCode::BAD_GATEWAY, "UPE"),
-                _ => (StatusCode::SERVICE_UNAVAILABLE, "UF"),
-            };
-            let reason = error.to_string();
-            Ok(local(report, status, None, flag, &reason))
+            )
         }
     }
+}
+
+/// The consistent-hash key of a request: the named header's value, the named cookie's, or
+/// the caller's IP; `None` when the request has no such header or cookie.
+fn hash_of(key: &HashKey, head: &Parts, ctx: &StreamContext) -> Option<u64> {
+    match key {
+        HashKey::Header(name) => {
+            let value = head.headers.get(name.as_str())?;
+            Some(stable_hash(&[value.as_bytes()]))
+        }
+        HashKey::Cookie(name) => head
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| stable_hash(&[v.as_bytes()])),
+        HashKey::SourceIp => {
+            let ip = ctx.caller_ip.to_string();
+            Some(stable_hash(&[ip.as_bytes()]))
+        }
+    }
+}
+
+/// A copy of a request head (extensions aside), for another attempt or a mirror.
+fn copy_head(parts: &Parts) -> Parts {
+    let mut copy = Request::new(());
+    *copy.method_mut() = parts.method.clone();
+    *copy.uri_mut() = parts.uri.clone();
+    *copy.version_mut() = parts.version;
+    *copy.headers_mut() = parts.headers.clone();
+    copy.into_parts().0
 }
 
 /// The upstream's answer, with the route's response header modifiers applied and the body
 /// wrapped so the report sees its end.
 fn respond(
     mut report: RequestReport,
-    response: Response<Incoming>,
-    lease: Option<Lease>,
+    answer: Answer,
     modifiers: &[HeaderModifier],
     deadline: Option<BodyDeadlineTimer>,
 ) -> Response<ProxyBody> {
+    let Answer {
+        response,
+        lease,
+        in_flight,
+        permit,
+    } = answer;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     for modifier in modifiers {
@@ -325,6 +694,8 @@ fn respond(
         report: Some(report),
         lease,
         deadline,
+        in_flight,
+        permit,
     };
     Response::from_parts(parts, body.boxed())
 }
@@ -350,6 +721,8 @@ fn local(
             report: Some(report),
             lease: None,
             deadline: None,
+            in_flight: None,
+            permit: None,
         }
         .boxed(),
     );
@@ -424,13 +797,16 @@ fn upstream_head(
 /// mirror; the answer is dropped, and nothing about the mirror reaches the client.
 fn send_mirror(
     ctx: &Arc<StreamContext>,
-    snapshot: &MeshSnapshot,
+    snapshot: &Arc<MeshSnapshot>,
     parts: &Parts,
     target: MirrorTarget,
     body: MirrorBody,
     limit: Duration,
 ) {
-    let endpoint = match ctx.upstreams.pick(snapshot, &target.service, target.port) {
+    let endpoint = match ctx
+        .upstreams
+        .pick(snapshot, &target.service, target.port, &[], None)
+    {
         Ok(endpoint) => endpoint,
         Err(error) => {
             tracing::debug!(%error, "mirror has no endpoint");
@@ -438,21 +814,17 @@ fn send_mirror(
         }
     };
     let protocol = upstream_protocol(parts, &target.service, target.port);
-    let mut copy = Request::new(());
-    *copy.method_mut() = parts.method.clone();
-    *copy.uri_mut() = parts.uri.clone();
-    *copy.version_mut() = parts.version;
-    *copy.headers_mut() = parts.headers.clone();
-    let (copy_parts, ()) = copy.into_parts();
-    let Ok(head) = upstream_head(copy_parts, protocol, ctx.authority) else {
+    let Ok(head) = upstream_head(copy_head(parts), protocol, ctx.authority) else {
         return;
     };
     let upstreams = ctx.upstreams.clone();
     tokio::spawn(async move {
         let request = Request::from_parts(head, body.boxed());
         let exchange = async {
-            match upstreams.send(&endpoint, protocol, request).await {
-                Ok((response, lease)) => {
+            match upstreams.send(&endpoint, protocol, request, None).await {
+                Ok(Sent {
+                    response, lease, ..
+                }) => {
                     if response.into_body().collect().await.is_ok() {
                         if let Some(lease) = lease {
                             lease.release();
@@ -518,7 +890,7 @@ struct CountedRequest {
     inner: Incoming,
     bytes: Arc<AtomicU64>,
     /// Told when the body has been read to its end (dropped: it never will be).
-    ended: Option<tokio::sync::oneshot::Sender<()>>,
+    ended: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Body for CountedRequest {
@@ -536,11 +908,11 @@ impl Body for CountedRequest {
                     self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
                 if self.inner.is_end_stream() {
-                    self.ended.take().map(|ended| ended.send(()));
+                    self.ended.take().map(|ended| ended.send_replace(true));
                 }
             }
             Poll::Ready(_) => {
-                self.ended.take().map(|ended| ended.send(()));
+                self.ended.take().map(|ended| ended.send_replace(true));
             }
             Poll::Pending => {}
         }
@@ -569,6 +941,9 @@ struct Deadline {
     default: Option<Duration>,
     /// Which timeout it is, for the 504's reason.
     what: String,
+    /// `route` is this attempt's `timeouts.backendRequest` (a retry gets a new one), not
+    /// the request's.
+    per_attempt: bool,
 }
 
 impl Deadline {
@@ -585,6 +960,7 @@ impl Deadline {
         if !declared {
             return Deadline {
                 route: None,
+                per_attempt: false,
                 default,
                 what: format!(
                     "the waypoint's default response timeout ({:?} after the request was sent; set timeouts.request on the route to change it, 0s for none)",
@@ -592,15 +968,20 @@ impl Deadline {
                 ),
             };
         }
-        let request = timeouts
-            .and_then(HttpRouteTimeouts::request)
-            .map(|d| (arrived + d, format!("the route's timeouts.request ({d:?})")));
+        let request = timeouts.and_then(HttpRouteTimeouts::request).map(|d| {
+            (
+                arrived + d,
+                format!("the route's timeouts.request ({d:?})"),
+                false,
+            )
+        });
         let backend = timeouts
             .and_then(HttpRouteTimeouts::backend_request)
             .map(|d| {
                 (
                     now + d,
                     format!("the route's timeouts.backendRequest ({d:?})"),
+                    true,
                 )
             });
         // A timeout set to 0s means none (GEP-1742): no default either.
@@ -608,12 +989,39 @@ impl Deadline {
             (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
             (one, None) | (None, one) => one,
         };
-        let what = route.as_ref().map(|(_, w)| w.clone()).unwrap_or_default();
+        let what = route
+            .as_ref()
+            .map(|(_, w, _)| w.clone())
+            .unwrap_or_default();
+        let per_attempt = route.as_ref().is_some_and(|(_, _, p)| *p);
         Deadline {
-            route,
+            route: route.map(|(at, what, _)| (at, what)),
+            per_attempt,
             default: None,
             what,
         }
+    }
+
+    /// Resolves when the response head is late: at a route's deadline, or `default`
+    /// after the request body has been sent (`body_ended` turns true), or never.
+    async fn head_limit(&self, mut body_ended: tokio::sync::watch::Receiver<bool>) {
+        match (self.route.as_ref(), self.default) {
+            (Some((at, _)), _) => tokio::time::sleep_until((*at).into()).await,
+            (None, Some(default)) => {
+                // A body dropped unfinished never ends: the timer starts then.
+                let _ = body_ended.wait_for(|ended| *ended).await;
+                tokio::time::sleep(default).await;
+            }
+            (None, None) => std::future::pending().await,
+        }
+    }
+
+    /// The timer a response body must end by, for a route's deadline.
+    fn body_timer(&self) -> Option<BodyDeadlineTimer> {
+        self.route.as_ref().map(|(at, _)| BodyDeadlineTimer {
+            sleep: Box::pin(tokio::time::sleep_until((*at).into())),
+            what: self.what.clone(),
+        })
     }
 
     /// How long a mirror of this request may take: as long as the request, never
@@ -639,6 +1047,10 @@ struct ReportingBody {
     lease: Option<Lease>,
     /// A route's timeout that the body must end by.
     deadline: Option<BodyDeadlineTimer>,
+    /// Counts the request outstanding on its endpoint until the body ends.
+    in_flight: Option<InFlight>,
+    /// Counts it in flight to its backend (circuit breaking) until the body ends.
+    permit: Option<RequestPermit>,
 }
 
 /// The timer of [`ReportingBody::deadline`].
@@ -655,6 +1067,8 @@ impl ReportingBody {
         if let Some(lease) = self.lease.take() {
             lease.release();
         }
+        self.in_flight = None;
+        self.permit = None;
     }
 }
 

@@ -134,41 +134,35 @@ type Precedence = (
     usize,
 );
 
-struct CompiledMatch {
-    route: Arc<HttpRoute>,
-    rule_index: usize,
+/// The conditions of one HTTPRoute match (path, headers, query params, method), compiled:
+/// what route rules and fault rules test a request with.
+pub struct RequestMatcher {
     path: PathMatcher,
-    prefix_text: Option<String>,
     headers: Vec<(HeaderName, ValueMatcher)>,
     query: Vec<(String, ValueMatcher)>,
     method: Option<Method>,
-    order: Precedence,
 }
 
-impl CompiledMatch {
-    fn compile(
-        route: &Arc<HttpRoute>,
-        rule_index: usize,
-        match_index: usize,
-        m: &HttpRouteMatch,
-    ) -> CompiledMatch {
+// === impl RequestMatcher ===
+
+impl RequestMatcher {
+    /// `m`, compiled (checked when the model was built: a regex that fails now matches
+    /// nothing).
+    pub fn compile(m: &HttpRouteMatch) -> RequestMatcher {
         let (kind, value) = m
             .path
             .as_ref()
             .map_or((PathMatchType::PathPrefix, "/"), |p| {
                 (p.kind, p.value.as_str())
             });
-        let (path, rank, prefix_text) = match kind {
-            PathMatchType::Exact => (PathMatcher::Exact(value.to_owned()), (0, 0), None),
+        let path = match kind {
+            PathMatchType::Exact => PathMatcher::Exact(value.to_owned()),
             PathMatchType::PathPrefix => {
-                let trimmed = value.trim_end_matches('/').to_owned();
-                (PathMatcher::Prefix(trimmed), (1, 0), Some(value.to_owned()))
+                PathMatcher::Prefix(value.trim_end_matches('/').to_owned())
             }
-            PathMatchType::RegularExpression => (
-                compile_regex(value).map_or(PathMatcher::Never, PathMatcher::Regex),
-                (1, 1),
-                None,
-            ),
+            PathMatchType::RegularExpression => {
+                compile_regex(value).map_or(PathMatcher::Never, PathMatcher::Regex)
+            }
         };
         let headers = m
             .headers
@@ -188,31 +182,16 @@ impl CompiledMatch {
             .method
             .as_deref()
             .and_then(|s| Method::from_bytes(s.as_bytes()).ok());
-        let order = (
-            rank.0,
-            Reverse(value.len()),
-            rank.1,
-            u8::from(method.is_none()),
-            Reverse(headers.len()),
-            Reverse(query.len()),
-            route.created_unix,
-            format!("{}/{}", route.namespace, route.name),
-            rule_index,
-            match_index,
-        );
-        CompiledMatch {
-            route: route.clone(),
-            rule_index,
+        RequestMatcher {
             path,
-            prefix_text,
             headers,
             query,
             method,
-            order,
         }
     }
 
-    fn matches(&self, request: &RequestView<'_>) -> bool {
+    /// Whether `request` meets every condition.
+    pub fn matches(&self, request: &RequestView<'_>) -> bool {
         if self.method.as_ref().is_some_and(|m| m != request.method) {
             return false;
         }
@@ -241,6 +220,59 @@ impl CompiledMatch {
             }
         }
         true
+    }
+}
+
+struct CompiledMatch {
+    route: Arc<HttpRoute>,
+    rule_index: usize,
+    matcher: RequestMatcher,
+    prefix_text: Option<String>,
+    order: Precedence,
+}
+
+impl CompiledMatch {
+    fn compile(
+        route: &Arc<HttpRoute>,
+        rule_index: usize,
+        match_index: usize,
+        m: &HttpRouteMatch,
+    ) -> CompiledMatch {
+        let (kind, value) = m
+            .path
+            .as_ref()
+            .map_or((PathMatchType::PathPrefix, "/"), |p| {
+                (p.kind, p.value.as_str())
+            });
+        let (rank, prefix_text) = match kind {
+            PathMatchType::Exact => ((0, 0), None),
+            PathMatchType::PathPrefix => ((1, 0), Some(value.to_owned())),
+            PathMatchType::RegularExpression => ((1, 1), None),
+        };
+        let matcher = RequestMatcher::compile(m);
+        let order = (
+            rank.0,
+            Reverse(value.len()),
+            rank.1,
+            u8::from(matcher.method.is_none()),
+            Reverse(matcher.headers.len()),
+            Reverse(matcher.query.len()),
+            route.created_unix,
+            format!("{}/{}", route.namespace, route.name),
+            rule_index,
+            match_index,
+        );
+        CompiledMatch {
+            route: route.clone(),
+            rule_index,
+            matcher,
+            prefix_text,
+            order,
+        }
+    }
+
+    fn matches(&self, request: &RequestView<'_>) -> bool {
+        self.matcher.matches(request)
     }
 }
 

@@ -25,7 +25,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-use super::proxy::{self, StreamContext};
+use super::circuit_breaker::CircuitBreakers;
+use super::proxy::{self, ForwardingDefaults, StreamContext};
+use super::retry::RetryPolicy;
+use super::retry_budget::{BudgetLimits, RetryBudgets};
 use super::upstream::Upstreams;
 use crate::hbone::server::{BoxFuture, InboundRequest, Responder, StreamHandler};
 use crate::identity::SpiffeId;
@@ -52,6 +55,9 @@ pub struct WaypointConfig {
     /// How long a forwarded request may wait for its response head when its route sets no
     /// `timeouts` (`None`: no limit).
     pub default_response_timeout: Option<Duration>,
+    /// Retries of a request whose route has no `retry` (connect failures and refused
+    /// streams, and 503 of idempotent methods); 0 for none.
+    pub default_retry_attempts: u32,
 }
 
 /// The waypoint: an HBONE [`StreamHandler`] that proxies HTTP per route.
@@ -59,6 +65,7 @@ pub struct Waypoint {
     config: WaypointConfig,
     store: Arc<MeshStore>,
     upstreams: Arc<Upstreams>,
+    defaults: Arc<ForwardingDefaults>,
 }
 
 /// How an admitted stream is handled.
@@ -78,10 +85,17 @@ impl Waypoint {
         store: Arc<MeshStore>,
         upstreams: Arc<Upstreams>,
     ) -> Arc<Self> {
+        let defaults = Arc::new(ForwardingDefaults {
+            response_timeout: config.default_response_timeout,
+            retry: Arc::new(RetryPolicy::mesh_default(config.default_retry_attempts)),
+            budgets: RetryBudgets::new(BudgetLimits::default()),
+            breakers: CircuitBreakers::default(),
+        });
         Arc::new(Waypoint {
             config,
             store,
             upstreams,
+            defaults,
         })
     }
 
@@ -132,15 +146,18 @@ impl Waypoint {
                 self.pass_through(stream, request.authority).await
             }
             PortProtocol::Http => {
-                let ctx = Arc::new(StreamContext::new(
-                    self.store.clone(),
-                    self.upstreams.clone(),
-                    request.peer.clone(),
-                    request.remote,
-                    request.authority,
-                    source,
-                    self.config.default_response_timeout,
-                ));
+                let ctx = Arc::new(
+                    StreamContext::new(
+                        self.store.clone(),
+                        self.upstreams.clone(),
+                        request.peer.clone(),
+                        request.remote,
+                        request.authority,
+                        source,
+                        self.defaults.clone(),
+                    )
+                    .with_caller_ip(request.forwarded),
+                );
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder.http1().max_buf_size(MAX_REQUEST_HEAD);
                 builder
@@ -170,7 +187,10 @@ impl Waypoint {
         let Some(service) = snapshot.service_by_vip(vip.ip()).cloned() else {
             return;
         };
-        let endpoint = match self.upstreams.pick(&snapshot, &service, vip.port()) {
+        let endpoint = match self
+            .upstreams
+            .pick(&snapshot, &service, vip.port(), &[], None)
+        {
             Ok(endpoint) => endpoint,
             Err(error) => {
                 tracing::info!(%error, %vip, "TCP stream through the waypoint has no endpoint");

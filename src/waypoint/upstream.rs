@@ -3,6 +3,9 @@
 //! its node (`ip:15008`, authority `ip:targetPort`) presenting the waypoint's own identity
 //! and requiring the endpoint's; one outside the mesh by plain TCP.
 //!
+//! Which endpoint serves a request is the [`Balancer`]'s choice (P2C over peak-EWMA, with
+//! outlier ejection); what each attempt came to is reported back to it.
+//!
 //! HTTP/1.1 connections are pooled per endpoint: a connection goes back to the pool when
 //! its response body has been read to the end, so keep-alive works across requests and a
 //! connection still busy is never shared. HTTP/2 (and gRPC) share one connection per
@@ -12,6 +15,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -20,10 +24,13 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use super::balancer::{Balancer, EndpointStats, OutlierConfig, Selection};
+use super::circuit_breaker::{BackendGate, ConnectionPermit, Overflow};
 use crate::dataplane::HBONE_PORT;
 use crate::hbone::client::HboneError;
 use crate::hbone::{ConnectRequest, HboneClient};
 use crate::identity::SpiffeId;
+use crate::model::traffic_policies::{DestinationPolicy, LoadBalancing};
 use crate::model::{MeshSnapshot, Service, Workload};
 pub use crate::proxy::outbound::Upstream as Connection;
 
@@ -46,7 +53,7 @@ pub enum UpstreamProtocol {
 }
 
 /// One endpoint of a backend Service, and how to reach it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Endpoint {
     /// `ip:targetPort`: what the application listens on.
     pub addr: SocketAddr,
@@ -54,6 +61,10 @@ pub struct Endpoint {
     pub workload: Option<Arc<Workload>>,
     /// The identity its node must prove, when it is enrolled (then the hop is HBONE).
     pub identity: Option<SpiffeId>,
+    /// What the balancer knows of it; attempts report their outcome here.
+    pub stats: Arc<EndpointStats>,
+    /// When its backend ejects it.
+    pub outlier: OutlierConfig,
 }
 
 /// Why a request could not be sent upstream.
@@ -91,6 +102,9 @@ pub enum UpstreamError {
         /// Why.
         source: hyper::Error,
     },
+    /// The backend's DestinationPolicy limits turned the request away.
+    #[error("circuit breaker: {0}")]
+    Overflow(#[source] Overflow),
     /// The endpoint's workload has no valid identity in this trust domain.
     #[error("endpoint {workload} has an invalid identity: {reason}")]
     BadIdentity {
@@ -108,7 +122,13 @@ struct PoolKey {
     protocol: UpstreamProtocol,
 }
 
-type Idle = Mutex<HashMap<PoolKey, Vec<http1::SendRequest<ProxyBody>>>>;
+/// An idle HTTP/1.1 connection, and the backend whose connection limit it counts against.
+struct IdleConnection {
+    sender: http1::SendRequest<ProxyBody>,
+    gate: Option<Arc<BackendGate>>,
+}
+
+type Idle = Mutex<HashMap<PoolKey, Vec<IdleConnection>>>;
 
 /// Opens and pools the waypoint's connections to endpoints.
 pub struct Upstreams {
@@ -117,7 +137,22 @@ pub struct Upstreams {
     trust_domain: String,
     idle_h1: Arc<Idle>,
     shared_h2: Mutex<HashMap<PoolKey, http2::SendRequest<ProxyBody>>>,
-    next: AtomicUsize,
+    balancer: Balancer,
+    /// The round-robin turn.
+    turn: AtomicUsize,
+    /// The model snapshot the balancer's endpoints were last pruned against.
+    pruned_for: Mutex<Weak<MeshSnapshot>>,
+}
+
+/// An upstream's answer to a request sent.
+pub struct Sent {
+    /// Its response head (and body to read).
+    pub response: Response<Incoming>,
+    /// The HTTP/1.1 connection it came on, to give back once the body is read.
+    pub lease: Option<Lease>,
+    /// When the request went out on a ready connection: latency counts from here, so a
+    /// new connection's handshakes do not make an endpoint look slow.
+    pub dispatched: Instant,
 }
 
 /// An HTTP/1.1 connection lent to one request, returned to the pool by
@@ -126,6 +161,7 @@ pub struct Lease {
     key: PoolKey,
     sender: http1::SendRequest<ProxyBody>,
     pool: Weak<Idle>,
+    gate: Option<Arc<BackendGate>>,
 }
 
 // === impl Lease ===
@@ -142,7 +178,14 @@ impl Lease {
         let mut idle = pool.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(self.key).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push(self.sender);
+            list.push(IdleConnection {
+                sender: self.sender,
+                gate: self.gate.clone(),
+            });
+        }
+        drop(idle);
+        if let Some(gate) = &self.gate {
+            gate.connection_idle();
         }
     }
 }
@@ -150,37 +193,109 @@ impl Lease {
 // === impl Upstreams ===
 
 impl Upstreams {
-    /// Connections presenting `own_identity` (the waypoint's), through `hbone`.
-    pub fn new(hbone: Arc<HboneClient>, own_identity: SpiffeId, trust_domain: String) -> Self {
+    /// Connections presenting `own_identity` (the waypoint's), through `hbone`, to
+    /// endpoints chosen by a balancer ejecting outliers as `outlier` says.
+    pub fn new(
+        hbone: Arc<HboneClient>,
+        own_identity: SpiffeId,
+        trust_domain: String,
+        outlier: OutlierConfig,
+    ) -> Self {
         Upstreams {
             hbone,
             own_identity,
             trust_domain,
             idle_h1: Arc::new(Mutex::new(HashMap::new())),
             shared_h2: Mutex::new(HashMap::new()),
-            next: AtomicUsize::new(0),
+            balancer: Balancer::new(outlier),
+            turn: AtomicUsize::new(0),
+            pruned_for: Mutex::new(Weak::new()),
         }
     }
 
-    /// Picks an endpoint of `service` for its `port`, round robin.
+    /// The balancer.
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    /// Drops the balancer's stats of endpoints no longer in `snapshot`, once per snapshot.
+    fn prune(&self, snapshot: &Arc<MeshSnapshot>) {
+        let mut pruned = self.pruned_for.lock().unwrap_or_else(|e| e.into_inner());
+        if pruned.upgrade().is_some_and(|p| Arc::ptr_eq(&p, snapshot)) {
+            return;
+        }
+        *pruned = Arc::downgrade(snapshot);
+        drop(pruned);
+        let live: std::collections::HashSet<SocketAddr> = snapshot
+            .services()
+            .flat_map(|s| s.endpoints.iter())
+            .flat_map(|ep| ep.target_ports.values().map(|t| SocketAddr::new(ep.ip, *t)))
+            .collect();
+        self.balancer.retain(|addr| live.contains(addr));
+    }
+
+    /// The ejection settings of a backend: the waypoint's, with its DestinationPolicy's
+    /// `outlierDetection` over them.
+    pub fn outlier_for(&self, policy: Option<&DestinationPolicy>) -> OutlierConfig {
+        let mut outlier = *self.balancer.outlier();
+        if let Some(policy) = policy {
+            if let Some(n) = policy.consecutive_errors {
+                outlier.consecutive_failures = n;
+            }
+            if let Some(base) = policy.base_ejection {
+                outlier.base_ejection = base;
+                outlier.max_ejection = outlier.max_ejection.max(base);
+            }
+            if let Some(percent) = policy.max_ejection_percent {
+                outlier.max_ejected_share = f64::from(percent) / 100.0;
+            }
+        }
+        outlier
+    }
+
+    /// Picks an endpoint of `service` for its `port` ([`Balancer::choose`], as its
+    /// DestinationPolicy's `loadBalancer` says; `hash` is the request's consistent-hash key
+    /// when the policy asks for one and the request has it), avoiding the endpoints in
+    /// `tried` (a retry's earlier attempts) while there is another.
     pub fn pick(
         &self,
-        snapshot: &MeshSnapshot,
+        snapshot: &Arc<MeshSnapshot>,
         service: &Service,
         port: u16,
+        tried: &[SocketAddr],
+        hash: Option<u64>,
     ) -> Result<Endpoint, UpstreamError> {
-        let candidates: Vec<_> = service
+        let all: Vec<_> = service
             .endpoints
             .iter()
             .filter_map(|ep| ep.target_ports.get(&port).map(|target| (ep, *target)))
             .collect();
-        if candidates.is_empty() {
+        if all.is_empty() {
             return Err(UpstreamError::NoEndpoint {
                 service: format!("{}/{}", service.namespace, service.name),
                 port,
             });
         }
-        let (ep, target) = candidates[self.next.fetch_add(1, Ordering::Relaxed) % candidates.len()];
+        self.prune(snapshot);
+        let addrs: Vec<SocketAddr> = all
+            .iter()
+            .map(|(ep, target)| SocketAddr::new(ep.ip, *target))
+            .collect();
+        let policy = snapshot.destination_policy(&service.namespace, &service.name);
+        let least_request = || Selection::LeastRequest(rand::random(), rand::random());
+        let selection = match policy.map(|p| p.load_balancing) {
+            Some(LoadBalancing::RoundRobin) => {
+                Selection::RoundRobin(self.turn.fetch_add(1, Ordering::Relaxed))
+            }
+            Some(LoadBalancing::ConsistentHash) => hash.map_or_else(least_request, Selection::Hash),
+            Some(LoadBalancing::LeastRequest) | None => least_request(),
+        };
+        let outlier = self.outlier_for(policy.map(|p| &**p));
+        let chosen = self
+            .balancer
+            .choose(&addrs, tried, selection, &outlier)
+            .unwrap_or(0);
+        let (ep, target) = all[chosen];
         let workload = ep
             .workload_uid
             .as_deref()
@@ -197,21 +312,26 @@ impl Upstreams {
                 })?),
                 _ => None,
             };
+        let addr = SocketAddr::new(ep.ip, target);
         Ok(Endpoint {
-            addr: SocketAddr::new(ep.ip, target),
+            addr,
             workload,
             identity,
+            stats: self.balancer.stats(addr),
+            outlier,
         })
     }
 
-    /// Sends `request` to `endpoint` over `protocol`; for HTTP/1.1 also returns the
-    /// connection's lease, to release when the response body has ended.
+    /// Sends `request` to `endpoint` over `protocol`, within `gate`'s connection limit
+    /// when there is one; for HTTP/1.1 also returns the connection's lease, to release when
+    /// the response body has ended.
     pub async fn send(
         &self,
         endpoint: &Endpoint,
         protocol: UpstreamProtocol,
         request: Request<ProxyBody>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), UpstreamError> {
+        gate: Option<&Arc<BackendGate>>,
+    ) -> Result<Sent, UpstreamError> {
         let key = PoolKey {
             addr: endpoint.addr,
             identity: endpoint.identity.clone(),
@@ -223,37 +343,56 @@ impl Upstreams {
         };
         match protocol {
             UpstreamProtocol::Http1 => {
-                let mut sender = match self.idle_h1_sender(&key) {
-                    Some(sender) => sender,
-                    None => {
-                        let io = self.open(endpoint).await?;
-                        let (sender, connection) = http1::handshake(io).await.map_err(http)?;
-                        tokio::spawn(async move {
-                            if let Err(error) = connection.await {
-                                tracing::debug!(%error, "upstream HTTP/1.1 connection ended");
-                            }
-                        });
-                        sender
+                let mut sender = loop {
+                    if let Some(sender) = self.idle_h1_sender(&key) {
+                        break sender;
                     }
+                    let permit = match gate {
+                        Some(gate) => match self.connection_permit(gate, &key).await? {
+                            Some(permit) => Some(permit),
+                            None => continue,
+                        },
+                        None => None,
+                    };
+                    let io = self.open(endpoint).await?;
+                    let (sender, connection) = http1::handshake(io).await.map_err(http)?;
+                    tokio::spawn(async move {
+                        let _counted = permit;
+                        if let Err(error) = connection.await {
+                            tracing::debug!(%error, "upstream HTTP/1.1 connection ended");
+                        }
+                    });
+                    break sender;
                 };
                 sender.ready().await.map_err(http)?;
+                let dispatched = Instant::now();
                 let response = sender.send_request(request).await.map_err(http)?;
                 let lease = Lease {
                     key,
                     sender,
                     pool: Arc::downgrade(&self.idle_h1),
+                    gate: gate.cloned(),
                 };
-                Ok((response, Some(lease)))
+                Ok(Sent {
+                    response,
+                    lease: Some(lease),
+                    dispatched,
+                })
             }
             UpstreamProtocol::Http2 => {
                 let mut sender = match self.shared_h2_sender(&key) {
                     Some(sender) => sender,
                     None => {
+                        let permit = match gate {
+                            Some(gate) => self.connection_permit(gate, &key).await?,
+                            None => None,
+                        };
                         let io = self.open(endpoint).await?;
                         let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
                             .await
                             .map_err(http)?;
                         tokio::spawn(async move {
+                            let _counted = permit;
                             if let Err(error) = connection.await {
                                 tracing::debug!(%error, "upstream HTTP/2 connection ended");
                             }
@@ -266,8 +405,13 @@ impl Upstreams {
                     }
                 };
                 sender.ready().await.map_err(http)?;
+                let dispatched = Instant::now();
                 let response = sender.send_request(request).await.map_err(http)?;
-                Ok((response, None))
+                Ok(Sent {
+                    response,
+                    lease: None,
+                    dispatched,
+                })
             }
         }
     }
@@ -275,12 +419,66 @@ impl Upstreams {
     fn idle_h1_sender(&self, key: &PoolKey) -> Option<http1::SendRequest<ProxyBody>> {
         let mut idle = self.idle_h1.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(key)?;
-        while let Some(sender) = list.pop() {
-            if sender.is_ready() {
-                return Some(sender);
+        while let Some(connection) = list.pop() {
+            if connection.sender.is_ready() {
+                return Some(connection.sender);
             }
         }
         None
+    }
+
+    /// Closes one idle connection that counts against `gate` (to another endpoint than
+    /// `key`'s), so a request at the connection limit is not starved by idle ones.
+    fn evict_idle(&self, gate: &Arc<BackendGate>, key: &PoolKey) -> bool {
+        let mut idle = self.idle_h1.lock().unwrap_or_else(|e| e.into_inner());
+        for (other, list) in idle.iter_mut() {
+            if other == key {
+                continue;
+            }
+            let found = list
+                .iter()
+                .position(|c| c.gate.as_ref().is_some_and(|g| Arc::ptr_eq(g, gate)));
+            if let Some(i) = found {
+                // Dropping the last sender ends the connection, which frees its permit.
+                list.swap_remove(i);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// A permit to open a connection counted against `gate`, waiting (as a pending
+    /// request) while the limit is reached; `Ok(None)` when an idle connection for `key`
+    /// came free meanwhile (HTTP/1.1 only), to be taken from the pool.
+    async fn connection_permit(
+        &self,
+        gate: &Arc<BackendGate>,
+        key: &PoolKey,
+    ) -> Result<Option<ConnectionPermit>, UpstreamError> {
+        loop {
+            if let Some(permit) = gate.try_connection() {
+                return Ok(Some(permit));
+            }
+            if key.protocol == UpstreamProtocol::Http1 {
+                // An evicted connection's permit is freed when its task ends: the wait
+                // below sees that.
+                self.evict_idle(gate, key);
+            }
+            gate.wait_for_connection()
+                .await
+                .map_err(UpstreamError::Overflow)?;
+            if key.protocol == UpstreamProtocol::Http1 {
+                let has_idle = self
+                    .idle_h1
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(key)
+                    .is_some_and(|list| !list.is_empty());
+                if has_idle {
+                    return Ok(None);
+                }
+            }
+        }
     }
 
     fn shared_h2_sender(&self, key: &PoolKey) -> Option<http2::SendRequest<ProxyBody>> {

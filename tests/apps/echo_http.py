@@ -2,7 +2,9 @@
 who served it and what arrived (method, path with query, headers, body length), and logs
 one line per request ("<method> <path> <body bytes>") to stdout, flushed, so a test can see what a mirror
 received. Misbehaves on cue: `x-delay-ms: N` holds the answer N ms; `x-body-delay-ms: N`
-sends the head and half the body, then waits N ms before the rest.
+sends the head and half the body, then waits N ms before the rest; `x-fail-on: <names>`
+(comma-separated server names, or `all`) makes the servers named answer with
+`x-fail-status` (default 503) after `x-fail-delay-ms` (default 0).
 Usage: python3 echo_http.py <bind-ip> <port> <name>
 """
 import http.server, json, socket, sys, time
@@ -25,9 +27,14 @@ class H(http.server.BaseHTTPRequestHandler):
         }).encode()
         print("%s %s %d" % (self.command, self.path, len(body)), flush=True)
         delay = int(self.headers.get("x-delay-ms", "0") or 0)
+        status = 200
+        fail_on = [n.strip() for n in self.headers.get("x-fail-on", "").split(",") if n.strip()]
+        if NAME in fail_on or "all" in fail_on:
+            status = int(self.headers.get("x-fail-status", "503") or 503)
+            delay = int(self.headers.get("x-fail-delay-ms", "0") or 0)
         if delay:
             time.sleep(delay / 1000.0)
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(out)))
         self.send_header("x-echo-server", NAME)

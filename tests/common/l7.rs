@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use super::cluster::Cluster;
-use super::testbed::{Netns, Process};
+use super::testbed::{binary, unique, Netns, Process};
 
 /// One HTTP exchange as curl saw it.
 #[derive(Debug)]
@@ -122,4 +123,72 @@ pub fn add_echo_pods(c: &mut Cluster, waypoint: &str) -> EchoPods {
         v2,
         waypoint,
     }
+}
+
+/// Starts `weft waypoint` (namespace shop, named `name`) in `pod` with `args`, reading the
+/// cluster's config file; returns once its config_dump shows routes. The index of its
+/// process in the pod's `extra`.
+pub fn start_waypoint(c: &mut Cluster, pod: usize, name: &str, args: &[&str]) -> usize {
+    let log = c.work.path().join(format!("{}.log", unique("waypoint")));
+    let p = &mut c.pods[pod];
+    let mut cmd = p.ns.command(binary("weft"));
+    cmd.args(["waypoint", "--namespace", "shop", "--name", name])
+        .args(args)
+        .arg("--config")
+        .arg(&c.config_path)
+        .arg("--ca-dir")
+        .arg(&c.ca_dir)
+        .env(
+            "RUST_LOG",
+            std::env::var("WAYPOINT_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    p.extra.push(Process::spawn(cmd, &log, "weft waypoint"));
+    let index = p.extra.len() - 1;
+    let ns_name = p.ns.name.clone();
+    p.extra[index].wait_until(
+        "waypoint ready with its route",
+        Duration::from_secs(20),
+        || {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns_name, "curl", "-s", "--max-time", "1"])
+                .arg("http://127.0.0.1:15000/config_dump")
+                .output();
+            out.is_ok_and(|o| {
+                serde_json::from_slice::<Value>(&o.stdout).is_ok_and(|dump| {
+                    dump["route_status"]
+                        .as_array()
+                        .is_some_and(|routes| !routes.is_empty())
+                })
+            })
+        },
+    );
+    index
+}
+
+/// GET `url` from inside `pod` (the waypoint's admin and metrics ports).
+pub fn waypoint_get(c: &Cluster, pod: usize, url: &str) -> String {
+    let out = c.pods[pod]
+        .ns
+        .command("curl")
+        .args(["-s", "--max-time", "3", url])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `n` requests from `ns` with curl over one keep-alive connection (curl `args` apply to
+/// each): the status of each, in order (0 where curl got no answer).
+pub fn statuses(ns: &Netns, args: &[&str], url: &str, n: usize) -> Vec<u16> {
+    let mut cmd = ns.command("curl");
+    cmd.args(["-s", "--max-time", "60", "-w", "%{http_code}\\n"])
+        .args(args);
+    // Each URL gets its own -o: curl writes the bodies of URLs without one to stdout.
+    for _ in 0..n {
+        cmd.args(["-o", "/dev/null", url]);
+    }
+    let out = cmd.output().expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap_or(0))
+        .collect()
 }

@@ -5,8 +5,8 @@
 //! this node's Pods (field selector `spec.nodeName=<node>`) and the other nodes' Pods
 //! (`spec.nodeName!=<node>`), both stripped to the fields routing and identity read
 //! (`strip.rs`); Namespaces, Services and EndpointSlices cluster-wide; weft's
-//! `AuthorizationPolicy` and `PeerAuthentication`; and Gateway API `HTTPRoute` when its CRD
-//! is installed. A change marks the model dirty; one rebuild task waits a short coalescing
+//! `AuthorizationPolicy` and `PeerAuthentication`; and, when their CRDs are installed,
+//! weft's `DestinationPolicy` and `FaultInjection` and Gateway API `HTTPRoute`. A change marks the model dirty; one rebuild task waits a short coalescing
 //! window, then translates everything leniently ([`crate::model::translate::build_lenient_with_unparsed`]:
 //! an invalid object is left out alone, named in a log line and in `/config_dump`) and
 //! publishes one snapshot, so a burst of a thousand pod events is one rebuild.
@@ -182,6 +182,20 @@ impl KubeSource {
             false,
         ));
         let routes = Arc::new(KindStore::new("HTTPRoute", "HTTPRoute", true, true));
+        // weft's traffic kinds are optional too: an install whose CRDs predate them still
+        // serves.
+        let destination_policies = Arc::new(KindStore::new(
+            "DestinationPolicy",
+            "DestinationPolicy",
+            true,
+            true,
+        ));
+        let fault_injections = Arc::new(KindStore::new(
+            "FaultInjection",
+            "FaultInjection",
+            true,
+            true,
+        ));
 
         let mut tasks = Vec::new();
         let plain = watcher::Config::default();
@@ -244,6 +258,12 @@ impl KubeSource {
         for (kind, plural, kind_store) in [
             ("AuthorizationPolicy", "authorizationpolicies", &authz),
             ("PeerAuthentication", "peerauthentications", &peer),
+            (
+                "DestinationPolicy",
+                "destinationpolicies",
+                &destination_policies,
+            ),
+            ("FaultInjection", "faultinjections", &fault_injections),
         ] {
             tasks.push(watch_dynamic(
                 &client,
@@ -273,6 +293,8 @@ impl KubeSource {
                 authz,
                 peer,
                 routes,
+                destination_policies,
+                fault_injections,
             ],
             changed,
             options.coalesce,

@@ -78,7 +78,8 @@ pub(super) struct BuildState {
     pub(super) peer_authentications: Vec<PeerAuthentication>,
     /// Namespaces held STRICT because one of their PeerAuthentications was rejected.
     pub(super) held_strict: BTreeSet<String>,
-    pub(super) http_routes: Vec<crate::model::HttpRoute>,
+    /// HTTPRoutes, DestinationPolicies and FaultInjections.
+    pub(super) waypoint_objects: crate::model::WaypointObjects,
 }
 
 /// The object being translated: who it is (for errors) and its resolved namespace and name.

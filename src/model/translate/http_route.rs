@@ -59,7 +59,7 @@ impl KindObject for gateway_kinds::HttpRoute {
             });
         }
         let rules = parse_rules(&self.spec.rules).map_err(|e| ctx.err(e.field, e.message))?;
-        state.http_routes.push(HttpRoute {
+        state.waypoint_objects.http_routes.push(HttpRoute {
             namespace: ctx.namespace.clone(),
             name: ctx.name.clone(),
             parents,

@@ -28,6 +28,7 @@ mod namespace;
 mod peer_authentication;
 mod pod;
 mod service;
+mod traffic_policies;
 
 #[cfg(test)]
 mod lenient_tests;
@@ -135,6 +136,22 @@ const KINDS: &[KindEntry] = &[
         fail_closed: Some(peer_authentication::hold_its_namespace_strict),
     },
     KindEntry {
+        api_version: WEFT_API_VERSION,
+        kind: "DestinationPolicy",
+        namespaced: true,
+        stage: Stage::Policies,
+        parse: parse_as::<crate::model::traffic_policies::DestinationPolicyObject>,
+        fail_closed: None,
+    },
+    KindEntry {
+        api_version: WEFT_API_VERSION,
+        kind: "FaultInjection",
+        namespaced: true,
+        stage: Stage::Policies,
+        parse: parse_as::<crate::model::traffic_policies::FaultInjectionObject>,
+        fail_closed: None,
+    },
+    KindEntry {
         api_version: GATEWAY_API_VERSION,
         kind: "HTTPRoute",
         namespaced: true,
@@ -151,7 +168,8 @@ fn parse_as<T: KindObject + DeserializeOwned + 'static>(
 }
 
 /// What weft reads, for error messages: "v1 Namespace, v1 Pod, ..., weft.dev/v1alpha1
-/// AuthorizationPolicy and PeerAuthentication, and gateway.networking.k8s.io/v1 HTTPRoute".
+/// AuthorizationPolicy, PeerAuthentication, DestinationPolicy and FaultInjection, and
+/// gateway.networking.k8s.io/v1 HTTPRoute".
 fn supported_kinds() -> String {
     let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
     for entry in KINDS {
@@ -473,6 +491,6 @@ fn finish(mut state: BuildState) -> MeshSnapshot {
         state.authorization_policies,
         state.peer_authentications,
         state.held_strict,
-        state.http_routes,
+        state.waypoint_objects,
     )
 }

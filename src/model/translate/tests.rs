@@ -715,8 +715,8 @@ fn unknown_or_missing_kind_rejected() {
             "Deployment shop/web",
             "kind: \"Deployment\" is not supported",
             "v1 Namespace, v1 Pod, v1 Service, discovery.k8s.io/v1 EndpointSlice, \
-             weft.dev/v1alpha1 AuthorizationPolicy and PeerAuthentication, and \
-             gateway.networking.k8s.io/v1 HTTPRoute",
+             weft.dev/v1alpha1 AuthorizationPolicy, PeerAuthentication, DestinationPolicy and \
+             FaultInjection, and gateway.networking.k8s.io/v1 HTTPRoute",
         ],
     );
     assert_error(
