@@ -345,3 +345,302 @@ fn retries_hide_a_failing_endpoint_within_the_budget() {
         );
     }
 }
+
+/// Services over the same three echo pods, one per safeguard: `chaos` (FaultInjection),
+/// `limited` (at most 2 requests in flight), `pooled` (one connection, one waiting),
+/// `balanced` (least request, a request timeout, retries) and `sticky` (consistent hash).
+fn safeguard_services(vips: &[String; 5], wp_vip: &str) -> String {
+    let mut yaml = format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: {WAYPOINT}, namespace: shop}}
+spec:
+  clusterIP: {wp_vip}
+  selector: {{app.kubernetes.io/name: {WAYPOINT}}}
+  ports: [{{name: mesh, port: 15008}}]
+"#
+    );
+    for (name, vip) in ["chaos", "limited", "pooled", "balanced", "sticky"]
+        .iter()
+        .zip(vips)
+    {
+        yaml.push_str(&format!(
+            r#"---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: shop, labels: {{weft.dev/use-waypoint: {WAYPOINT}}}}}
+spec:
+  clusterIP: {vip}
+  selector: {{app: echo}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+"#
+        ));
+    }
+    yaml.push_str(
+        r#"---
+apiVersion: weft.dev/v1alpha1
+kind: FaultInjection
+metadata: {name: chaos, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: chaos}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /checkout}}]
+    sourceNamespaces: [shop]
+    abort: {httpStatus: 500, percentage: {value: 10}}
+  - matches: [{path: {type: PathPrefix, value: /slow}}]
+    delay: {fixedDelay: 300ms}
+  - matches: [{path: {type: PathPrefix, value: /grpc.Pay}, headers: [{name: content-type, value: application/grpc}]}]
+    abort: {grpcStatus: UNAVAILABLE}
+---
+apiVersion: weft.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: limited, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: limited}]
+  connectionPool: {http: {http2MaxRequests: 2}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: pooled, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: pooled}]
+  loadBalancer: {simple: ROUND_ROBIN}
+  connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: sticky, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: sticky}]
+  loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: balanced, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: balanced, port: 80}]
+  rules:
+  - timeouts: {request: 1s, backendRequest: 250ms}
+    retry: {codes: [503], attempts: 2, backoff: 5ms}
+    backendRefs: [{name: balanced, port: 80}]
+"#,
+    );
+    yaml
+}
+
+/// `n` requests run at once from `ns` (curl --parallel, one connection each): statuses.
+fn parallel_statuses(ns: &Netns, args: &[&str], url: &str, n: usize) -> Vec<u16> {
+    let mut cmd = ns.command("curl");
+    cmd.args(["-s", "--max-time", "20", "--parallel", "--parallel-immediate"])
+        .args(["--parallel-max", &n.to_string(), "-w", "%{http_code}\\n"])
+        .args(args);
+    for _ in 0..n {
+        cmd.args(["-o", "/dev/null", url]);
+    }
+    let out = cmd.output().expect("curl");
+    let mut got: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap_or(0))
+        .collect();
+    got.sort_unstable();
+    got
+}
+
+#[test]
+fn faults_circuit_breakers_and_balancing() {
+    if !ready() {
+        return;
+    }
+    let mut c = Cluster::new(2);
+    c.namespace("shop", &[AMBIENT]);
+    c.namespace("web", &[AMBIENT]);
+    c.write_config();
+    c.start_daemon(0);
+    c.start_daemon(1);
+    let pods = add_echo_pods(&mut c, WAYPOINT);
+    let v3 = c
+        .add_pod(
+            1,
+            "shop",
+            "echo-v3",
+            "echo",
+            &[("app", "echo"), ("version", "v3")],
+        )
+        .expect("ADD echo-v3");
+    let web_client = c
+        .add_pod(0, "web", "web-client", "web-client", &[])
+        .expect("ADD web-client");
+    let s = c.subnet;
+    let vips = [30, 31, 32, 33, 34].map(|i| format!("10.{s}.100.{i}"));
+    let [chaos, limited, pooled, balanced, sticky] = &vips;
+    c.extra_yaml = safeguard_services(&vips, &format!("10.{s}.100.35"));
+    c.write_config();
+    let logs = [
+        start_echo(&mut c, pods.v1, "echo-v1"),
+        start_echo(&mut c, pods.v2, "echo-v2"),
+        start_echo(&mut c, v3, "echo-v3"),
+    ];
+    c.settle();
+    let waypoint = start_waypoint(&mut c, pods.waypoint, WAYPOINT, &[]);
+    let ns = &c.pods[pods.client].ns;
+
+    // 10% of /checkout calls from namespace shop are aborted with 500: within 4.5
+    // standard deviations of 100 in 1,000 (binomial, sd 9.5). Other paths and other
+    // namespaces' callers are untouched.
+    let n = 1000;
+    let got = statuses(ns, &[], &format!("http://{chaos}/checkout/pay"), n);
+    assert_eq!(got.len(), n);
+    let aborted = got.iter().filter(|s| **s == 500).count();
+    let served = got.iter().filter(|s| **s == 200).count();
+    eprintln!("injected aborts: {aborted} of {n} (10% asked)");
+    assert_eq!(aborted + served, n, "{got:?}");
+    assert!(
+        (57..=143).contains(&aborted),
+        "{aborted} aborts of {n}: not 10%"
+    );
+    assert_eq!(
+        hits(&logs[0], "GET", "/checkout") + hits(&logs[1], "GET", "/checkout")
+            + hits(&logs[2], "GET", "/checkout"),
+        served,
+        "an aborted request reached an endpoint"
+    );
+    let other = statuses(ns, &[], &format!("http://{chaos}/browse"), 200);
+    assert!(other.iter().all(|s| *s == 200), "{other:?}");
+    let web = &c.pods[web_client].ns;
+    let from_web = statuses(web, &[], &format!("http://{chaos}/checkout/pay"), 200);
+    assert!(
+        from_web.iter().all(|s| *s == 200),
+        "web's calls are not in the fault's sourceNamespaces: {from_web:?}"
+    );
+
+    // An injected 300 ms delay holds every /slow request at least that long, and they
+    // still succeed.
+    for _ in 0..5 {
+        let out = ns
+            .command("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}"])
+            .arg(format!("http://{chaos}/slow"))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (code, secs) = text.split_once(' ').expect("code and time");
+        let secs: f64 = secs.parse().expect("time");
+        assert_eq!(code, "200", "{text}");
+        assert!(secs >= 0.3, "a delayed request took {secs} s: {text}");
+    }
+    // A gRPC abort is a trailers-only answer with the gRPC status.
+    let grpc = curl(
+        ns,
+        &[
+            "--http2-prior-knowledge",
+            "-H",
+            "content-type: application/grpc",
+            "-d",
+            "",
+            &format!("http://{chaos}/grpc.Pay/Charge"),
+        ],
+    )
+    .expect("gRPC abort");
+    assert_eq!(grpc.status, 200, "{grpc:?}");
+    assert_eq!(grpc.headers.get("grpc-status").map(String::as_str), Some("14"));
+
+    // Least request under concurrency (8 at once) spreads the load over all three
+    // endpoints; then one endpoint turns slow (every answer after 1 s): its attempts run
+    // out of backendRequest (250 ms) and are retried elsewhere, so every request is
+    // answered within timeouts.request (1 s, else 504), and it gets almost no load.
+    let n = 150;
+    let got = parallel_statuses(ns, &["--parallel-max", "8"], &format!("http://{balanced}/even"), n);
+    assert!(got.iter().all(|s| *s == 200), "{got:?}");
+    let even: Vec<usize> = logs.iter().map(|l| hits(l, "GET", "/even")).collect();
+    eprintln!("least request, all fast, 8 at once: {even:?} of {n}");
+    assert!(even.iter().all(|h| *h > 0), "an endpoint got nothing: {even:?}");
+    let slow_v2 = [
+        "--parallel-max",
+        "8",
+        "-H",
+        "x-fail-on: echo-v2",
+        "-H",
+        "x-fail-status: 200",
+        "-H",
+        "x-fail-delay-ms: 1000",
+    ];
+    let got = parallel_statuses(ns, &slow_v2, &format!("http://{balanced}/work"), n);
+    assert!(got.iter().all(|s| *s == 200), "{got:?}");
+    let work: Vec<usize> = logs.iter().map(|l| hits(l, "GET", "/work")).collect();
+    let share = work[1] as f64 / work.iter().sum::<usize>() as f64;
+    eprintln!("least request, echo-v2 slow: attempts {work:?} (echo-v2's share {share:.2}; 0.33 even)");
+    assert!(work[1] > 0, "the slow endpoint was never tried");
+    assert!(share < 0.1, "the slow endpoint still got {share:.2} of the attempts");
+
+    // Consistent hashing on x-user: one user always lands on one endpoint; users spread.
+    let mut endpoints = std::collections::BTreeSet::new();
+    for user in ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"] {
+        let header = format!("x-user: {user}");
+        let served: std::collections::BTreeSet<String> = (0..5)
+            .map(|_| {
+                curl(ns, &["-H", &header, &format!("http://{sticky}/me")])
+                    .expect("sticky")
+                    .served_by()
+            })
+            .collect();
+        assert_eq!(served.len(), 1, "{user} moved between {served:?}");
+        endpoints.extend(served);
+    }
+    assert!(endpoints.len() >= 2, "eight users all on {endpoints:?}");
+
+    // Circuit breaking: at most 2 requests in flight to `limited`; of 6 slow ones at once,
+    // 2 are served and 4 fail fast with 503; then it takes requests again.
+    let slow = ["-H", "x-delay-ms: 1500"];
+    let got = parallel_statuses(ns, &slow, &format!("http://{limited}/hold"), 6);
+    assert_eq!(got, [200, 200, 503, 503, 503, 503], "{got:?}");
+    assert_eq!(curl(ns, &[&format!("http://{limited}/after")]).unwrap().status, 200);
+    // One connection and one waiting request for `pooled`: of 3 at once, one is served,
+    // one waits for the connection and is served after it, one overflows.
+    let got = parallel_statuses(ns, &slow, &format!("http://{pooled}/hold"), 3);
+    assert_eq!(got, [200, 200, 503], "{got:?}");
+
+    let metrics = waypoint_get(&c, pods.waypoint, "http://127.0.0.1:15020/metrics");
+    for (name, labels) in [
+        (
+            "weft_waypoint_faults_injected_total",
+            &["destination_service=\"shop/chaos\"", "fault=\"abort\""][..],
+        ),
+        (
+            "weft_waypoint_faults_injected_total",
+            &["fault=\"delay\"", "policy=\"shop/chaos\""][..],
+        ),
+        (
+            "weft_waypoint_circuit_breaker_overflows_total",
+            &["destination_service=\"shop/limited\"", "limit=\"requests\""][..],
+        ),
+        (
+            "weft_waypoint_circuit_breaker_overflows_total",
+            &["destination_service=\"shop/pooled\"", "limit=\"pending\""][..],
+        ),
+        (
+            "weft_waypoint_retries_total",
+            &["destination_service=\"shop/balanced\"", "reason=\"backend-timeout\""][..],
+        ),
+    ] {
+        assert!(
+            counter(&metrics, name, labels) > 0.0,
+            "{name} {labels:?} not counted:\n{metrics}"
+        );
+    }
+    assert_eq!(
+        counter(
+            &metrics,
+            "weft_waypoint_faults_injected_total",
+            &["fault=\"abort\"", "destination_service=\"shop/chaos\""]
+        ) as usize,
+        aborted + 1,
+        "the 500s and the gRPC abort"
+    );
+    let log = c.pods[pods.waypoint].extra[waypoint].log_text();
+    for flag in ["FI", "DI", "UO"] {
+        assert!(
+            log.contains(&format!("response_flags=\"{flag}\"")),
+            "no access log line with flag {flag}"
+        );
+    }
+}

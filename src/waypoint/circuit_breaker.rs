@@ -5,7 +5,7 @@
 //! - `http.http2MaxRequests`: requests in flight to the backend at once (from the first
 //!   attempt to the end of the response body).
 //! - `tcp.maxConnections`: connections the waypoint holds open to the backend's endpoints
-//!   (busy or idle), counted against the backend that opened them. A request that needs a
+//!   (busy or idle; backends never share connections). A request that needs a
 //!   new connection when they are all open waits for one to come free, as one of at most
 //!   `http.http1MaxPendingRequests` pending requests (default 0: none wait).
 //!
@@ -70,6 +70,8 @@ impl Overflow {
 /// One backend's counters and limits.
 #[derive(Debug)]
 pub struct BackendGate {
+    /// `namespace/name`.
+    service: Arc<str>,
     limits: Mutex<PoolLimits>,
     requests: AtomicUsize,
     connections: AtomicUsize,
@@ -123,6 +125,7 @@ impl BackendGate {
     fn new(service: &str, limits: PoolLimits) -> Self {
         let label = |limit: &'static str| metrics::counter!(OVERFLOWS_TOTAL, "destination_service" => service.to_owned(), "limit" => limit);
         BackendGate {
+            service: Arc::from(service),
             limits: Mutex::new(limits),
             requests: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
@@ -218,6 +221,11 @@ impl BackendGate {
     /// A connection went back to the idle pool: a waiter may take it.
     pub fn connection_idle(&self) {
         self.freed.notify_one();
+    }
+
+    /// The backend, `namespace/name`.
+    pub fn service(&self) -> Arc<str> {
+        self.service.clone()
     }
 
     /// Requests in flight now.

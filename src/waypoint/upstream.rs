@@ -6,7 +6,7 @@
 //! Which endpoint serves a request is the [`Balancer`]'s choice (P2C over peak-EWMA, with
 //! outlier ejection); what each attempt came to is reported back to it.
 //!
-//! HTTP/1.1 connections are pooled per endpoint: a connection goes back to the pool when
+//! HTTP/1.1 connections are pooled per backend Service and endpoint: a connection goes back to the pool when
 //! its response body has been read to the end, so keep-alive works across requests and a
 //! connection still busy is never shared. HTTP/2 (and gRPC) share one connection per
 //! endpoint, multiplexed, replaced when it closes.
@@ -120,6 +120,9 @@ struct PoolKey {
     addr: SocketAddr,
     identity: Option<SpiffeId>,
     protocol: UpstreamProtocol,
+    /// The backend Service (`namespace/name`) the connection serves: backends never share
+    /// connections, so each one's connection limit holds.
+    backend: Option<Arc<str>>,
 }
 
 /// An idle HTTP/1.1 connection, and the backend whose connection limit it counts against.
@@ -336,6 +339,7 @@ impl Upstreams {
             addr: endpoint.addr,
             identity: endpoint.identity.clone(),
             protocol,
+            backend: gate.map(|g| g.service()),
         };
         let http = |source| UpstreamError::Http {
             addr: endpoint.addr,

@@ -13,6 +13,9 @@ NAME = sys.argv[3]
 
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # The head and the body are separate writes: without TCP_NODELAY the body waits for
+    # the peer's delayed ACK (40 ms), which would swamp every latency the tests see.
+    disable_nagle_algorithm = True
 
     def answer(self):
         n = int(self.headers.get("content-length", "0") or 0)
