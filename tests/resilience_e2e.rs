@@ -409,6 +409,14 @@ spec:
 ---
 apiVersion: weft.dev/v1alpha1
 kind: DestinationPolicy
+metadata: {name: balanced, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: balanced}]
+  # No ejection: what keeps load off the slow endpoint is least request alone.
+  outlierDetection: {consecutive5xxErrors: 0}
+---
+apiVersion: weft.dev/v1alpha1
+kind: DestinationPolicy
 metadata: {name: sticky, namespace: shop}
 spec:
   targetRefs: [{kind: Service, name: sticky}]
@@ -431,9 +439,15 @@ spec:
 /// `n` requests run at once from `ns` (curl --parallel, one connection each): statuses.
 fn parallel_statuses(ns: &Netns, args: &[&str], url: &str, n: usize) -> Vec<u16> {
     let mut cmd = ns.command("curl");
-    cmd.args(["-s", "--max-time", "20", "--parallel", "--parallel-immediate"])
-        .args(["--parallel-max", &n.to_string(), "-w", "%{http_code}\\n"])
-        .args(args);
+    cmd.args([
+        "-s",
+        "--max-time",
+        "20",
+        "--parallel",
+        "--parallel-immediate",
+    ])
+    .args(["--parallel-max", &n.to_string(), "-w", "%{http_code}\\n"])
+    .args(args);
     for _ in 0..n {
         cmd.args(["-o", "/dev/null", url]);
     }
@@ -499,7 +513,8 @@ fn faults_circuit_breakers_and_balancing() {
         "{aborted} aborts of {n}: not 10%"
     );
     assert_eq!(
-        hits(&logs[0], "GET", "/checkout") + hits(&logs[1], "GET", "/checkout")
+        hits(&logs[0], "GET", "/checkout")
+            + hits(&logs[1], "GET", "/checkout")
             + hits(&logs[2], "GET", "/checkout"),
         served,
         "an aborted request reached an endpoint"
@@ -542,18 +557,29 @@ fn faults_circuit_breakers_and_balancing() {
     )
     .expect("gRPC abort");
     assert_eq!(grpc.status, 200, "{grpc:?}");
-    assert_eq!(grpc.headers.get("grpc-status").map(String::as_str), Some("14"));
+    assert_eq!(
+        grpc.headers.get("grpc-status").map(String::as_str),
+        Some("14")
+    );
 
     // Least request under concurrency (8 at once) spreads the load over all three
     // endpoints; then one endpoint turns slow (every answer after 1 s): its attempts run
     // out of backendRequest (250 ms) and are retried elsewhere, so every request is
     // answered within timeouts.request (1 s, else 504), and it gets almost no load.
     let n = 150;
-    let got = parallel_statuses(ns, &["--parallel-max", "8"], &format!("http://{balanced}/even"), n);
+    let got = parallel_statuses(
+        ns,
+        &["--parallel-max", "8"],
+        &format!("http://{balanced}/even"),
+        n,
+    );
     assert!(got.iter().all(|s| *s == 200), "{got:?}");
     let even: Vec<usize> = logs.iter().map(|l| hits(l, "GET", "/even")).collect();
     eprintln!("least request, all fast, 8 at once: {even:?} of {n}");
-    assert!(even.iter().all(|h| *h > 0), "an endpoint got nothing: {even:?}");
+    assert!(
+        even.iter().all(|h| *h > 0),
+        "an endpoint got nothing: {even:?}"
+    );
     let slow_v2 = [
         "--parallel-max",
         "8",
@@ -568,13 +594,20 @@ fn faults_circuit_breakers_and_balancing() {
     assert!(got.iter().all(|s| *s == 200), "{got:?}");
     let work: Vec<usize> = logs.iter().map(|l| hits(l, "GET", "/work")).collect();
     let share = work[1] as f64 / work.iter().sum::<usize>() as f64;
-    eprintln!("least request, echo-v2 slow: attempts {work:?} (echo-v2's share {share:.2}; 0.33 even)");
+    eprintln!(
+        "least request, echo-v2 slow: attempts {work:?} (echo-v2's share {share:.2}; 0.33 even)"
+    );
     assert!(work[1] > 0, "the slow endpoint was never tried");
-    assert!(share < 0.1, "the slow endpoint still got {share:.2} of the attempts");
+    assert!(
+        share < 0.1,
+        "the slow endpoint still got {share:.2} of the attempts"
+    );
 
     // Consistent hashing on x-user: one user always lands on one endpoint; users spread.
     let mut endpoints = std::collections::BTreeSet::new();
-    for user in ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"] {
+    for user in [
+        "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+    ] {
         let header = format!("x-user: {user}");
         let served: std::collections::BTreeSet<String> = (0..5)
             .map(|_| {
@@ -593,7 +626,12 @@ fn faults_circuit_breakers_and_balancing() {
     let slow = ["-H", "x-delay-ms: 1500"];
     let got = parallel_statuses(ns, &slow, &format!("http://{limited}/hold"), 6);
     assert_eq!(got, [200, 200, 503, 503, 503, 503], "{got:?}");
-    assert_eq!(curl(ns, &[&format!("http://{limited}/after")]).unwrap().status, 200);
+    assert_eq!(
+        curl(ns, &[&format!("http://{limited}/after")])
+            .unwrap()
+            .status,
+        200
+    );
     // One connection and one waiting request for `pooled`: of 3 at once, one is served,
     // one waits for the connection and is served after it, one overflows.
     let got = parallel_statuses(ns, &slow, &format!("http://{pooled}/hold"), 3);
@@ -619,7 +657,10 @@ fn faults_circuit_breakers_and_balancing() {
         ),
         (
             "weft_waypoint_retries_total",
-            &["destination_service=\"shop/balanced\"", "reason=\"backend-timeout\""][..],
+            &[
+                "destination_service=\"shop/balanced\"",
+                "reason=\"backend-timeout\"",
+            ][..],
         ),
     ] {
         assert!(
