@@ -1,7 +1,9 @@
 //! The weft pods-mode demo: two nodes with two enrolled pods each and one pod outside the
 //! mesh, built with the real CNI plugins and one weft-node per node. Sends traffic between
 //! them and prints what a newcomer wants to see: which identities talked, that only TLS
-//! crossed the wire, and the commands to poke at it by hand. Tears everything down on exit.
+//! crossed the wire, and the commands to poke at it by hand. Then a waypoint's safeguards
+//! (README "Resilience"): one of three `pay` pods failing is hidden by retries and ejected,
+//! and a FaultInjection aborts 10% of `/checkout` calls. Tears everything down on exit.
 //!
 //! Run it as root with `bash scripts/demo.sh` (set KEEP=1 to keep the cluster up).
 
@@ -11,7 +13,38 @@ mod common;
 use std::io::BufRead;
 
 use common::cluster::{Cluster, AMBIENT};
+use common::l7::{start_echo, start_waypoint, statuses, waypoint_get};
 use common::testbed::{is_port, Capture};
+
+/// The resilience example of README.md: `pay` behind the waypoint, with a route that
+/// retries 503s, a DestinationPolicy that ejects an endpoint after 3 failures in a row,
+/// and a FaultInjection that aborts 10% of /checkout calls.
+const RESILIENCE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: pay, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: pay, port: 80}]
+  rules:
+  - retry: {codes: [503], attempts: 2, backoff: 10ms}
+    backendRefs: [{name: pay, port: 80}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: pay, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: pay}]
+  loadBalancer: {simple: ROUND_ROBIN}   # every pod gets its turn, so pay-b's failures show
+  outlierDetection: {consecutive5xxErrors: 3, baseEjectionTime: 30s}
+---
+apiVersion: weft.dev/v1alpha1
+kind: FaultInjection
+metadata: {name: checkout-chaos, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: pay}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /checkout}}]
+    abort: {httpStatus: 500, percentage: {value: 10}}
+"#;
 
 fn main() {
     if !nix::unistd::Uid::effective().is_root() {
@@ -22,6 +55,7 @@ fn main() {
     let mut c = Cluster::new(2);
     c.namespace("demo", &[AMBIENT]);
     c.namespace("legacy", &[]);
+    c.namespace("shop", &[AMBIENT]);
     c.write_config();
     c.start_daemon(0);
     c.start_daemon(1);
@@ -166,6 +200,8 @@ fn main() {
         "   cat {}/daemon-*.log   # node-1's daemon log",
         c.nodes[0].run_dir.display()
     );
+    resilience(&mut c);
+
     if std::env::var("KEEP").is_ok_and(|v| v == "1") {
         println!("\n== KEEP=1: the cluster stays up; press Enter to tear it down");
         let _ = std::io::stdin().lock().lines().next();
@@ -178,4 +214,71 @@ fn run_requests(c: &Cluster, requests: &[(&str, String, &str)]) {
         let answer = Cluster::curl(&c.pod(from).ns, url).unwrap_or_else(|e| format!("FAILED: {e}"));
         println!("   {from:<9} -> {url:<28} {what:<30} answer: {answer}");
     }
+}
+
+/// The README's resilience example on the demo cluster: three `pay` pods (one failing on
+/// cue), a waypoint, and the safeguards' metrics.
+fn resilience(c: &mut Cluster) {
+    println!("\n== resilience: a waypoint in front of three pay pods (README \"Resilience\")");
+    let mut pay_pods = Vec::new();
+    for name in ["pay-a", "pay-b", "pay-c"] {
+        let i = c
+            .add_pod(1, "shop", name, "pay", &[("app", "pay")])
+            .unwrap_or_else(|e| panic!("CNI ADD of {name} failed: {e:?}"));
+        pay_pods.push(i);
+    }
+    let client = c
+        .add_pod(0, "shop", "shopper", "shopper", &[])
+        .expect("CNI ADD of shopper");
+    let waypoint_pod = c
+        .add_pod(
+            0,
+            "shop",
+            "shop-waypoint-0",
+            "shop-waypoint",
+            &[
+                ("app.kubernetes.io/name", "shop-waypoint"),
+                ("weft.dev/dataplane-mode", "none"),
+            ],
+        )
+        .expect("CNI ADD of the waypoint");
+    let s = c.subnet;
+    c.extra_yaml.push_str(&format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: pay, namespace: shop, labels: {{weft.dev/use-waypoint: shop-waypoint}}}}\nspec:\n  clusterIP: 10.{s}.100.20\n  selector: {{app: pay}}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: shop-waypoint, namespace: shop}}\nspec:\n  clusterIP: 10.{s}.100.21\n  selector: {{app.kubernetes.io/name: shop-waypoint}}\n  ports: [{{name: mesh, port: 15008}}]\n---\n{RESILIENCE}"
+    ));
+    c.write_config();
+    for (i, name) in pay_pods.iter().zip(["pay-a", "pay-b", "pay-c"]) {
+        start_echo(c, *i, name);
+    }
+    c.settle();
+    start_waypoint(c, waypoint_pod, "shop-waypoint", &[]);
+    let pay = format!("http://10.{s}.100.20");
+    let ns = &c.pods[client].ns;
+    let orders = statuses(
+        ns,
+        &["-H", "x-fail-on: pay-b"],
+        &format!("{pay}/orders"),
+        100,
+    );
+    let ok = orders.iter().filter(|s| **s == 200).count();
+    println!("   100 GET /orders while pay-b answers 503: {ok} answered 200 (its failures retried on the others)");
+    let checkout = statuses(ns, &[], &format!("{pay}/checkout"), 200);
+    let aborted = checkout.iter().filter(|s| **s == 500).count();
+    println!("   200 GET /checkout with 10% aborts injected: {aborted} got the injected 500");
+    let metrics = waypoint_get(c, waypoint_pod, "http://127.0.0.1:15020/metrics");
+    println!("   the waypoint's safeguard metrics (its dashboard shows them too):");
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("weft_waypoint_retries_total")
+            || l.starts_with("weft_waypoint_outlier_ejections_total")
+            || l.starts_with("weft_waypoint_faults_injected_total")
+            || l.starts_with("weft_waypoint_retry_budget_remaining")
+    }) {
+        println!("     {line}");
+    }
+    let wp_ns = &c.pods[waypoint_pod].ns.name;
+    println!("   its dashboard: ip netns exec {wp_ns} chromium --no-sandbox http://127.0.0.1:15020/   (KEEP=1)");
+    println!(
+        "   more: ip netns exec {} curl -s -H 'x-fail-on: pay-b' {pay}/orders",
+        ns.name
+    );
 }

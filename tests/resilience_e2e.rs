@@ -16,13 +16,16 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::cluster::{pods_e2e_ready, Cluster, AMBIENT};
-use common::l7::{add_echo_pods, curl, start_echo, start_waypoint, statuses, waypoint_get};
+use common::l7::{
+    add_echo_pods, curl, dashboard_dom, start_echo, start_waypoint, statuses, waypoint_get,
+    EchoPods,
+};
 use common::testbed::Netns;
 
 const WAYPOINT: &str = "pay-waypoint";
 
 fn ready() -> bool {
-    pods_e2e_ready(&["ip", "nft", "nsenter", "curl", "python3"])
+    pods_e2e_ready(&["ip", "nft", "nsenter", "curl", "python3", "chromium"])
 }
 
 /// `pay` and `ledger` select the same three echo pods; each has its own retry budget.
@@ -105,6 +108,37 @@ fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// Starts both node daemons and adds the [`EchoPods`] plus `echo-v3`: three echo pods
+/// (`app: echo`) on node 2.
+fn three_echo_pods(c: &mut Cluster) -> (EchoPods, usize) {
+    c.start_daemon(0);
+    c.start_daemon(1);
+    let pods = add_echo_pods(c, WAYPOINT);
+    let v3 = c
+        .add_pod(
+            1,
+            "shop",
+            "echo-v3",
+            "echo",
+            &[("app", "echo"), ("version", "v3")],
+        )
+        .expect("ADD echo-v3");
+    (pods, v3)
+}
+
+/// The number in attribute `attr` of the dashboard row whose `key` attribute is `value`.
+fn dashboard_figure(dom: &str, key: &str, value: &str, attr: &str) -> f64 {
+    let row = dom
+        .split(&format!("{key}=\"{value}\""))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no dashboard row with {key}={value}:\n{dom}"));
+    let row = row.split("</tr>").next().unwrap_or_default();
+    row.split(&format!("{attr}=\""))
+        .nth(1)
+        .and_then(|r| r.split('"').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {attr} in the row of {value}: {row}"))
+}
+
 /// Sends plain GETs to `vip` until `log`'s server answers one (its ejection is over and
 /// live traffic probes it), at most 30 s; returns how long that took.
 fn wait_readmitted(ns: &Netns, vip: &str, log: &Path) -> Duration {
@@ -129,18 +163,7 @@ fn retries_hide_a_failing_endpoint_within_the_budget() {
     let mut c = Cluster::new(2);
     c.namespace("shop", &[AMBIENT]);
     c.write_config();
-    c.start_daemon(0);
-    c.start_daemon(1);
-    let pods = add_echo_pods(&mut c, WAYPOINT);
-    let v3 = c
-        .add_pod(
-            1,
-            "shop",
-            "echo-v3",
-            "echo",
-            &[("app", "echo"), ("version", "v3")],
-        )
-        .expect("ADD echo-v3");
+    let (pods, v3) = three_echo_pods(&mut c);
     let s = c.subnet;
     let (pay, ledger) = (format!("10.{s}.100.20"), format!("10.{s}.100.21"));
     c.extra_yaml = services(&pay, &ledger, &format!("10.{s}.100.22"));
@@ -333,6 +356,12 @@ fn retries_hide_a_failing_endpoint_within_the_budget() {
         log.contains("endpoint ejected after consecutive failures"),
         "{log}"
     );
+    // The waypoint's dashboard shows the same, drawn in headless Chromium.
+    let dom = dashboard_dom(&c, pods.waypoint);
+    let v2_addr = format!("{}:8080", c.pods[pods.v2].ip);
+    assert!(dashboard_figure(&dom, "data-endpoint", &v2_addr, "data-ejections") >= 3.0);
+    assert!(dashboard_figure(&dom, "data-backend", "shop/ledger", "data-exhausted") > 0.0);
+    assert!(dashboard_figure(&dom, "data-backend", "shop/pay", "data-retries") > 0.0);
     for (path, flag) in [
         ("/retry/big", "RBS"),
         ("/retry/small", "URX"),
@@ -469,18 +498,7 @@ fn faults_circuit_breakers_and_balancing() {
     c.namespace("shop", &[AMBIENT]);
     c.namespace("web", &[AMBIENT]);
     c.write_config();
-    c.start_daemon(0);
-    c.start_daemon(1);
-    let pods = add_echo_pods(&mut c, WAYPOINT);
-    let v3 = c
-        .add_pod(
-            1,
-            "shop",
-            "echo-v3",
-            "echo",
-            &[("app", "echo"), ("version", "v3")],
-        )
-        .expect("ADD echo-v3");
+    let (pods, v3) = three_echo_pods(&mut c);
     let web_client = c
         .add_pod(0, "web", "web-client", "web-client", &[])
         .expect("ADD web-client");
@@ -677,6 +695,12 @@ fn faults_circuit_breakers_and_balancing() {
         aborted + 1,
         "the 500s and the gRPC abort"
     );
+    let dom = dashboard_dom(&c, pods.waypoint);
+    let figure = |backend: &str, attr: &str| dashboard_figure(&dom, "data-backend", backend, attr);
+    assert_eq!(figure("shop/chaos", "data-aborts") as usize, aborted + 1);
+    assert_eq!(figure("shop/chaos", "data-delays"), 5.0);
+    assert!(figure("shop/limited", "data-overflows") >= 4.0);
+    assert!(figure("shop/balanced", "data-retries") > 0.0);
     let log = c.pods[pods.waypoint].extra[waypoint].log_text();
     for flag in ["FI", "DI", "UO"] {
         assert!(

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::cluster::{pods_e2e_ready, Cluster, AMBIENT};
-use common::l7::{add_echo_pods, curl, start_echo, waypoint_get, EchoPods};
+use common::l7::{add_echo_pods, curl, dashboard_dom, start_echo, waypoint_get, EchoPods};
 use common::testbed::*;
 use serde_json::Value;
 
@@ -565,26 +565,7 @@ fn gamma_routing_through_the_waypoint() {
     );
     // The waypoint's dashboard (the node dashboard, same page) lists the services it routes
     // with their request counts and latency, drawn in headless Chromium.
-    let profile = c.work.path().join("chromium-profile");
-    let dom = c.pods[wp]
-        .ns
-        .command("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("http://127.0.0.1:15020/")
-        .output()
-        .expect("chromium");
-    let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+    let dom = dashboard_dom(&c, wp);
     let echo_row = dom
         .split("data-service=\"echo.shop.svc.cluster.local\"")
         .nth(1)

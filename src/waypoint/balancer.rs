@@ -16,8 +16,8 @@
 //! Outlier ejection: an endpoint whose last `consecutive_failures` attempts all failed (a
 //! 5xx, a connect failure, a reset, a timed-out attempt) is ejected for the base time,
 //! longer each time it is ejected again (base x ejections, at most `max_ejection`). Never
-//! more than `max_ejected_share` of a backend's endpoints are sat out (always at least one
-//! may be, and never all): the ones ejected longest ago come back first. An ejected
+//! more than `max_ejected_share` of a backend's endpoints are sat out (at least one may be
+//! unless the share is 0, which turns ejection off; never all): the ones ejected longest ago come back first. An ejected
 //! endpoint returns when its time is up and is probed by live traffic; if it still fails,
 //! it is ejected again, for longer.
 
@@ -375,7 +375,8 @@ impl Balancer {
             .iter()
             .filter_map(|i| stats[*i].ejected(now).map(|at| (at, *i)))
             .collect();
-        if ejected.is_empty() {
+        // maxEjectionPercent 0 turns ejection off, as in Istio.
+        if ejected.is_empty() || outlier.max_ejected_share <= 0.0 {
             return usable;
         }
         let share = (stats.len() as f64 * outlier.max_ejected_share).floor() as usize;
@@ -573,5 +574,19 @@ mod tests {
                 .observe_at(now, Duration::from_millis(1), true, b.outlier());
         }
         assert_eq!(shares(&b, now, &two), vec![0, 400]);
+        // A share of 0 (maxEjectionPercent: 0) ejects nothing.
+        let off = OutlierConfig {
+            max_ejected_share: 0.0,
+            ..fast_outliers()
+        };
+        let p2c = Selection::LeastRequest(0.0, 0.0);
+        let picked: std::collections::BTreeSet<usize> = (0..2)
+            .map(|n| {
+                b.choose_at(now, &two, &[], Selection::RoundRobin(n), &off)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(picked.len(), 2, "both serve with ejection off");
+        assert!(b.choose_at(now, &two, &[], p2c, &off).is_some());
     }
 }

@@ -152,10 +152,10 @@ spec:
         // Only callers from namespace test.
         assert_eq!(faults.decide(&checkout, "shop", &mut || 0.0), None);
         // Over 1,000 evenly spread rolls, exactly 10% abort.
-        let mut n = 0.0;
+        let mut n = 0u32;
         let mut next = || {
-            n += 0.1;
-            n - 0.1
+            n += 1;
+            f64::from(n - 1) / 10.0
         };
         let count = (0..1000)
             .filter(|_| faults.decide(&checkout, "test", &mut next).is_some())

@@ -17,6 +17,11 @@
 //! - [`retry`], [`retry_budget`], [`replay_body`]: when a failed attempt is tried again
 //!   (a route's `retry` or the mesh default), how much extra load retries may add, and the
 //!   request body kept so it can be sent again.
+//! - [`balancer`]: which endpoint gets a request (least request by P2C over peak-EWMA,
+//!   round robin, consistent hash) and which are ejected after consecutive failures;
+//! - [`circuit_breaker`]: a backend's limits on requests in flight, connections and
+//!   pending requests, failing fast over them;
+//! - [`faults`]: the FaultInjection delays and aborts of a Service's requests;
 //!
 //! The rules themselves are typed and checked in [`crate::model::http_route_rules`] when the
 //! model is built, so everything here works on routes already known to be honourable.

@@ -28,7 +28,7 @@ use super::faults::{Injected, ServiceFaults, FAULTS_TOTAL};
 use super::filters;
 use super::mirror_body::{MirrorBody, Tee};
 use super::pipeline::{self, MirrorTarget, Origin, Plan};
-use super::replay_body::{replayable, REPLAY_LIMIT};
+use super::replay_body::{replayable, NoReplay, Replay, REPLAY_LIMIT};
 use super::retry::{Failure, RetryPolicy};
 use super::retry_budget::{RetryBudgets, RETRIES_TOTAL};
 use super::route_table::{RequestView, ServicePortRoutes};
@@ -326,19 +326,10 @@ fn grpc_abort(mut report: RequestReport, code: u32, reason: &str) -> Response<Pr
     report.set_status(200);
     report.set_grpc_status(&code.to_string());
     report.set_flag("FI", reason);
-    let mut response = Response::new(
-        ReportingBody {
-            inner: http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed(),
-            report: Some(report),
-            lease: None,
-            deadline: None,
-            in_flight: None,
-            permit: None,
-        }
-        .boxed(),
-    );
+    let empty = http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = Response::new(ReportingBody::made_here(report, empty).boxed());
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -460,7 +451,7 @@ async fn forward(
         tried.push(endpoint.addr);
         let deadline = Deadline::of(timeouts.as_ref(), arrived, default_timeout);
         let request = Request::from_parts(copy_head(&head), attempt_body);
-        let in_flight = endpoint.stats.start();
+        let mut in_flight = Some(endpoint.stats.start());
         let sent_at = Instant::now();
         let sent = ctx
             .upstreams
@@ -472,10 +463,10 @@ async fn forward(
                     let status = response.status().as_u16();
                     observe(&endpoint, dispatched, status >= 500);
                     if !retry.retries_status(&method, status) {
-                        let answer = Answer { response, lease, in_flight: Some(in_flight), permit: permit.take() };
+                        let answer = Answer { response, lease, in_flight: in_flight.take(), permit: permit.take() };
                         return respond(report, answer, &response_headers, deadline.body_timer());
                     }
-                    Attempt::Answered(Box::new(Answer { response, lease, in_flight: None, permit: None }))
+                    Attempt::Answered(Box::new(Answer { response, lease, in_flight: in_flight.take(), permit: None }))
                 }
                 Err(error) => {
                     // The circuit breaker's refusal says nothing of the endpoint.
@@ -490,17 +481,31 @@ async fn forward(
                 Attempt::TimedOut
             }
         };
-        drop(in_flight);
+        in_flight.take();
         let failure = match &attempt {
             Attempt::Answered(answer) => Failure::Status(answer.response.status().as_u16()),
             Attempt::Failed(error) => Failure::of_error(error),
             Attempt::TimedOut if deadline.per_attempt => Failure::AttemptTimeout,
             Attempt::TimedOut => {
-                return give_up(report, attempt, &deadline, &response_headers, None)
+                return give_up(
+                    report,
+                    attempt,
+                    &deadline,
+                    &response_headers,
+                    None,
+                    permit.take(),
+                )
             }
         };
         if !retry.retries(&method, failure) {
-            return give_up(report, attempt, &deadline, &response_headers, None);
+            return give_up(
+                report,
+                attempt,
+                &deadline,
+                &response_headers,
+                None,
+                permit.take(),
+            );
         }
         if retries >= retry.attempts() {
             let why = format!(
@@ -513,18 +518,28 @@ async fn forward(
                 &deadline,
                 &response_headers,
                 Some(("URX", why)),
+                permit.take(),
             );
         }
-        let Some(next_body) = replay.as_ref().and_then(|r| r.next()) else {
-            let why = format!("not retried: the request body is larger than the {REPLAY_LIMIT} bytes kept for retries");
+        // Checked without taking the body from the attempt: a refused retry passes that
+        // attempt's answer on whole.
+        if let Err(why) = replay
+            .as_ref()
+            .map_or(Err(NoReplay::TooLarge), Replay::check)
+        {
+            let note = match why {
+                NoReplay::TooLarge => ("RBS", format!("not retried: the request body is larger than the {REPLAY_LIMIT} bytes kept for retries")),
+                NoReplay::Failed => ("DC", "not retried: the client's request body failed".to_owned()),
+            };
             return give_up(
                 report,
                 attempt,
                 &deadline,
                 &response_headers,
-                Some(("RBS", why)),
+                Some(note),
+                permit.take(),
             );
-        };
+        }
         let wait = retry.backoff(retries + 1, rand::random());
         if request_deadline.is_some_and(|at| Instant::now() + wait >= at) {
             let why =
@@ -536,6 +551,7 @@ async fn forward(
                 &deadline,
                 &response_headers,
                 Some(("URX", why)),
+                permit.take(),
             );
         }
         if !budget.withdraw() {
@@ -546,8 +562,20 @@ async fn forward(
                 &deadline,
                 &response_headers,
                 Some(("RBX", why)),
+                permit.take(),
             );
         }
+        let Some(next_body) = replay.as_ref().and_then(Replay::next) else {
+            let why = "not retried: the request body cannot be sent again".to_owned();
+            return give_up(
+                report,
+                attempt,
+                &deadline,
+                &response_headers,
+                Some(("RBS", why)),
+                permit.take(),
+            );
+        };
         drop(attempt);
         metrics::counter!(RETRIES_TOTAL, "destination_service" => service_key.clone(), "reason" => failure.label())
             .increment(1);
@@ -591,6 +619,7 @@ fn give_up(
     deadline: &Deadline,
     response_headers: &[HeaderModifier],
     note: Option<(&'static str, String)>,
+    permit: Option<RequestPermit>,
 ) -> Response<ProxyBody> {
     let (note_flag, note_reason) = match note {
         Some((flag, reason)) => (Some(flag), format!("; {reason}")),
@@ -601,7 +630,9 @@ fn give_up(
             if let Some(flag) = note_flag {
                 report.set_flag(flag, note_reason.trim_start_matches("; ").to_owned());
             }
-            respond(report, *answer, response_headers, deadline.body_timer())
+            let mut answer = *answer;
+            answer.permit = permit;
+            respond(report, answer, response_headers, deadline.body_timer())
         }
         Attempt::Failed(error) => {
             let (status, flag) = match &error {
@@ -712,20 +743,10 @@ fn local(
     if flag != "-" {
         report.set_flag(flag, reason);
     }
-    let text = format!("{reason}\n");
-    let mut response = Response::new(
-        ReportingBody {
-            inner: Full::new(Bytes::from(text))
-                .map_err(|never| match never {})
-                .boxed(),
-            report: Some(report),
-            lease: None,
-            deadline: None,
-            in_flight: None,
-            permit: None,
-        }
-        .boxed(),
-    );
+    let text = Full::new(Bytes::from(format!("{reason}\n")))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = Response::new(ReportingBody::made_here(report, text).boxed());
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
@@ -1060,6 +1081,18 @@ struct BodyDeadlineTimer {
 }
 
 impl ReportingBody {
+    /// The body of an answer made here (no upstream, nothing held).
+    fn made_here(report: RequestReport, inner: ProxyBody) -> Self {
+        ReportingBody {
+            inner,
+            report: Some(report),
+            lease: None,
+            deadline: None,
+            in_flight: None,
+            permit: None,
+        }
+    }
+
     fn finish(&mut self) {
         if let Some(mut report) = self.report.take() {
             report.complete();

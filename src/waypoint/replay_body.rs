@@ -81,9 +81,31 @@ pub fn replayable(inner: ProxyBody, limit: usize) -> (Replay, ReplayBody) {
     (Replay { shared }, first)
 }
 
+/// Why a body cannot be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoReplay {
+    /// It outgrew the limit.
+    TooLarge,
+    /// The client's body failed.
+    Failed,
+}
+
 // === impl Replay ===
 
 impl Replay {
+    /// Whether [`Replay::next`] would give a body, without taking it from the current
+    /// attempt.
+    pub fn check(&self) -> Result<(), NoReplay> {
+        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if shared.overflowed {
+            Err(NoReplay::TooLarge)
+        } else if shared.failed.is_some() {
+            Err(NoReplay::Failed)
+        } else {
+            Ok(())
+        }
+    }
+
     /// The next attempt's body (earlier attempts stop reading), or `None` when the body
     /// has outgrown the limit or failed.
     pub fn next(&self) -> Option<ReplayBody> {
@@ -157,7 +179,13 @@ impl Body for ReplayBody {
             Poll::Ready(None) => {
                 shared.ended = true;
                 shared.inner = None;
-                this.trailers_sent = true;
+                // An earlier attempt may have read the trailers before the end was known.
+                if !this.trailers_sent {
+                    this.trailers_sent = true;
+                    if let Some(trailers) = shared.trailers.clone() {
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                }
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(error))) => {
@@ -287,8 +315,10 @@ mod tests {
         let (text, _) = read(first).await;
         assert_eq!(text, "abcdefghij", "the attempt reading it gets all of it");
         assert!(replay.next().is_none(), "over the limit: no replay");
+        assert_eq!(replay.check(), Err(NoReplay::TooLarge));
         let (replay, first) = replayable(streamed(&["abcd", "ef"], false), 6);
         read(first).await;
+        assert_eq!(replay.check(), Ok(()), "checking takes nothing");
         assert_eq!(
             read(replay.next().unwrap()).await.0,
             "abcdef",

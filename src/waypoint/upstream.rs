@@ -125,10 +125,20 @@ struct PoolKey {
     backend: Option<Arc<str>>,
 }
 
+/// A connection's place in its backend's connection limit: held by the connection's task,
+/// its lease and its idle entry, freed by whichever ends it first (an evicted idle
+/// connection frees it at once, before its task notices).
+type SharedPermit = Arc<Mutex<Option<ConnectionPermit>>>;
+
+fn free(permit: &SharedPermit) {
+    permit.lock().unwrap_or_else(|e| e.into_inner()).take();
+}
+
 /// An idle HTTP/1.1 connection, and the backend whose connection limit it counts against.
 struct IdleConnection {
     sender: http1::SendRequest<ProxyBody>,
     gate: Option<Arc<BackendGate>>,
+    permit: SharedPermit,
 }
 
 type Idle = Mutex<HashMap<PoolKey, Vec<IdleConnection>>>;
@@ -165,6 +175,7 @@ pub struct Lease {
     sender: http1::SendRequest<ProxyBody>,
     pool: Weak<Idle>,
     gate: Option<Arc<BackendGate>>,
+    permit: SharedPermit,
 }
 
 // === impl Lease ===
@@ -184,6 +195,7 @@ impl Lease {
             list.push(IdleConnection {
                 sender: self.sender,
                 gate: self.gate.clone(),
+                permit: self.permit,
             });
         }
         drop(idle);
@@ -347,9 +359,9 @@ impl Upstreams {
         };
         match protocol {
             UpstreamProtocol::Http1 => {
-                let mut sender = loop {
-                    if let Some(sender) = self.idle_h1_sender(&key) {
-                        break sender;
+                let (mut sender, permit) = loop {
+                    if let Some(idle) = self.idle_h1_connection(&key) {
+                        break (idle.sender, idle.permit);
                     }
                     let permit = match gate {
                         Some(gate) => match self.connection_permit(gate, &key).await? {
@@ -358,15 +370,17 @@ impl Upstreams {
                         },
                         None => None,
                     };
+                    let permit: SharedPermit = Arc::new(Mutex::new(permit));
                     let io = self.open(endpoint).await?;
                     let (sender, connection) = http1::handshake(io).await.map_err(http)?;
+                    let held = permit.clone();
                     tokio::spawn(async move {
-                        let _counted = permit;
                         if let Err(error) = connection.await {
                             tracing::debug!(%error, "upstream HTTP/1.1 connection ended");
                         }
+                        free(&held);
                     });
-                    break sender;
+                    break (sender, permit);
                 };
                 sender.ready().await.map_err(http)?;
                 let dispatched = Instant::now();
@@ -376,6 +390,7 @@ impl Upstreams {
                     sender,
                     pool: Arc::downgrade(&self.idle_h1),
                     gate: gate.cloned(),
+                    permit,
                 };
                 Ok(Sent {
                     response,
@@ -420,13 +435,14 @@ impl Upstreams {
         }
     }
 
-    fn idle_h1_sender(&self, key: &PoolKey) -> Option<http1::SendRequest<ProxyBody>> {
+    fn idle_h1_connection(&self, key: &PoolKey) -> Option<IdleConnection> {
         let mut idle = self.idle_h1.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(key)?;
         while let Some(connection) = list.pop() {
             if connection.sender.is_ready() {
-                return Some(connection.sender);
+                return Some(connection);
             }
+            free(&connection.permit);
         }
         None
     }
@@ -443,8 +459,9 @@ impl Upstreams {
                 .iter()
                 .position(|c| c.gate.as_ref().is_some_and(|g| Arc::ptr_eq(g, gate)));
             if let Some(i) = found {
-                // Dropping the last sender ends the connection, which frees its permit.
-                list.swap_remove(i);
+                // Its place is freed now; dropping the sender ends the connection.
+                let evicted = list.swap_remove(i);
+                free(&evicted.permit);
                 return true;
             }
         }
@@ -463,10 +480,16 @@ impl Upstreams {
             if let Some(permit) = gate.try_connection() {
                 return Ok(Some(permit));
             }
-            if key.protocol == UpstreamProtocol::Http1 {
-                // An evicted connection's permit is freed when its task ends: the wait
-                // below sees that.
-                self.evict_idle(gate, key);
+            if key.protocol == UpstreamProtocol::Http1 && self.evict_idle(gate, key) {
+                continue;
+            }
+            if key.protocol == UpstreamProtocol::Http2 {
+                // A multiplexed connection never goes idle: waiting could be forever. Limit
+                // HTTP/2 backends with http2MaxRequests.
+                return Err(UpstreamError::Overflow(Overflow::Pending(
+                    gate.connections(),
+                    0,
+                )));
             }
             gate.wait_for_connection()
                 .await

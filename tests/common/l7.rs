@@ -192,3 +192,28 @@ pub fn statuses(ns: &Netns, args: &[&str], url: &str, n: usize) -> Vec<u16> {
         .map(|l| l.trim().parse().unwrap_or(0))
         .collect()
 }
+
+/// The dashboard served in `pod` (127.0.0.1:15020), as headless Chromium renders it after
+/// its scripts ran.
+pub fn dashboard_dom(c: &Cluster, pod: usize) -> String {
+    let profile = c.work.path().join(unique("chromium-profile"));
+    let out = c.pods[pod]
+        .ns
+        .command("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("http://127.0.0.1:15020/")
+        .output()
+        .expect("chromium");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
