@@ -260,6 +260,25 @@ fn uninstalling_takes_weft_out_of_the_chain_and_a_restart_does_not() {
         Some("weft-system"),
         "weft-node",
     );
+    // The API server's authorizer learns of the deletion a moment later: wait until the
+    // daemon's own identity is refused the DaemonSet, as it will be at shutdown.
+    let api = c.kube();
+    let node_client = api
+        .runtime
+        .block_on(api.server.client_from_kubeconfig(&api.node_kubeconfig));
+    let daemonsets: kube::Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        kube::Api::namespaced(node_client, "weft-system");
+    let started = std::time::Instant::now();
+    while !matches!(
+        api.runtime.block_on(daemonsets.get("weft-node")),
+        Err(kube::Error::Api(ref e)) if e.code == 403
+    ) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "weft-node can still read its DaemonSet 20 s after its RoleBinding went"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let log = stop_daemon(&mut c);
     assert!(log.contains("forbidden"), "{log}");
     assert_eq!(conf_names(&c), ["10-weftnet.conflist"]);

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, AMBIENT};
+use common::prometheus::promql;
 use common::testbed::*;
 use serde_json::Value;
 
@@ -78,24 +79,6 @@ fn metric_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-fn promql(ns: &Netns, query: &str) -> Option<f64> {
-    let out = ns
-        .command("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "5",
-            "-G",
-            "http://127.0.0.1:9090/api/v1/query",
-            "--data-urlencode",
-        ])
-        .arg(format!("query={query}"))
-        .output()
-        .unwrap();
-    let body: Value = serde_json::from_slice(&out.stdout).ok()?;
-    body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
-}
-
 #[test]
 fn metrics_access_log_admin_and_dashboard() {
     if !ready() {
@@ -149,31 +132,13 @@ spec:
     let node2 = &c.nodes[1];
 
     // Prometheus in node-1's namespace scrapes both daemons every second.
-    let prom_dir = c.work.path().join("prometheus");
-    std::fs::create_dir_all(prom_dir.join("data")).unwrap();
-    std::fs::write(
-        prom_dir.join("prometheus.yml"),
-        format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n- job_name: weft\n  static_configs:\n  - targets: ['127.0.0.1:15020', '{}:15020']\n",
-            node2.underlay_ip
-        ),
-    )
-    .unwrap();
-    let mut prom_cmd = node1.ns.command("prometheus");
-    prom_cmd
-        .arg(format!(
-            "--config.file={}",
-            prom_dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            prom_dir.join("data").display()
-        ))
-        .arg("--web.listen-address=127.0.0.1:9090");
-    let mut prometheus = Process::spawn(prom_cmd, &prom_dir.join("prometheus.log"), "prometheus");
-    prometheus.wait_for_log(
-        "Server is ready to receive web requests",
-        Duration::from_secs(30),
+    let prometheus = common::prometheus::start(
+        &node1.ns,
+        &c.work.path().join("prometheus"),
+        &[
+            "127.0.0.1:15020".to_owned(),
+            format!("{}:15020", node2.underlay_ip),
+        ],
     );
 
     // A known transfer: exactly KNOWN_BYTES from client to server.

@@ -20,12 +20,21 @@ use common::l7::{
     add_echo_pods, curl, dashboard_dom, start_echo, start_waypoint, statuses, waypoint_get,
     EchoPods,
 };
+use common::prometheus;
 use common::testbed::Netns;
 
 const WAYPOINT: &str = "pay-waypoint";
 
 fn ready() -> bool {
-    pods_e2e_ready(&["ip", "nft", "nsenter", "curl", "python3", "chromium"])
+    pods_e2e_ready(&[
+        "ip",
+        "nft",
+        "nsenter",
+        "curl",
+        "python3",
+        "chromium",
+        "prometheus",
+    ])
 }
 
 /// `pay` and `ledger` select the same three echo pods; each has its own retry budget.
@@ -126,6 +135,38 @@ fn three_echo_pods(c: &mut Cluster) -> (EchoPods, usize) {
     (pods, v3)
 }
 
+/// Every query of the Grafana dashboard's panels `ids` (deploy/grafana) answers with at
+/// least one series from the real Prometheus in `ns`, which scrapes the waypoint; each
+/// gets 30 s (a rate needs two scrapes after the series appeared).
+fn assert_grafana_panels(ns: &Netns, ids: &[u64]) {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/weft-node-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard")).expect("JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    for id in ids {
+        let panel = panels
+            .iter()
+            .find(|p| p["id"].as_u64() == Some(*id))
+            .unwrap_or_else(|| panic!("no panel {id}"));
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"]
+                .as_str()
+                .expect("expr")
+                .replace("$node", ".+");
+            let started = Instant::now();
+            while prometheus::query(ns, &expr).is_empty() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "Grafana panel {id} ({}): no data for {expr}",
+                    panel["title"]
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
 /// The number in attribute `attr` of the dashboard row whose `key` attribute is `value`.
 fn dashboard_figure(dom: &str, key: &str, value: &str, attr: &str) -> f64 {
     let row = dom
@@ -178,6 +219,11 @@ fn retries_hide_a_failing_endpoint_within_the_budget() {
     };
     c.settle();
     let waypoint = start_waypoint(&mut c, pods.waypoint, WAYPOINT, &[]);
+    let scraper = prometheus::start(
+        &c.pods[pods.waypoint].ns,
+        &c.work.path().join("prometheus"),
+        &["127.0.0.1:15020".to_owned()],
+    );
     let ns = &c.pods[pods.client].ns;
     let fail_v2 = ["-H", "x-fail-on: echo-v2"];
     let v2_endpoint = format!("endpoint=\"{}:8080\"", c.pods[pods.v2].ip);
@@ -362,6 +408,10 @@ fn retries_hide_a_failing_endpoint_within_the_budget() {
     assert!(dashboard_figure(&dom, "data-endpoint", &v2_addr, "data-ejections") >= 3.0);
     assert!(dashboard_figure(&dom, "data-backend", "shop/ledger", "data-exhausted") > 0.0);
     assert!(dashboard_figure(&dom, "data-backend", "shop/pay", "data-retries") > 0.0);
+    // And the Grafana dashboard's waypoint panels (requests, retries and budget, budget
+    // left, circuit breakers, ejections) have data in a real Prometheus.
+    assert_grafana_panels(&c.pods[pods.waypoint].ns, &[11, 12, 13, 14, 15]);
+    drop(scraper);
     for (path, flag) in [
         ("/retry/big", "RBS"),
         ("/retry/small", "URX"),
@@ -514,6 +564,11 @@ fn faults_circuit_breakers_and_balancing() {
     ];
     c.settle();
     let waypoint = start_waypoint(&mut c, pods.waypoint, WAYPOINT, &[]);
+    let scraper = prometheus::start(
+        &c.pods[pods.waypoint].ns,
+        &c.work.path().join("prometheus"),
+        &["127.0.0.1:15020".to_owned()],
+    );
     let ns = &c.pods[pods.client].ns;
 
     // 10% of /checkout calls from namespace shop are aborted with 500: within 4.5
@@ -701,6 +756,9 @@ fn faults_circuit_breakers_and_balancing() {
     assert_eq!(figure("shop/chaos", "data-delays"), 5.0);
     assert!(figure("shop/limited", "data-overflows") >= 4.0);
     assert!(figure("shop/balanced", "data-retries") > 0.0);
+    // Grafana: requests, retries, budget, circuit breakers and injected faults.
+    assert_grafana_panels(&c.pods[pods.waypoint].ns, &[11, 12, 13, 14, 16]);
+    drop(scraper);
     let log = c.pods[pods.waypoint].extra[waypoint].log_text();
     for flag in ["FI", "DI", "UO"] {
         assert!(

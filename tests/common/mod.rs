@@ -6,6 +6,7 @@
 pub mod apiserver;
 pub mod cluster;
 pub mod l7;
+pub mod prometheus;
 pub mod testbed;
 
 use std::net::SocketAddr;
