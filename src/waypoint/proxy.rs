@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -433,7 +433,7 @@ async fn forward(
         .map(|d| arrived + d);
     let hash = policy
         .and_then(|p| p.hash_key.as_ref())
-        .and_then(|key| hash_of(key, &head, ctx));
+        .and_then(|key| hash_of(key, &head, ctx.caller_ip));
     let mut tried = Vec::new();
     let mut retries = 0;
     loop {
@@ -453,9 +453,10 @@ async fn forward(
         let request = Request::from_parts(copy_head(&head), attempt_body);
         let mut in_flight = Some(endpoint.stats.start());
         let sent_at = Instant::now();
+        let dispatched = AtomicBool::new(false);
         let sent = ctx
             .upstreams
-            .send(&endpoint, protocol, request, Some(&gate));
+            .send(&endpoint, protocol, request, Some(&gate), Some(&dispatched));
         let limit = deadline.head_limit(request_body_ended.clone());
         let attempt = tokio::select! {
             answered = sent => match answered {
@@ -477,7 +478,11 @@ async fn forward(
                 }
             },
             () = limit => {
-                observe(&endpoint, sent_at, true);
+                // Time spent waiting for a connection under the circuit breaker's limit
+                // says nothing of the endpoint.
+                if dispatched.load(Ordering::Acquire) {
+                    observe(&endpoint, sent_at, true);
+                }
                 Attempt::TimedOut
             }
         };
@@ -661,7 +666,7 @@ fn give_up(
 
 /// The consistent-hash key of a request: the named header's value, the named cookie's, or
 /// the caller's IP; `None` when the request has no such header or cookie.
-fn hash_of(key: &HashKey, head: &Parts, ctx: &StreamContext) -> Option<u64> {
+fn hash_of(key: &HashKey, head: &Parts, caller_ip: IpAddr) -> Option<u64> {
     match key {
         HashKey::Header(name) => {
             let value = head.headers.get(name.as_str())?;
@@ -677,7 +682,7 @@ fn hash_of(key: &HashKey, head: &Parts, ctx: &StreamContext) -> Option<u64> {
             .find(|(k, _)| k == name)
             .map(|(_, v)| stable_hash(&[v.as_bytes()])),
         HashKey::SourceIp => {
-            let ip = ctx.caller_ip.to_string();
+            let ip = caller_ip.to_string();
             Some(stable_hash(&[ip.as_bytes()]))
         }
     }
@@ -842,7 +847,10 @@ fn send_mirror(
     tokio::spawn(async move {
         let request = Request::from_parts(head, body.boxed());
         let exchange = async {
-            match upstreams.send(&endpoint, protocol, request, None).await {
+            match upstreams
+                .send(&endpoint, protocol, request, None, None)
+                .await
+            {
                 Ok(Sent {
                     response, lease, ..
                 }) => {
@@ -1177,6 +1185,32 @@ mod tests {
             request: request.map(str::to_owned),
             backend_request: backend.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn consistent_hash_keys_come_from_the_header_the_cookie_or_the_caller() {
+        let (head, ()) = Request::builder()
+            .header("x-user", "alice")
+            .header(header::COOKIE, "theme=dark; session=abc123")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let other: IpAddr = "10.1.2.4".parse().unwrap();
+        let by_header = HashKey::Header("x-user".into());
+        assert_eq!(
+            hash_of(&by_header, &head, ip),
+            Some(stable_hash(&[b"alice"]))
+        );
+        assert_eq!(hash_of(&HashKey::Header("x-none".into()), &head, ip), None);
+        let by_cookie = HashKey::Cookie("session".into());
+        assert_eq!(
+            hash_of(&by_cookie, &head, ip),
+            Some(stable_hash(&[b"abc123"]))
+        );
+        assert_eq!(hash_of(&HashKey::Cookie("sess".into()), &head, ip), None);
+        let by_ip = hash_of(&HashKey::SourceIp, &head, ip);
+        assert!(by_ip.is_some() && by_ip != hash_of(&HashKey::SourceIp, &head, other));
     }
 
     #[test]

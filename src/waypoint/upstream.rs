@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
@@ -338,7 +338,8 @@ impl Upstreams {
     }
 
     /// Sends `request` to `endpoint` over `protocol`, within `gate`'s connection limit
-    /// when there is one; for HTTP/1.1 also returns the connection's lease, to release when
+    /// when there is one (`dispatched` turns true once it goes out on a connection, past
+    /// any wait for one); for HTTP/1.1 also returns the connection's lease, to release when
     /// the response body has ended.
     pub async fn send(
         &self,
@@ -346,6 +347,7 @@ impl Upstreams {
         protocol: UpstreamProtocol,
         request: Request<ProxyBody>,
         gate: Option<&Arc<BackendGate>>,
+        dispatched: Option<&AtomicBool>,
     ) -> Result<Sent, UpstreamError> {
         let key = PoolKey {
             addr: endpoint.addr,
@@ -383,6 +385,9 @@ impl Upstreams {
                     break (sender, permit);
                 };
                 sender.ready().await.map_err(http)?;
+                if let Some(flag) = dispatched {
+                    flag.store(true, Ordering::Release);
+                }
                 let dispatched = Instant::now();
                 let response = sender.send_request(request).await.map_err(http)?;
                 let lease = Lease {
@@ -424,6 +429,9 @@ impl Upstreams {
                     }
                 };
                 sender.ready().await.map_err(http)?;
+                if let Some(flag) = dispatched {
+                    flag.store(true, Ordering::Release);
+                }
                 let dispatched = Instant::now();
                 let response = sender.send_request(request).await.map_err(http)?;
                 Ok(Sent {
